@@ -1,0 +1,127 @@
+//! `SizeSpec`: byte sizes and percentages as operators write them (`50GB`, `512MiB`, `10%`).
+//!
+//! Thresholds such as `--min-free`, `--max-used` and `--warn-above` accept either an
+//! absolute size or a share of the filesystem, so the parsing lives in one place.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// An absolute byte count or a percentage of a filesystem's size.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SizeSpec {
+    /// A number of bytes.
+    Bytes(u64),
+    /// A percentage (0–100) of the filesystem's total size.
+    Percent(f64),
+}
+
+impl SizeSpec {
+    /// The byte count this spec stands for on a filesystem of `fs_total` bytes.
+    pub fn resolve(self, fs_total: u64) -> u64 {
+        match self {
+            SizeSpec::Bytes(b) => b,
+            SizeSpec::Percent(p) => ((fs_total as f64) * p / 100.0).round() as u64,
+        }
+    }
+}
+
+/// Parses a byte size: a number with an optional unit, decimal (`kB`, `MB`, `GB`, `TB`)
+/// or binary (`KiB`, `MiB`, `GiB`, `TiB`); `K`/`M`/`G`/`T` alone are binary, as in `du`.
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let num: f64 = num.parse().map_err(|_| bad(s))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "t" | "tib" => 1 << 40,
+        _ => return Err(bad(s)),
+    };
+    let v = num * mult as f64;
+    if !v.is_finite() || v < 0.0 || v > u64::MAX as f64 {
+        return Err(bad(s));
+    }
+    Ok(v.round() as u64)
+}
+
+fn bad(s: &str) -> String {
+    format!("invalid size {s:?}: expected a number with an optional unit, like 50GB, 512MiB or 10%")
+}
+
+impl FromStr for SizeSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Some(p) = s.trim().strip_suffix('%') {
+            let v: f64 = p.trim().parse().map_err(|_| bad(s))?;
+            if !(0.0..=100.0).contains(&v) {
+                return Err(format!("invalid percentage {s:?}: expected 0% to 100%"));
+            }
+            return Ok(SizeSpec::Percent(v));
+        }
+        parse_bytes(s).map(SizeSpec::Bytes)
+    }
+}
+
+impl fmt::Display for SizeSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SizeSpec::Bytes(b) => f.write_str(&human_bytes(*b)),
+            SizeSpec::Percent(p) => write!(f, "{p}%"),
+        }
+    }
+}
+
+/// Formats a byte count for people: `1.5 GiB`, `512 B`.
+pub fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = b as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i < UNITS.len() - 1 {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", UNITS[i])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_what_operators_write() {
+        assert_eq!("50GB".parse(), Ok(SizeSpec::Bytes(50_000_000_000)));
+        assert_eq!("512MiB".parse(), Ok(SizeSpec::Bytes(512 << 20)));
+        assert_eq!("10%".parse(), Ok(SizeSpec::Percent(10.0)));
+        assert_eq!("1.5G".parse(), Ok(SizeSpec::Bytes(3 << 29)));
+        assert_eq!("123".parse(), Ok(SizeSpec::Bytes(123)));
+        assert_eq!(" 2 kb ".parse(), Ok(SizeSpec::Bytes(2000)));
+        for bad in ["", "GB", "10 parsecs", "-5MB", "150%", "x%"] {
+            assert!(bad.parse::<SizeSpec>().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn percent_resolves_against_the_filesystem() {
+        assert_eq!(SizeSpec::Percent(5.0).resolve(60_000_000_000), 3_000_000_000);
+        assert_eq!(SizeSpec::Bytes(7).resolve(1), 7);
+    }
+
+    #[test]
+    fn human_bytes_reads_well() {
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(50 << 30), "50.0 GiB");
+    }
+}
