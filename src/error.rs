@@ -116,11 +116,18 @@ pub enum Error {
 
 impl Error {
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io { op, path: path.into(), source }
+        Error::Io {
+            op,
+            path: path.into(),
+            source,
+        }
     }
 
     pub(crate) fn config(name: impl Into<String>, reason: impl Into<String>) -> Self {
-        Error::Config { name: name.into(), reason: reason.into() }
+        Error::Config {
+            name: name.into(),
+            reason: reason.into(),
+        }
     }
 
     /// True when the error is a full disk or exhausted quota (ENOSPC, EDQUOT).

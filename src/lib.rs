@@ -6,8 +6,20 @@
 #![deny(rustdoc::broken_intra_doc_links)]
 #![warn(unreachable_pub)]
 
+pub mod config;
 mod error;
+pub mod etag;
 pub mod key;
+pub mod local;
+pub mod ops;
+pub mod report;
+mod s3;
+pub mod size;
+pub mod store;
 
+pub use config::{S3Config, StoreConfig};
 pub use error::{Error, Result};
 pub use key::{Key, KeyError};
+pub use report::{NoopReporter, Reporter};
+pub use size::SizeSpec;
+pub use store::{BackendKind, BlobStore, GetStream, Meta};

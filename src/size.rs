@@ -30,7 +30,9 @@ impl SizeSpec {
 /// or binary (`KiB`, `MiB`, `GiB`, `TiB`); `K`/`M`/`G`/`T` alone are binary, as in `du`.
 pub fn parse_bytes(s: &str) -> Result<u64, String> {
     let t = s.trim();
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let num: f64 = num.parse().map_err(|_| bad(s))?;
     let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
@@ -114,7 +116,10 @@ mod tests {
 
     #[test]
     fn percent_resolves_against_the_filesystem() {
-        assert_eq!(SizeSpec::Percent(5.0).resolve(60_000_000_000), 3_000_000_000);
+        assert_eq!(
+            SizeSpec::Percent(5.0).resolve(60_000_000_000),
+            3_000_000_000
+        );
         assert_eq!(SizeSpec::Bytes(7).resolve(1), 7);
     }
 

@@ -1,1 +1,41 @@
-fn main() {}
+//! The `stowage` binary: parses arguments, runs one library operation, prints its summary
+//! and maps the outcome to an exit code.
+
+mod cli;
+mod commands;
+mod exit;
+mod interrupt;
+mod progress;
+
+use clap::Parser;
+
+use crate::exit::Exit;
+
+fn main() -> std::process::ExitCode {
+    let cli = cli::Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return Exit::Error.into();
+        }
+    };
+    let exit = runtime.block_on(async {
+        match cli.command {
+            cli::Command::Migrate(cmd) => commands::migrate::run(cmd).await,
+        }
+    });
+    exit.into()
+}
+
+/// Prints a fatal error the way every command does, and returns the matching exit.
+pub(crate) fn fatal(e: &stowage::Error) -> Exit {
+    eprintln!("error: {e}");
+    match e {
+        stowage::Error::Interrupted => Exit::Interrupted,
+        _ => Exit::Error,
+    }
+}

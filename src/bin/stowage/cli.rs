@@ -1,0 +1,34 @@
+//! The command line: clap definitions only. Each command's arguments live next to the
+//! code that runs it in `commands/`.
+
+use clap::{Parser, Subcommand};
+
+use crate::commands;
+
+/// stowage: move a clip store from S3 to local disk, prove the copy, and keep the disk healthy.
+///
+/// Configuration comes from the same environment the clip service uses (STORAGE_TYPE,
+/// LOCAL_STORAGE_PATH, S3_BUCKET_NAME, S3_REGION/AWS_REGION, AWS_ENDPOINT_URL,
+/// AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or ~/.aws/credentials); flags override it.
+///
+/// Exit codes: 0 success; 1 finished with problems (failed, rejected, unverified or
+/// different objects; files that could not be deleted; a threshold crossed);
+/// 2 usage, configuration or fatal error; 130 interrupted.
+#[derive(Debug, Parser)]
+#[command(
+    name = "stowage",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Copy a whole bucket to local disk (or back), verified and resumable.
+    #[command(subcommand)]
+    Migrate(commands::migrate::MigrateCommand),
+}

@@ -1,0 +1,3 @@
+//! One module per command: clap arguments, conversion to library options, output.
+
+pub(crate) mod migrate;

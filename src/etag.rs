@@ -1,0 +1,497 @@
+//! S3 ETags as integrity checks.
+//!
+//! For a single-part upload the ETag is the MD5 of the content; for a multipart upload it
+//! is `md5(md5(part1) ‖ … ‖ md5(partN))-N`, which depends on the part size the uploader
+//! chose. [`ContentHasher`] hashes a body as it streams past, for the plain MD5 or for the
+//! most likely part sizes; [`check_file`] re-reads a file for the remaining candidates.
+//! Anything we cannot check (SSE-KMS ETags, unusual part sizes) is `Unverifiable`: never
+//! counted as good.
+
+use std::io::Read;
+
+use md5::{Digest, Md5};
+
+/// A parsed ETag.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ETag {
+    /// The MD5 of the whole content.
+    Md5([u8; 16]),
+    /// A multipart ETag: MD5 of the concatenated part MD5s, and the number of parts.
+    Multipart {
+        /// `md5(md5(part1) ‖ … ‖ md5(partN))`.
+        digest: [u8; 16],
+        /// N.
+        parts: u32,
+    },
+    /// Anything else (encrypted objects, non-AWS servers): not a content hash we know.
+    Opaque(String),
+}
+
+impl ETag {
+    /// Parses an ETag as sent (quotes and a `W/` prefix allowed).
+    pub fn parse(raw: &str) -> ETag {
+        let s = raw.trim().trim_start_matches("W/").trim_matches('"');
+        let hex16 = |h: &str| -> Option<[u8; 16]> {
+            let mut out = [0u8; 16];
+            (h.len() == 32).then_some(())?;
+            hex::decode_to_slice(h, &mut out).ok()?;
+            Some(out)
+        };
+        if let Some(d) = hex16(s) {
+            return ETag::Md5(d);
+        }
+        if let Some((h, n)) = s.split_once('-') {
+            if let (Some(digest), Ok(parts)) = (hex16(h), n.parse::<u32>()) {
+                if parts >= 1 {
+                    return ETag::Multipart { digest, parts };
+                }
+            }
+        }
+        ETag::Opaque(raw.to_owned())
+    }
+}
+
+/// The outcome of checking content against an ETag.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "verdict", rename_all = "snake_case")]
+pub enum Verdict {
+    /// The content matches (plain MD5, or a multipart ETag recomputed for `part_size`).
+    Match {
+        /// The part size that reproduced a multipart ETag, if it was one.
+        part_size: Option<u64>,
+    },
+    /// The content does not match.
+    Mismatch {
+        /// What the ETag says.
+        expected: String,
+        /// What the content hashes to.
+        actual: String,
+    },
+    /// The ETag cannot be checked against content.
+    Unverifiable {
+        /// Why.
+        reason: String,
+    },
+}
+
+impl Verdict {
+    /// True for a match.
+    pub fn is_match(&self) -> bool {
+        matches!(self, Verdict::Match { .. })
+    }
+}
+
+const MIB: u64 = 1 << 20;
+/// Part sizes uploaders commonly use, most common first (aws cli / boto3 8 MiB, S3
+/// console and rclone 5 MiB, object_store 10 MiB, then the other usual choices).
+const COMMON_PART_MIB: [u64; 14] = [8, 5, 16, 10, 15, 32, 25, 50, 64, 100, 128, 256, 512, 1024];
+/// How many part sizes are hashed while the body streams; others need a re-read.
+const STREAMING_CANDIDATES: usize = 2;
+/// How many part sizes a re-read tries at most.
+const MAX_CANDIDATES: usize = 64;
+
+/// Part sizes that could have produced `parts` parts for an object of `size` bytes, most
+/// likely first: the common MiB sizes, then every other whole MiB, then the even split.
+pub fn candidate_part_sizes(size: u64, parts: u32) -> Vec<u64> {
+    let n = u64::from(parts);
+    if n == 0 || size == 0 && n > 1 {
+        return Vec::new();
+    }
+    if n == 1 {
+        // One part of any size ≥ the object: the part is the whole object.
+        return vec![size.max(1)];
+    }
+    // P fits when (n-1)·P < size ≤ n·P.
+    let lo = size.div_ceil(n);
+    let hi = (size - 1) / (n - 1);
+    if lo > hi {
+        return Vec::new();
+    }
+    let fits = |p: u64| p >= lo && p <= hi;
+    let mut out: Vec<u64> = COMMON_PART_MIB
+        .iter()
+        .map(|m| m * MIB)
+        .filter(|&p| fits(p))
+        .collect();
+    let mut m = lo.div_ceil(MIB);
+    while m * MIB <= hi && out.len() < MAX_CANDIDATES {
+        if !out.contains(&(m * MIB)) {
+            out.push(m * MIB);
+        }
+        m += 1;
+    }
+    if out.len() < MAX_CANDIDATES && !out.contains(&lo) {
+        out.push(lo);
+    }
+    out
+}
+
+struct PartHasher {
+    part_size: u64,
+    current: Md5,
+    filled: u64,
+    parts: Md5,
+    count: u32,
+}
+
+impl PartHasher {
+    fn new(part_size: u64) -> PartHasher {
+        PartHasher {
+            part_size,
+            current: Md5::new(),
+            filled: 0,
+            parts: Md5::new(),
+            count: 0,
+        }
+    }
+
+    fn update(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            let room = (self.part_size - self.filled) as usize;
+            let take = room.min(data.len());
+            self.current.update(&data[..take]);
+            self.filled += take as u64;
+            data = &data[take..];
+            if self.filled == self.part_size {
+                self.close_part();
+            }
+        }
+    }
+
+    fn close_part(&mut self) {
+        let d = std::mem::take(&mut self.current).finalize();
+        self.parts.update(d);
+        self.count += 1;
+        self.filled = 0;
+    }
+
+    fn finish(mut self) -> ([u8; 16], u32) {
+        if self.filled > 0 || self.count == 0 {
+            self.close_part();
+        }
+        (self.parts.finalize().into(), self.count)
+    }
+}
+
+/// Hashes a body as it streams, for the checks its ETag allows.
+pub struct ContentHasher {
+    etag: ETag,
+    size: u64,
+    whole: Option<Md5>,
+    parts: Vec<PartHasher>,
+    seen: u64,
+}
+
+impl std::fmt::Debug for ContentHasher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ContentHasher")
+            .field("etag", &self.etag)
+            .field("seen", &self.seen)
+            .finish()
+    }
+}
+
+impl ContentHasher {
+    /// A hasher for an object of `size` bytes whose ETag is `etag`.
+    pub fn new(etag: Option<&str>, size: u64) -> ContentHasher {
+        let etag = etag
+            .map(ETag::parse)
+            .unwrap_or_else(|| ETag::Opaque(String::new()));
+        let (whole, parts) = match &etag {
+            ETag::Md5(_) => (Some(Md5::new()), Vec::new()),
+            ETag::Multipart { parts, .. } => (
+                None,
+                candidate_part_sizes(size, *parts)
+                    .into_iter()
+                    .take(STREAMING_CANDIDATES)
+                    .map(PartHasher::new)
+                    .collect(),
+            ),
+            ETag::Opaque(_) => (None, Vec::new()),
+        };
+        ContentHasher {
+            etag,
+            size,
+            whole,
+            parts,
+            seen: 0,
+        }
+    }
+
+    /// Feeds the next bytes of the body.
+    pub fn update(&mut self, data: &[u8]) {
+        self.seen += data.len() as u64;
+        if let Some(h) = &mut self.whole {
+            h.update(data);
+        }
+        for p in &mut self.parts {
+            p.update(data);
+        }
+    }
+
+    /// Bytes fed so far.
+    pub fn bytes(&self) -> u64 {
+        self.seen
+    }
+
+    /// The verdict from what streamed past. `None` when a multipart ETag needs a re-read
+    /// for part sizes not hashed in the stream (see [`check_reader`]).
+    pub fn finish(self) -> Option<Verdict> {
+        if self.seen != self.size {
+            return Some(Verdict::Mismatch {
+                expected: format!("{} bytes", self.size),
+                actual: format!("{} bytes", self.seen),
+            });
+        }
+        match self.etag {
+            ETag::Md5(want) => {
+                let got: [u8; 16] = self
+                    .whole
+                    .expect("md5 hasher for md5 etag")
+                    .finalize()
+                    .into();
+                Some(if got == want {
+                    Verdict::Match { part_size: None }
+                } else {
+                    Verdict::Mismatch {
+                        expected: hex::encode(want),
+                        actual: hex::encode(got),
+                    }
+                })
+            }
+            ETag::Multipart { digest, parts } => {
+                let total = candidate_part_sizes(self.size, parts).len();
+                let tried = self.parts.len();
+                for p in self.parts {
+                    let part_size = p.part_size;
+                    let (d, n) = p.finish();
+                    if d == digest && n == parts {
+                        return Some(Verdict::Match {
+                            part_size: Some(part_size),
+                        });
+                    }
+                }
+                if total > tried {
+                    None
+                } else {
+                    Some(no_part_size_matched(total))
+                }
+            }
+            ETag::Opaque(raw) => Some(Verdict::Unverifiable {
+                reason: if raw.is_empty() {
+                    "the store sent no ETag".to_owned()
+                } else {
+                    format!("ETag {raw} is not an MD5 (encrypted object or non-AWS server)")
+                },
+            }),
+        }
+    }
+}
+
+fn no_part_size_matched(tried: usize) -> Verdict {
+    if tried == 0 {
+        Verdict::Unverifiable {
+            reason: "multipart ETag with a part count impossible for this size".into(),
+        }
+    } else {
+        Verdict::Unverifiable {
+            reason: format!(
+                "multipart ETag not reproduced with any of {tried} likely part sizes (content may differ, or the uploader used an unusual part size)"
+            ),
+        }
+    }
+}
+
+/// Checks content read from `open()` (called once per pass) against `etag`, trying every
+/// candidate part size for a multipart ETag. `open` must yield the same bytes each time.
+pub fn check_reader<R: Read>(
+    etag: Option<&str>,
+    size: u64,
+    mut open: impl FnMut() -> std::io::Result<R>,
+) -> std::io::Result<Verdict> {
+    let parsed = etag.map(ETag::parse);
+    match parsed {
+        Some(ETag::Multipart { digest, parts }) => {
+            let cands = candidate_part_sizes(size, parts);
+            let mut buf = vec![0u8; 256 << 10];
+            for chunk in cands.chunks(4) {
+                let mut hashers: Vec<PartHasher> =
+                    chunk.iter().map(|&p| PartHasher::new(p)).collect();
+                let mut r = open()?;
+                let mut seen = 0u64;
+                loop {
+                    let n = r.read(&mut buf)?;
+                    if n == 0 {
+                        break;
+                    }
+                    seen += n as u64;
+                    for h in &mut hashers {
+                        h.update(&buf[..n]);
+                    }
+                }
+                if seen != size {
+                    return Ok(Verdict::Mismatch {
+                        expected: format!("{size} bytes"),
+                        actual: format!("{seen} bytes"),
+                    });
+                }
+                for h in hashers {
+                    let p = h.part_size;
+                    let (d, n) = h.finish();
+                    if d == digest && n == parts {
+                        return Ok(Verdict::Match { part_size: Some(p) });
+                    }
+                }
+            }
+            Ok(no_part_size_matched(cands.len()))
+        }
+        _ => {
+            let mut h = ContentHasher::new(etag, size);
+            let mut r = open()?;
+            let mut buf = vec![0u8; 256 << 10];
+            loop {
+                let n = r.read(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                h.update(&buf[..n]);
+            }
+            Ok(h.finish()
+                .expect("non-multipart verdicts come from the stream"))
+        }
+    }
+}
+
+/// Checks the file at `path` against `etag` (see [`check_reader`]).
+pub fn check_file(
+    path: &std::path::Path,
+    size: u64,
+    etag: Option<&str>,
+) -> std::io::Result<Verdict> {
+    check_reader(etag, size, || std::fs::File::open(path))
+}
+
+/// The multipart ETag of `data` split into `part_size` parts (for tests and uploads).
+pub fn multipart_etag(data: &[u8], part_size: usize) -> String {
+    let mut h = PartHasher::new(part_size as u64);
+    h.update(data);
+    let (d, n) = h.finish();
+    format!("\"{}-{}\"", hex::encode(d), n)
+}
+
+/// The plain ETag (`"<md5>"`) of `data`.
+pub fn md5_etag(data: &[u8]) -> String {
+    format!("\"{}\"", hex::encode(Md5::digest(data)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(n: usize) -> Vec<u8> {
+        (0..n).map(|i| (i * 31 % 251) as u8).collect()
+    }
+
+    #[test]
+    fn parses_etag_forms() {
+        assert!(matches!(
+            ETag::parse("\"d41d8cd98f00b204e9800998ecf8427e\""),
+            ETag::Md5(_)
+        ));
+        assert!(matches!(
+            ETag::parse("\"d41d8cd98f00b204e9800998ecf8427e-3\""),
+            ETag::Multipart { parts: 3, .. }
+        ));
+        assert!(matches!(ETag::parse("W/\"abc\""), ETag::Opaque(_)));
+        assert!(matches!(
+            ETag::parse("\"d41d8cd98f00b204e9800998ecf8427e-0\""),
+            ETag::Opaque(_)
+        ));
+    }
+
+    #[test]
+    fn candidates_fit_size_and_part_count() {
+        let size = 13_000_000;
+        let c = candidate_part_sizes(size, 3);
+        assert_eq!(
+            c[0],
+            5 * MIB,
+            "5 MiB is the first common size that fits 13 MB in 3 parts"
+        );
+        for p in &c {
+            assert!(2 * p < size && size <= 3 * p, "{p}");
+        }
+        assert_eq!(candidate_part_sizes(10, 1), vec![10]);
+        assert!(
+            candidate_part_sizes(10, 20).is_empty(),
+            "20 parts cannot hold 10 bytes"
+        );
+    }
+
+    #[test]
+    fn streaming_md5_matches_and_detects_a_flipped_byte() {
+        let d = data(100_000);
+        let etag = md5_etag(&d);
+        let mut h = ContentHasher::new(Some(&etag), d.len() as u64);
+        h.update(&d[..500]);
+        h.update(&d[500..]);
+        assert_eq!(h.finish(), Some(Verdict::Match { part_size: None }));
+
+        let mut bad = d.clone();
+        bad[777] ^= 1;
+        let mut h = ContentHasher::new(Some(&etag), d.len() as u64);
+        h.update(&bad);
+        assert!(matches!(h.finish(), Some(Verdict::Mismatch { .. })));
+
+        let mut h = ContentHasher::new(Some(&etag), d.len() as u64);
+        h.update(&d[..99_999]);
+        assert!(
+            matches!(h.finish(), Some(Verdict::Mismatch { .. })),
+            "truncated"
+        );
+    }
+
+    #[test]
+    fn multipart_etags_are_recomputed_in_stream_or_by_rereading() {
+        let d = data(13 * MIB as usize + 123);
+        // 8 MiB parts: found while streaming (first candidate).
+        let etag = multipart_etag(&d, 8 << 20);
+        let mut h = ContentHasher::new(Some(&etag), d.len() as u64);
+        h.update(&d);
+        assert_eq!(
+            h.finish(),
+            Some(Verdict::Match {
+                part_size: Some(8 * MIB)
+            })
+        );
+
+        // 7 MiB parts: not streamed, found on re-read.
+        let etag = multipart_etag(&d, 7 << 20);
+        let mut h = ContentHasher::new(Some(&etag), d.len() as u64);
+        h.update(&d);
+        assert_eq!(h.finish(), None);
+        let v = check_reader(Some(&etag), d.len() as u64, || Ok(std::io::Cursor::new(&d))).unwrap();
+        assert_eq!(
+            v,
+            Verdict::Match {
+                part_size: Some(7 * MIB)
+            }
+        );
+
+        // A flipped byte: no part size reproduces it; reported as unverifiable, not good.
+        let mut bad = d.clone();
+        bad[5] ^= 0x40;
+        let v = check_reader(Some(&etag), d.len() as u64, || {
+            Ok(std::io::Cursor::new(&bad))
+        })
+        .unwrap();
+        assert!(matches!(v, Verdict::Unverifiable { .. }), "{v:?}");
+    }
+
+    #[test]
+    fn opaque_etags_are_unverifiable() {
+        let mut h = ContentHasher::new(Some("\"kms-opaque\""), 3);
+        h.update(b"abc");
+        assert!(matches!(h.finish(), Some(Verdict::Unverifiable { .. })));
+    }
+}

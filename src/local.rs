@@ -1,0 +1,400 @@
+//! Safe local-disk primitives: the only code that creates or opens files under a store root.
+//!
+//! Every path is reached from the root's own directory handle, one component at a time,
+//! with `O_NOFOLLOW`, so neither a hostile key nor a symlink planted inside the root can
+//! make stowage read or write outside it. Writes go to a temp file in the destination
+//! directory and become visible under their final name only after `fsync` + `rename`.
+
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use rustix::fs::{self as rfs, AtFlags, Mode, OFlags, Timespec, Timestamps};
+use rustix::io::Errno;
+
+use crate::key::Key;
+
+/// File-name prefix of stowage's temp files (`.stowage-tmp.<hex>`).
+pub const TEMP_PREFIX: &str = ".stowage-tmp.";
+/// Name of the lock file stowage keeps in a store root.
+pub const LOCK_FILE_NAME: &str = ".stowage.lock";
+/// Extended attribute holding an object's Content-Type (the freedesktop.org convention).
+pub const CONTENT_TYPE_XATTR: &str = "user.mime_type";
+
+/// True for names stowage creates for itself (temp files, lock file); such names are never
+/// valid keys, never listed and never cleaned up as data.
+pub fn is_stowage_name(name: &OsStr) -> bool {
+    name.as_bytes()
+        .starts_with(crate::key::RESERVED_PREFIX.as_bytes())
+}
+
+/// True for a stowage temp file name.
+pub fn is_temp_name(name: &OsStr) -> bool {
+    name.as_bytes().starts_with(TEMP_PREFIX.as_bytes())
+}
+
+fn open_root(root: &Path) -> io::Result<OwnedFd> {
+    Ok(rfs::open(
+        root,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?)
+}
+
+fn open_subdir(dir: &impl AsFd, name: &str) -> io::Result<OwnedFd> {
+    Ok(rfs::openat(
+        dir,
+        name,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?)
+}
+
+/// Why a key cannot be placed on disk, beyond [`Key`]'s own rules.
+#[derive(Debug, thiserror::Error)]
+pub enum PlaceError {
+    /// A parent of the key is a file, or the key itself is a directory (`x` next to `x/y`).
+    #[error("path clashes with another key's file or directory")]
+    Clash,
+    /// A component of the path is a symbolic link; stowage never follows them.
+    #[error("a path component is a symbolic link")]
+    Symlink,
+    /// Any other filesystem error.
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+impl PlaceError {
+    fn from_errno(e: Errno) -> PlaceError {
+        match e {
+            Errno::NOTDIR | Errno::ISDIR | Errno::EXIST | Errno::NOTEMPTY => PlaceError::Clash,
+            Errno::LOOP => PlaceError::Symlink,
+            e => PlaceError::Io(e.into()),
+        }
+    }
+
+    /// True when the disk (or quota) is full.
+    pub fn is_no_space(&self) -> bool {
+        matches!(self, PlaceError::Io(e) if crate::error::is_enospc(e))
+    }
+}
+
+/// Opens the directory that will hold `key`, creating missing directories, never
+/// following a symlink. Returns the directory handle.
+pub fn open_parent_dir(root: &Path, key: &Key, create: bool) -> Result<OwnedFd, PlaceError> {
+    let mut dir = open_root(root)?;
+    let segs: Vec<&str> = key.segments().collect();
+    for seg in &segs[..segs.len() - 1] {
+        dir = match open_subdir(&dir, seg) {
+            Ok(d) => d,
+            Err(e) if create && e.kind() == io::ErrorKind::NotFound => {
+                match rfs::mkdirat(&dir, *seg, Mode::from_raw_mode(0o755)) {
+                    Ok(()) | Err(Errno::EXIST) => {}
+                    Err(e) => return Err(PlaceError::from_errno(e)),
+                }
+                open_subdir(&dir, seg).map_err(|e| match e.raw_os_error() {
+                    Some(c) => PlaceError::from_errno(Errno::from_raw_os_error(c)),
+                    None => PlaceError::Io(e),
+                })?
+            }
+            Err(e) => {
+                return Err(match e.raw_os_error() {
+                    Some(c) => PlaceError::from_errno(Errno::from_raw_os_error(c)),
+                    None => PlaceError::Io(e),
+                })
+            }
+        };
+    }
+    Ok(dir)
+}
+
+/// Opens the regular file for `key` under `root` for reading, never following a symlink at
+/// any component. A directory or anything else that is not a regular file is `NotFound`.
+pub fn open_beneath(root: &Path, key: &Key) -> io::Result<File> {
+    let dir = open_parent_dir(root, key, false).map_err(|e| match e {
+        PlaceError::Io(e) => e,
+        _ => io::Error::from(io::ErrorKind::NotFound),
+    })?;
+    let fd = rfs::openat(
+        &dir,
+        key.file_name(),
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK,
+        Mode::empty(),
+    )
+    .map_err(|e| match e {
+        Errno::LOOP | Errno::NOTDIR => io::Error::from(io::ErrorKind::NotFound),
+        e => e.into(),
+    })?;
+    let st = rfs::fstat(&fd)?;
+    if rfs::FileType::from_raw_mode(st.st_mode) != rfs::FileType::RegularFile {
+        return Err(io::Error::from(io::ErrorKind::NotFound));
+    }
+    Ok(File::from(fd))
+}
+
+/// Reads the Content-Type stored with a file, if any.
+pub fn read_content_type(file: &File) -> Option<String> {
+    let mut buf = [0u8; 256];
+    let n = rfs::fgetxattr(file, CONTENT_TYPE_XATTR, &mut buf).ok()?;
+    String::from_utf8(buf[..n].to_vec())
+        .ok()
+        .filter(|s| !s.is_empty())
+}
+
+/// A file being written under a temporary name next to its final name.
+///
+/// Invariant: the final name only ever holds complete content. [`AtomicFile::commit`]
+/// fsyncs the data, renames it into place and fsyncs the directory; dropping an
+/// uncommitted `AtomicFile` removes the temp file.
+#[derive(Debug)]
+pub struct AtomicFile {
+    dir: OwnedFd,
+    temp_name: String,
+    final_name: String,
+    file: Option<File>,
+    final_path: PathBuf,
+}
+
+impl AtomicFile {
+    /// Creates the temp file for `key` under `root`, creating parent directories.
+    pub fn create(root: &Path, key: &Key) -> Result<AtomicFile, PlaceError> {
+        let dir = open_parent_dir(root, key, true)?;
+        let final_name = key.file_name().to_owned();
+        // Refuse early if the final name is a directory: the rename would fail only
+        // after the whole body was transferred.
+        if let Ok(st) = rfs::statat(&dir, final_name.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
+            if rfs::FileType::from_raw_mode(st.st_mode) == rfs::FileType::Directory {
+                return Err(PlaceError::Clash);
+            }
+        }
+        loop {
+            let temp_name = format!("{TEMP_PREFIX}{:016x}", fastrand::u64(..));
+            match rfs::openat(
+                &dir,
+                temp_name.as_str(),
+                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::from_raw_mode(0o644),
+            ) {
+                Ok(fd) => {
+                    return Ok(AtomicFile {
+                        dir,
+                        temp_name,
+                        final_name,
+                        file: Some(File::from(fd)),
+                        final_path: key.to_path(root),
+                    })
+                }
+                Err(Errno::EXIST) => continue,
+                Err(e) => return Err(PlaceError::from_errno(e)),
+            }
+        }
+    }
+
+    /// The path the file will have once committed (for messages).
+    pub fn final_path(&self) -> &Path {
+        &self.final_path
+    }
+
+    /// The open temp file.
+    pub fn file(&mut self) -> &mut File {
+        self.file.as_mut().expect("file present until commit")
+    }
+
+    /// Appends `buf`.
+    pub fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.file().write_all(buf)
+    }
+
+    /// Sets the modification time the committed file will carry.
+    pub fn set_modified(&mut self, t: SystemTime) -> io::Result<()> {
+        let ts = to_timespec(t);
+        rfs::futimens(
+            self.file(),
+            &Timestamps {
+                last_access: ts,
+                last_modification: ts,
+            },
+        )?;
+        Ok(())
+    }
+
+    /// Records a Content-Type in an extended attribute. Filesystems without user xattrs
+    /// are silently accepted: the type is then derived from the extension when served.
+    pub fn set_content_type(&mut self, content_type: &str) -> io::Result<()> {
+        match rfs::fsetxattr(
+            self.file(),
+            CONTENT_TYPE_XATTR,
+            content_type.as_bytes(),
+            rfs::XattrFlags::empty(),
+        ) {
+            Ok(()) | Err(Errno::NOTSUP) | Err(Errno::PERM) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Opens the temp file again for reading (to re-hash what was written).
+    pub fn reopen_read(&self) -> io::Result<File> {
+        let fd = rfs::openat(
+            &self.dir,
+            self.temp_name.as_str(),
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        Ok(File::from(fd))
+    }
+
+    /// Discards what was written so far (to restart a download from the beginning).
+    pub fn truncate(&mut self) -> io::Result<()> {
+        use std::io::Seek;
+        let f = self.file();
+        f.set_len(0)?;
+        f.seek(io::SeekFrom::Start(0))?;
+        Ok(())
+    }
+
+    /// Makes the content durable and visible under the final name.
+    pub fn commit(mut self) -> Result<(), PlaceError> {
+        let file = self.file.take().expect("file present until commit");
+        file.sync_all()?;
+        drop(file);
+        rfs::renameat(
+            &self.dir,
+            self.temp_name.as_str(),
+            &self.dir,
+            self.final_name.as_str(),
+        )
+        .map_err(PlaceError::from_errno)?;
+        self.temp_name.clear();
+        rfs::fsync(&self.dir).map_err(io::Error::from)?;
+        Ok(())
+    }
+}
+
+impl Drop for AtomicFile {
+    fn drop(&mut self) {
+        if !self.temp_name.is_empty() {
+            let _ = rfs::unlinkat(&self.dir, self.temp_name.as_str(), AtFlags::empty());
+        }
+    }
+}
+
+fn to_timespec(t: SystemTime) -> Timespec {
+    match t.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(d) => Timespec {
+            tv_sec: d.as_secs() as i64,
+            tv_nsec: d.subsec_nanos() as _,
+        },
+        Err(e) => Timespec {
+            tv_sec: -(e.duration().as_secs() as i64),
+            tv_nsec: 0,
+        },
+    }
+}
+
+/// Removes `key`'s file. `Ok(false)` when it was not there. Directories left empty
+/// between the file and the root are removed too, as S3 has no directories.
+pub fn remove(root: &Path, key: &Key) -> io::Result<bool> {
+    let dir = match open_parent_dir(root, key, false) {
+        Ok(d) => d,
+        Err(PlaceError::Io(e)) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(PlaceError::Io(e)) => return Err(e),
+        Err(_) => return Ok(false),
+    };
+    match rfs::statat(&dir, key.file_name(), AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) if rfs::FileType::from_raw_mode(st.st_mode) == rfs::FileType::RegularFile => {}
+        Ok(_) | Err(Errno::NOENT) => return Ok(false),
+        Err(e) => return Err(e.into()),
+    }
+    match rfs::unlinkat(&dir, key.file_name(), AtFlags::empty()) {
+        Ok(()) => {}
+        Err(Errno::NOENT) => return Ok(false),
+        Err(e) => return Err(e.into()),
+    }
+    drop(dir);
+    // Prune now-empty parents, deepest first; stop at the first that is not empty.
+    let segs: Vec<&str> = key.segments().collect();
+    for depth in (1..segs.len()).rev() {
+        let parent = Key::new(segs[..depth].join("/")).expect("prefix of a valid key");
+        let Ok(pdir) = open_parent_dir(root, &parent, false) else {
+            break;
+        };
+        if rfs::unlinkat(&pdir, parent.file_name(), AtFlags::REMOVEDIR).is_err() {
+            break;
+        }
+    }
+    Ok(true)
+}
+
+/// Filesystem figures for the filesystem holding `path`.
+pub fn fs_stats(path: &Path) -> io::Result<rfs::StatVfs> {
+    Ok(rfs::statvfs(path)?)
+}
+
+/// Creates the directory `key` (and its parents) under `root`, never following a symlink.
+pub fn create_dir_beneath(root: &Path, key: &Key) -> Result<(), PlaceError> {
+    let dir = open_parent_dir(root, key, true)?;
+    match rfs::mkdirat(&dir, key.file_name(), Mode::from_raw_mode(0o755)) {
+        Ok(()) => Ok(()),
+        Err(Errno::EXIST) => {
+            let st = rfs::statat(&dir, key.file_name(), AtFlags::SYMLINK_NOFOLLOW)
+                .map_err(io::Error::from)?;
+            match rfs::FileType::from_raw_mode(st.st_mode) {
+                rfs::FileType::Directory => Ok(()),
+                rfs::FileType::Symlink => Err(PlaceError::Symlink),
+                _ => Err(PlaceError::Clash),
+            }
+        }
+        Err(e) => Err(PlaceError::from_errno(e)),
+    }
+}
+
+/// Size and modification time of the regular file for `key`, if there is one (symlinks
+/// and other kinds of file count as absent).
+pub fn stat_file(root: &Path, key: &Key) -> io::Result<Option<(u64, SystemTime)>> {
+    let dir = match open_parent_dir(root, key, false) {
+        Ok(d) => d,
+        Err(PlaceError::Io(e)) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(PlaceError::Io(e)) => return Err(e),
+        Err(_) => return Ok(None),
+    };
+    match rfs::statat(&dir, key.file_name(), AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) if rfs::FileType::from_raw_mode(st.st_mode) == rfs::FileType::RegularFile => {
+            let mtime = SystemTime::UNIX_EPOCH
+                + std::time::Duration::new(st.st_mtime.max(0) as u64, st.st_mtime_nsec as u32);
+            Ok(Some((st.st_size as u64, mtime)))
+        }
+        Ok(_) | Err(Errno::NOENT) | Err(Errno::NOTDIR) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// An exclusive lock on a store root (`flock` on [`LOCK_FILE_NAME`]), held until dropped.
+/// Operations that write or delete under a root take it so they never overlap.
+#[derive(Debug)]
+pub struct StoreLock {
+    _file: File,
+}
+
+impl StoreLock {
+    /// Takes the lock without waiting: `Ok(None)` when another process holds it.
+    pub fn try_acquire(root: &Path) -> io::Result<Option<StoreLock>> {
+        let dir = open_root(root)?;
+        let fd = rfs::openat(
+            &dir,
+            LOCK_FILE_NAME,
+            OFlags::RDWR | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o644),
+        )?;
+        match rfs::flock(&fd, rfs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => Ok(Some(StoreLock {
+                _file: File::from(fd),
+            })),
+            Err(Errno::WOULDBLOCK) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+}

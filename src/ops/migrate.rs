@@ -1,0 +1,1056 @@
+//! `migrate`: copy a whole bucket to a local directory (and back), verified and resumable.
+//!
+//! The flow is plan → preflight → copy:
+//! 1. **Plan**: stream the listing; classify each object as rejected (unsafe key),
+//!    folder marker, already present (same size and mtime as the object's LastModified),
+//!    or to copy. Only the to-copy records are kept, and only up to
+//!    [`PLAN_BUFFER_LIMIT`]; beyond that the copy pass lists again, so memory stays flat.
+//! 2. **Preflight**: the bytes to copy must fit in the destination's free space minus
+//!    `min_free` (and under `max_used`) before the first byte is written.
+//! 3. **Copy**: up to `concurrency` objects at once, each streamed into an [`AtomicFile`]
+//!    while hashed, checked against its size and ETag, given the object's mtime and
+//!    Content-Type, fsynced and renamed into place. A broken body resumes with a Range
+//!    request pinned to the ETag; a corrupt one is fetched again.
+//!
+//! A failed object is recorded and the run goes on; a full disk, revoked credentials or
+//! an interruption stop it, with every temp file removed.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use futures::stream::{self, BoxStream, StreamExt};
+use object_store::{GetOptions, GetRange};
+use tokio_util::sync::CancellationToken;
+
+use crate::error::{Error, Result};
+use crate::etag::{self, ContentHasher, Verdict};
+use crate::key::Key;
+use crate::local::{self, AtomicFile, PlaceError, StoreLock};
+use crate::report::Reporter;
+use crate::s3::list::ListedObject;
+use crate::size::{human_bytes, SizeSpec};
+use crate::store::{BlobStore, ObjectBackend};
+
+/// To-copy records kept from the planning pass; a bigger plan is listed again instead.
+pub const PLAN_BUFFER_LIMIT: usize = 20_000;
+/// Default number of objects copied at once: S3 latency, not bandwidth, bounds small
+/// objects, so many requests in flight; each holds at most [`WRITE_BUFFER`] bytes.
+pub const DEFAULT_CONCURRENCY: usize = 64;
+/// Bytes buffered per object before a write to disk.
+const WRITE_BUFFER: usize = 256 << 10;
+/// Attempts per object for broken or corrupt bodies.
+const MAX_ATTEMPTS: u32 = 6;
+
+/// Options of a migration.
+#[derive(Debug, Clone)]
+pub struct MigrateOptions {
+    /// Only keys starting with this (relative to the store's own prefix).
+    pub prefix: String,
+    /// Objects copied at once.
+    pub concurrency: usize,
+    /// Space to leave free on the destination filesystem (s3-to-local).
+    pub min_free: SizeSpec,
+    /// Largest size the destination store may reach (s3-to-local).
+    pub max_used: Option<SizeSpec>,
+    /// Plan and report only; write nothing.
+    pub dry_run: bool,
+    /// Cancelled on Ctrl-C / SIGTERM: the run stops, removes its temp files and reports.
+    pub cancel: CancellationToken,
+}
+
+impl Default for MigrateOptions {
+    fn default() -> Self {
+        MigrateOptions {
+            prefix: String::new(),
+            concurrency: DEFAULT_CONCURRENCY,
+            min_free: SizeSpec::Percent(5.0),
+            max_used: None,
+            dry_run: false,
+            cancel: CancellationToken::new(),
+        }
+    }
+}
+
+/// A key and why it was not copied.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct KeyReason {
+    /// The object key, exactly as listed.
+    pub key: String,
+    /// What went wrong.
+    pub reason: String,
+}
+
+/// What a migration did. `--json` prints exactly this.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct MigrateSummary {
+    /// `s3-to-local` or `local-to-s3`.
+    pub direction: String,
+    /// Where objects came from.
+    pub source: String,
+    /// Where they went.
+    pub destination: String,
+    /// True when nothing was written.
+    pub dry_run: bool,
+    /// Objects seen in the source listing.
+    pub listed: u64,
+    /// Objects copied in this run (verified, or listed in `unverified`).
+    pub copied: u64,
+    /// Objects already present and identical (not downloaded again).
+    pub skipped: u64,
+    /// Folder markers turned into directories.
+    pub folders: u64,
+    /// Bytes copied in this run.
+    pub bytes_copied: u64,
+    /// Bytes the plan said were to copy.
+    pub bytes_planned: u64,
+    /// Objects that could not be copied, with the reason.
+    pub failed: Vec<KeyReason>,
+    /// Keys that cannot be stored safely, with the rule they break.
+    pub rejected: Vec<KeyReason>,
+    /// Objects copied whose content could not be checked against their ETag.
+    pub unverified: Vec<String>,
+    /// Why each unverified object could not be checked.
+    pub unverified_reasons: Vec<KeyReason>,
+    /// Dry run: the keys that would be copied.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub would_copy: Vec<String>,
+    /// True when stopped by Ctrl-C / SIGTERM.
+    pub interrupted: bool,
+    /// Set when a fatal condition (disk full, access revoked) stopped the run early.
+    pub aborted: Option<String>,
+    /// Wall-clock seconds.
+    pub elapsed_s: f64,
+}
+
+impl MigrateSummary {
+    /// True when some object failed, was rejected or is unverified.
+    pub fn has_problems(&self) -> bool {
+        !self.failed.is_empty() || !self.rejected.is_empty() || !self.unverified.is_empty()
+    }
+}
+
+/// One object to copy.
+#[derive(Debug, Clone)]
+struct Planned {
+    key: Key,
+    raw: ListedObject,
+}
+
+enum Class {
+    Rejected(KeyReason),
+    Folder(Option<Key>),
+    Present,
+    Copy(Planned),
+}
+
+enum Outcome {
+    Copied {
+        bytes: u64,
+        unverified: Option<String>,
+    },
+    Failed(String),
+    Rejected(String),
+    Fatal(Error),
+}
+
+/// Copies every object of the S3 (or memory) store `src` under `opts.prefix` into the
+/// directory `dest`. See the module docs for the guarantees.
+pub async fn s3_to_local(
+    src: &BlobStore,
+    dest: &Path,
+    opts: &MigrateOptions,
+    reporter: &dyn Reporter,
+) -> Result<MigrateSummary> {
+    let started = Instant::now();
+    let backend = src.object_backend().ok_or_else(|| {
+        Error::config(
+            "source",
+            "s3-to-local needs an S3 (or memory) store as its source",
+        )
+    })?;
+    let mut summary = MigrateSummary {
+        direction: "s3-to-local".into(),
+        source: format!("{}{}", src.describe(), opts.prefix),
+        destination: dest.display().to_string(),
+        dry_run: opts.dry_run,
+        ..Default::default()
+    };
+    if !dest.is_absolute() {
+        return Err(Error::config(
+            "--dest",
+            format!("{} is relative; give an absolute directory", dest.display()),
+        ));
+    }
+    if !opts.dry_run {
+        std::fs::create_dir_all(dest).map_err(|e| Error::io("create directory", dest, e))?;
+    } else if !dest.exists() {
+        // A dry run writes nothing; measure the filesystem the directory would be on.
+    }
+    let _lock = if opts.dry_run {
+        None
+    } else {
+        Some(
+            StoreLock::try_acquire(dest)
+                .map_err(|e| Error::io("lock", dest.join(local::LOCK_FILE_NAME), e))?
+                .ok_or_else(|| Error::Locked {
+                    path: dest.join(local::LOCK_FILE_NAME),
+                })?,
+        )
+    };
+    if !opts.dry_run {
+        let removed = remove_leftover_temp_files(dest).await?;
+        if removed > 0 {
+            reporter.note(&format!(
+                "removed {removed} temp file(s) left by an interrupted run"
+            ));
+        }
+    }
+
+    // 1. Plan.
+    reporter.phase("listing", None, None);
+    let mut buffered: Option<Vec<Planned>> = Some(Vec::new());
+    let mut to_copy = 0u64;
+    let mut folders = Vec::new();
+    {
+        let mut pages = listing(src, backend, &opts.prefix).ready_chunks(1000);
+        while let Some(page) = pages.next().await {
+            if opts.cancel.is_cancelled() {
+                summary.interrupted = true;
+                summary.elapsed_s = started.elapsed().as_secs_f64();
+                return Ok(summary);
+            }
+            let page: Vec<ListedObject> = page.into_iter().collect::<Result<_>>()?;
+            reporter.items_found(page.len() as u64);
+            summary.listed += page.len() as u64;
+            let root = dest.to_path_buf();
+            let classes = tokio::task::spawn_blocking(move || {
+                page.into_iter()
+                    .map(|o| classify(&root, o))
+                    .collect::<Vec<_>>()
+            })
+            .await
+            .expect("classify does not panic");
+            for c in classes {
+                match c {
+                    Class::Rejected(kr) => {
+                        reporter.note(&format!("rejected {:?}: {}", kr.key, kr.reason));
+                        summary.rejected.push(kr);
+                    }
+                    Class::Folder(k) => folders.extend(k),
+                    Class::Present => summary.skipped += 1,
+                    Class::Copy(p) => {
+                        to_copy += 1;
+                        summary.bytes_planned += p.raw.size;
+                        if opts.dry_run {
+                            summary.would_copy.push(p.raw.key.clone());
+                        }
+                        if let Some(buf) = &mut buffered {
+                            if buf.len() < PLAN_BUFFER_LIMIT {
+                                buf.push(p);
+                            } else {
+                                buffered = None;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    summary.folders = folders.len() as u64;
+
+    // 2. Preflight.
+    preflight(dest, summary.bytes_planned, opts).await?;
+    if opts.dry_run || to_copy == 0 && folders.is_empty() {
+        summary.elapsed_s = started.elapsed().as_secs_f64();
+        return Ok(summary);
+    }
+    for f in &folders {
+        let (root, f2) = (dest.to_path_buf(), f.clone());
+        let res = tokio::task::spawn_blocking(move || local::create_dir_beneath(&root, &f2))
+            .await
+            .expect("mkdir does not panic");
+        if let Err(e) = res {
+            summary.rejected.push(KeyReason {
+                key: format!("{f}/"),
+                reason: e.to_string(),
+            });
+        }
+    }
+
+    // 3. Copy.
+    reporter.phase("copying", Some(to_copy), Some(summary.bytes_planned));
+    let work: BoxStream<'_, Result<Planned>> = match buffered {
+        Some(v) => stream::iter(v.into_iter().map(Ok)).boxed(),
+        None => {
+            let root = dest.to_path_buf();
+            listing(src, backend, &opts.prefix)
+                .ready_chunks(1000)
+                .then(move |page| {
+                    let root = root.clone();
+                    async move {
+                        let page: Vec<ListedObject> = match page.into_iter().collect::<Result<_>>()
+                        {
+                            Ok(p) => p,
+                            Err(e) => return vec![Err(e)],
+                        };
+                        tokio::task::spawn_blocking(move || {
+                            page.into_iter()
+                                .filter_map(|o| match classify(&root, o) {
+                                    Class::Copy(p) => Some(Ok(p)),
+                                    _ => None,
+                                })
+                                .collect::<Vec<_>>()
+                        })
+                        .await
+                        .expect("classify does not panic")
+                    }
+                })
+                .flat_map(stream::iter)
+                .boxed()
+        }
+    };
+    let ctx = Arc::new(CopyCtx {
+        backend_store: src.clone(),
+        root: dest.to_path_buf(),
+    });
+    let mut running = work
+        .map(|p| {
+            let ctx = Arc::clone(&ctx);
+            async move {
+                match p {
+                    Ok(p) => {
+                        let key = p.raw.key.clone();
+                        (key, copy_one(&ctx, p, reporter).await)
+                    }
+                    Err(e) => (String::new(), Outcome::Fatal(e)),
+                }
+            }
+        })
+        .buffer_unordered(opts.concurrency.max(1));
+    loop {
+        let next = tokio::select! {
+            biased;
+            _ = opts.cancel.cancelled() => {
+                summary.interrupted = true;
+                break;
+            }
+            n = running.next() => n,
+        };
+        let Some((key, outcome)) = next else { break };
+        match outcome {
+            Outcome::Copied { bytes, unverified } => {
+                summary.copied += 1;
+                summary.bytes_copied += bytes;
+                if let Some(reason) = unverified {
+                    reporter.note(&format!("unverified {key:?}: {reason}"));
+                    summary.unverified.push(key.clone());
+                    summary.unverified_reasons.push(KeyReason {
+                        key: key.clone(),
+                        reason,
+                    });
+                }
+                reporter.item_done(&key, true);
+            }
+            Outcome::Failed(reason) => {
+                reporter.note(&format!("failed {key:?}: {reason}"));
+                summary.failed.push(KeyReason {
+                    key: key.clone(),
+                    reason,
+                });
+                reporter.item_done(&key, false);
+            }
+            Outcome::Rejected(reason) => {
+                reporter.note(&format!("rejected {key:?}: {reason}"));
+                summary.rejected.push(KeyReason {
+                    key: key.clone(),
+                    reason,
+                });
+                reporter.item_done(&key, false);
+            }
+            Outcome::Fatal(e) => {
+                if matches!(
+                    e,
+                    Error::NoSpace { .. }
+                        | Error::Io { .. }
+                        | Error::AccessDenied { .. }
+                        | Error::NoSuchBucket { .. }
+                ) || !key.is_empty()
+                {
+                    summary.aborted = Some(e.to_string());
+                    break;
+                }
+                return Err(e);
+            }
+        }
+    }
+    // Dropping the in-flight copies drops their AtomicFiles, which removes the temp files.
+    drop(running);
+    summary.elapsed_s = started.elapsed().as_secs_f64();
+    Ok(summary)
+}
+
+struct CopyCtx {
+    backend_store: BlobStore,
+    root: PathBuf,
+}
+
+/// The source listing as raw entries: S3 through the hostile-key-proof lister, memory
+/// through object_store.
+fn listing<'a>(
+    src: &BlobStore,
+    backend: &'a ObjectBackend,
+    prefix: &str,
+) -> BoxStream<'a, Result<ListedObject>> {
+    match &backend.s3 {
+        Some(s3) => s3
+            .lister
+            .list(&format!("{}{}", backend.prefix, prefix), &backend.prefix),
+        None => src
+            .list(prefix)
+            .map(|r| {
+                r.map(|m| ListedObject {
+                    key: m.key.to_string(),
+                    size: m.size,
+                    last_modified: m.last_modified,
+                    etag: m.etag,
+                })
+            })
+            .boxed(),
+    }
+}
+
+fn classify(root: &Path, o: ListedObject) -> Class {
+    if let Some(dir) = o.key.strip_suffix('/') {
+        if o.size == 0 {
+            if dir.is_empty() {
+                return Class::Folder(None);
+            }
+            return match Key::new(dir) {
+                Ok(k) => Class::Folder(Some(k)),
+                Err(e) => Class::Rejected(KeyReason {
+                    key: o.key,
+                    reason: e.to_string(),
+                }),
+            };
+        }
+    }
+    let key = match Key::new(o.key.as_str()) {
+        Ok(k) => k,
+        Err(e) => {
+            return Class::Rejected(KeyReason {
+                key: o.key,
+                reason: e.to_string(),
+            })
+        }
+    };
+    match local::stat_file(root, &key) {
+        Ok(Some((size, mtime))) if size == o.size && same_time(mtime, o.last_modified) => {
+            Class::Present
+        }
+        _ => Class::Copy(Planned { key, raw: o }),
+    }
+}
+
+/// Local mtimes are set from LastModified, which listings give to the millisecond.
+fn same_time(mtime: SystemTime, lm: DateTime<Utc>) -> bool {
+    DateTime::<Utc>::from(mtime).timestamp_millis() == lm.timestamp_millis()
+}
+
+async fn preflight(dest: &Path, needed: u64, opts: &MigrateOptions) -> Result<()> {
+    // Measure the filesystem of the nearest existing ancestor (a dry run may name a
+    // directory that does not exist yet).
+    let mut probe = dest.to_path_buf();
+    while !probe.exists() {
+        if !probe.pop() {
+            break;
+        }
+    }
+    let st = local::fs_stats(&probe).map_err(|e| Error::io("statvfs", &probe, e))?;
+    let total = st.f_blocks * st.f_frsize;
+    let avail = st.f_bavail * st.f_frsize;
+    let keep = opts.min_free.resolve(total);
+    let usable = avail.saturating_sub(keep);
+    if needed > usable {
+        return Err(Error::NoSpace {
+            path: dest.to_path_buf(),
+            needed,
+            available: usable,
+            hint: format!(
+                " ({} needed; {} free minus --min-free {} = {} usable). Free space, or lower --min-free",
+                human_bytes(needed),
+                human_bytes(avail),
+                opts.min_free,
+                human_bytes(usable)
+            ),
+        });
+    }
+    if let Some(max) = opts.max_used {
+        let limit = max.resolve(total);
+        let root = dest.to_path_buf();
+        let used = tokio::task::spawn_blocking(move || store_bytes(&root))
+            .await
+            .expect("walk does not panic");
+        if used + needed > limit {
+            return Err(Error::NoSpace {
+                path: dest.to_path_buf(),
+                needed,
+                available: limit.saturating_sub(used),
+                hint: format!(
+                    " (the store holds {} and --max-used is {}: {} more would exceed it)",
+                    human_bytes(used),
+                    max,
+                    human_bytes(needed)
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Apparent bytes of the regular files under `root` (no symlinks followed).
+fn store_bytes(root: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for de in rd.flatten() {
+            match de.file_type() {
+                Ok(t) if t.is_dir() => stack.push(de.path()),
+                Ok(t) if t.is_file() => total += de.metadata().map(|m| m.len()).unwrap_or(0),
+                _ => {}
+            }
+        }
+    }
+    total
+}
+
+/// Removes `.stowage-tmp.*` files left by a killed run. Returns how many.
+async fn remove_leftover_temp_files(root: &Path) -> Result<u64> {
+    let root = root.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let mut removed = 0;
+        let mut stack = vec![root];
+        while let Some(dir) = stack.pop() {
+            let Ok(rd) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for de in rd.flatten() {
+                let name = de.file_name();
+                match de.file_type() {
+                    Ok(t) if t.is_dir() => stack.push(de.path()),
+                    Ok(t) if t.is_file() && local::is_temp_name(&name) => {
+                        if std::fs::remove_file(de.path()).is_ok() {
+                            removed += 1;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(removed)
+    })
+    .await
+    .expect("walk does not panic")
+}
+
+/// Why a GET could not be opened.
+enum OpenError {
+    /// Worth another try (5xx after object_store's own retries, connection trouble).
+    Transient(String),
+    /// Retrying cannot help.
+    Permanent(String),
+}
+
+async fn copy_one(ctx: &CopyCtx, p: Planned, reporter: &dyn Reporter) -> Outcome {
+    let (root, key) = (ctx.root.clone(), p.key.clone());
+    let created = tokio::task::spawn_blocking(move || AtomicFile::create(&root, &key)).await;
+    let mut file = match created.expect("create does not panic") {
+        Ok(f) => f,
+        Err(e) => return place_outcome(&ctx.root, &p.key, e),
+    };
+    let backend = ctx.backend_store.object_backend().expect("object backend");
+    let path = match backend.path(&p.key) {
+        Ok(path) => path,
+        Err(e) => return Outcome::Failed(e.to_string()),
+    };
+    let size = p.raw.size;
+    let mut attempt = 0u32;
+    let mut last_reason = String::new();
+    let mut hasher = ContentHasher::new(p.raw.etag.as_deref(), size);
+    let mut content_type: Option<String> = None;
+    let mut buf: Vec<u8> = Vec::with_capacity(WRITE_BUFFER.min(size as usize + 1));
+    loop {
+        if attempt > 0 {
+            if attempt >= MAX_ATTEMPTS {
+                return Outcome::Failed(format!(
+                    "gave up after {MAX_ATTEMPTS} attempts: {last_reason}"
+                ));
+            }
+            reporter.note(&format!(
+                "retrying {:?} from byte {} ({last_reason})",
+                p.raw.key,
+                hasher.bytes()
+            ));
+            backoff(attempt).await;
+        }
+        attempt += 1;
+        // Resume where the last attempt stopped; every request is pinned to the listed
+        // ETag, so a replaced object fails with 412 instead of mixing two versions.
+        let offset = hasher.bytes();
+        if offset < size || size == 0 {
+            let mut body = match open_get(backend, &path, &p, offset).await {
+                Ok((body, ct)) => {
+                    content_type = content_type.or(ct);
+                    body
+                }
+                Err(OpenError::Transient(r)) => {
+                    last_reason = r;
+                    continue;
+                }
+                Err(OpenError::Permanent(r)) => return Outcome::Failed(r),
+            };
+            let mut broken = None;
+            while let Some(chunk) = body.next().await {
+                match chunk {
+                    Ok(c) => {
+                        reporter.bytes_done(c.len() as u64);
+                        buf.extend_from_slice(&c);
+                        if buf.len() >= WRITE_BUFFER {
+                            match flush(file, hasher, std::mem::take(&mut buf)).await {
+                                Ok(x) => (file, hasher, buf) = x,
+                                Err(e) => return io_outcome(&ctx.root, &p.key, e),
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        broken = Some(e.to_string());
+                        break;
+                    }
+                }
+            }
+            match flush(file, hasher, std::mem::take(&mut buf)).await {
+                Ok(x) => (file, hasher, buf) = x,
+                Err(e) => return io_outcome(&ctx.root, &p.key, e),
+            }
+            let got = hasher.bytes();
+            if got < size {
+                last_reason = match broken {
+                    Some(e) => format!("body broke off at byte {got}: {e}"),
+                    None => format!("body ended at byte {got} of {size}"),
+                };
+                continue;
+            }
+        }
+        // The body is complete: check it, then place it.
+        let (etag, lm) = (p.raw.etag.clone(), p.raw.last_modified);
+        let checked =
+            tokio::task::spawn_blocking(move || -> std::io::Result<(AtomicFile, Verdict)> {
+                let verdict = match hasher.finish() {
+                    Some(v) => v,
+                    None => etag::check_reader(etag.as_deref(), size, || file.reopen_read())?,
+                };
+                Ok((file, verdict))
+            })
+            .await
+            .expect("verify does not panic");
+        let verdict;
+        (file, verdict) = match checked {
+            Ok(x) => x,
+            Err(e) => return io_outcome(&ctx.root, &p.key, e),
+        };
+        hasher = ContentHasher::new(p.raw.etag.as_deref(), size);
+        let unverified = match verdict {
+            Verdict::Match { .. } => None,
+            Verdict::Mismatch { expected, actual } => {
+                // Corrupt or overlong body: fetch the whole object again.
+                last_reason = format!("content does not match: expected {expected}, got {actual}");
+                match truncate(file).await {
+                    Ok(f) => file = f,
+                    Err(e) => return io_outcome(&ctx.root, &p.key, e),
+                }
+                continue;
+            }
+            Verdict::Unverifiable { reason } => Some(reason),
+        };
+        let ct = content_type.clone();
+        let committed =
+            tokio::task::spawn_blocking(move || -> std::result::Result<(), PlaceError> {
+                file.set_modified(SystemTime::from(lm))?;
+                if let Some(ct) = ct {
+                    file.set_content_type(&ct)?;
+                }
+                file.commit()
+            })
+            .await
+            .expect("commit does not panic");
+        return match committed {
+            Ok(()) => Outcome::Copied {
+                bytes: size,
+                unverified,
+            },
+            Err(e) => place_outcome(&ctx.root, &p.key, e),
+        };
+    }
+}
+
+/// Opens a GET of the object from `offset`, returning the body and the Content-Type.
+async fn open_get(
+    backend: &ObjectBackend,
+    path: &object_store::path::Path,
+    p: &Planned,
+    offset: u64,
+) -> std::result::Result<
+    (
+        BoxStream<'static, object_store::Result<Bytes>>,
+        Option<String>,
+    ),
+    OpenError,
+> {
+    let opts = GetOptions {
+        range: (offset > 0).then_some(GetRange::Offset(offset)),
+        if_match: p.raw.etag.clone(),
+        ..Default::default()
+    };
+    let res = match backend.store.get_opts(path, opts).await {
+        Ok(r) => r,
+        Err(object_store::Error::NotFound { .. }) => {
+            return Err(OpenError::Permanent("object vanished from the bucket during the migration".into()))
+        }
+        Err(object_store::Error::Precondition { .. }) => {
+            return Err(OpenError::Permanent(
+                "object changed during the migration (ETag no longer matches); run again to copy the new version".into(),
+            ))
+        }
+        Err(e @ (object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. })) => {
+            return Err(OpenError::Permanent(format!("access denied: {e}")))
+        }
+        Err(e) => return Err(OpenError::Transient(e.to_string())),
+    };
+    if res.meta.size != p.raw.size {
+        return Err(OpenError::Permanent(format!(
+            "object size changed during the migration ({} listed, {} now); run again to copy the new version",
+            p.raw.size, res.meta.size
+        )));
+    }
+    let ct = res
+        .attributes
+        .get(&object_store::Attribute::ContentType)
+        .map(|v| v.as_ref().to_owned());
+    Ok((res.into_stream(), ct))
+}
+
+async fn truncate(mut file: AtomicFile) -> std::io::Result<AtomicFile> {
+    tokio::task::spawn_blocking(move || file.truncate().map(|()| file))
+        .await
+        .expect("truncate does not panic")
+}
+
+async fn flush(
+    mut file: AtomicFile,
+    mut hasher: ContentHasher,
+    mut buf: Vec<u8>,
+) -> std::io::Result<(AtomicFile, ContentHasher, Vec<u8>)> {
+    if buf.is_empty() {
+        return Ok((file, hasher, buf));
+    }
+    tokio::task::spawn_blocking(move || {
+        hasher.update(&buf);
+        file.write_all(&buf)?;
+        buf.clear();
+        Ok((file, hasher, buf))
+    })
+    .await
+    .expect("write does not panic")
+}
+
+async fn backoff(attempt: u32) {
+    let base = Duration::from_millis(100) * 2u32.saturating_pow(attempt.saturating_sub(1).min(6));
+    let capped = base.min(Duration::from_secs(5));
+    let jittered = capped.mul_f64(0.5 + fastrand::f64() * 0.5);
+    tokio::time::sleep(jittered).await;
+}
+
+fn place_outcome(root: &Path, key: &Key, e: PlaceError) -> Outcome {
+    match e {
+        PlaceError::Io(io) => io_outcome(root, key, io),
+        other => Outcome::Rejected(other.to_string()),
+    }
+}
+
+fn io_outcome(root: &Path, key: &Key, e: std::io::Error) -> Outcome {
+    if crate::error::is_enospc(&e) {
+        Outcome::Fatal(Error::io("write (disk full)", key.to_path(root), e))
+    } else {
+        Outcome::Failed(format!("{}: {e}", key.to_path(root).display()))
+    }
+}
+
+/// Copies every regular file under `source` into the S3 store `dst` (the rollback path).
+/// Files already in the bucket with the same size and a matching ETag are skipped; each
+/// upload carries a SHA-256 checksum the server verifies, and is checked afterwards
+/// against the object's size and ETag.
+pub async fn local_to_s3(
+    source: &Path,
+    dst: &BlobStore,
+    opts: &MigrateOptions,
+    reporter: &dyn Reporter,
+) -> Result<MigrateSummary> {
+    let started = Instant::now();
+    let backend = dst.object_backend().ok_or_else(|| {
+        Error::config(
+            "destination",
+            "local-to-s3 needs an S3 (or memory) store as its destination",
+        )
+    })?;
+    let mut summary = MigrateSummary {
+        direction: "local-to-s3".into(),
+        source: source.display().to_string(),
+        destination: format!("{}{}", dst.describe(), opts.prefix),
+        dry_run: opts.dry_run,
+        ..Default::default()
+    };
+    if !source.is_dir() {
+        return Err(Error::config(
+            "--source",
+            format!(
+                "{} is not a directory; point --source (or LOCAL_STORAGE_PATH) at the store",
+                source.display()
+            ),
+        ));
+    }
+    // What the bucket already holds: key -> (size, etag). One small record per object.
+    reporter.phase("listing", None, None);
+    let mut existing = std::collections::HashMap::new();
+    let mut remote = listing(dst, backend, &opts.prefix);
+    while let Some(o) = remote.next().await {
+        let o = o?;
+        reporter.items_found(1);
+        existing.insert(o.key, (o.size, o.etag));
+    }
+    drop(remote);
+
+    let files = local_files(source.to_path_buf(), opts.prefix.clone());
+    reporter.phase(
+        if opts.dry_run {
+            "planning"
+        } else {
+            "uploading"
+        },
+        None,
+        None,
+    );
+    let existing = Arc::new(existing);
+    let mut running = files
+        .map(|f| {
+            let existing = Arc::clone(&existing);
+            async move { upload_one(dst, f, &existing, opts.dry_run, reporter).await }
+        })
+        .buffer_unordered(opts.concurrency.max(1));
+    loop {
+        let next = tokio::select! {
+            biased;
+            _ = opts.cancel.cancelled() => { summary.interrupted = true; break; }
+            n = running.next() => n,
+        };
+        let Some((key, outcome)) = next else { break };
+        summary.listed += 1;
+        match outcome {
+            UploadOutcome::Skipped => summary.skipped += 1,
+            UploadOutcome::WouldCopy(size) => {
+                summary.bytes_planned += size;
+                summary.would_copy.push(key);
+            }
+            UploadOutcome::Done(Outcome::Copied { bytes, unverified }) => {
+                summary.copied += 1;
+                summary.bytes_copied += bytes;
+                summary.bytes_planned += bytes;
+                if let Some(reason) = unverified {
+                    summary.unverified.push(key.clone());
+                    summary.unverified_reasons.push(KeyReason {
+                        key: key.clone(),
+                        reason,
+                    });
+                }
+                reporter.item_done(&key, true);
+            }
+            UploadOutcome::Done(Outcome::Failed(reason)) => {
+                reporter.note(&format!("failed {key:?}: {reason}"));
+                summary.failed.push(KeyReason {
+                    key: key.clone(),
+                    reason,
+                });
+                reporter.item_done(&key, false);
+            }
+            UploadOutcome::Done(Outcome::Rejected(reason)) => {
+                reporter.note(&format!("rejected {key:?}: {reason}"));
+                summary.rejected.push(KeyReason { key, reason });
+            }
+            UploadOutcome::Done(Outcome::Fatal(e)) => {
+                summary.aborted = Some(e.to_string());
+                break;
+            }
+        }
+    }
+    drop(running);
+    summary.elapsed_s = started.elapsed().as_secs_f64();
+    Ok(summary)
+}
+
+enum UploadOutcome {
+    Skipped,
+    WouldCopy(u64),
+    Done(Outcome),
+}
+
+/// A regular file found under the source root: its key (or why it is not one) and path.
+struct LocalFile {
+    rel: String,
+    key: std::result::Result<Key, String>,
+    path: PathBuf,
+    size: u64,
+}
+
+async fn upload_one(
+    dst: &BlobStore,
+    f: LocalFile,
+    existing: &std::collections::HashMap<String, (u64, Option<String>)>,
+    dry_run: bool,
+    reporter: &dyn Reporter,
+) -> (String, UploadOutcome) {
+    let key = match f.key {
+        Ok(k) => k,
+        Err(reason) => return (f.rel, UploadOutcome::Done(Outcome::Rejected(reason))),
+    };
+    let name = key.to_string();
+    if let Some((size, etag)) = existing.get(&name) {
+        if *size == f.size {
+            let (path, size, etag) = (f.path.clone(), *size, etag.clone());
+            let same =
+                tokio::task::spawn_blocking(move || etag::check_file(&path, size, etag.as_deref()))
+                    .await
+                    .expect("hashing does not panic");
+            if matches!(same, Ok(Verdict::Match { .. })) {
+                reporter.bytes_done(f.size);
+                return (name, UploadOutcome::Skipped);
+            }
+        }
+    }
+    if dry_run {
+        return (name, UploadOutcome::WouldCopy(f.size));
+    }
+    let ct = {
+        let path = f.path.clone();
+        tokio::task::spawn_blocking(move || {
+            std::fs::File::open(path)
+                .ok()
+                .and_then(|fh| local::read_content_type(&fh))
+        })
+        .await
+        .expect("xattr read does not panic")
+    };
+    if let Err(e) = dst.put_file(&key, &f.path, ct.as_deref()).await {
+        return (
+            name,
+            UploadOutcome::Done(match e {
+                e @ (Error::AccessDenied { .. } | Error::NoSuchBucket { .. }) => Outcome::Fatal(e),
+                e => Outcome::Failed(e.to_string()),
+            }),
+        );
+    }
+    reporter.bytes_done(f.size);
+    // Check what landed against what we sent.
+    let meta = match dst.head(&key).await {
+        Ok(m) => m,
+        Err(e) => {
+            return (
+                name,
+                UploadOutcome::Done(Outcome::Failed(format!(
+                    "uploaded but cannot be read back: {e}"
+                ))),
+            )
+        }
+    };
+    if meta.size != f.size {
+        return (
+            name,
+            UploadOutcome::Done(Outcome::Failed(format!(
+                "uploaded {} bytes but the bucket holds {}",
+                f.size, meta.size
+            ))),
+        );
+    }
+    let (path, size, etag) = (f.path.clone(), f.size, meta.etag.clone());
+    let verdict =
+        tokio::task::spawn_blocking(move || etag::check_file(&path, size, etag.as_deref()))
+            .await
+            .expect("no panic");
+    let outcome = match verdict {
+        Ok(Verdict::Match { .. }) => Outcome::Copied {
+            bytes: f.size,
+            unverified: None,
+        },
+        Ok(Verdict::Unverifiable { reason }) => Outcome::Copied {
+            bytes: f.size,
+            unverified: Some(reason),
+        },
+        Ok(Verdict::Mismatch { expected, actual }) => Outcome::Failed(format!(
+            "uploaded object does not match the file: ETag {expected}, file {actual}"
+        )),
+        Err(e) => Outcome::Failed(format!("{}: {e}", f.path.display())),
+    };
+    (name, UploadOutcome::Done(outcome))
+}
+
+/// Streams the regular files under `root` whose key starts with `prefix`.
+fn local_files(root: PathBuf, prefix: String) -> BoxStream<'static, LocalFile> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel(256);
+    tokio::task::spawn_blocking(move || {
+        let mut stack = vec![PathBuf::new()];
+        while let Some(rel_dir) = stack.pop() {
+            let Ok(rd) = std::fs::read_dir(root.join(&rel_dir)) else {
+                continue;
+            };
+            for de in rd.flatten() {
+                let name = de.file_name();
+                if local::is_stowage_name(&name) {
+                    continue;
+                }
+                let rel = rel_dir.join(&name);
+                let Ok(ft) = de.file_type() else { continue };
+                if ft.is_dir() {
+                    stack.push(rel);
+                    continue;
+                }
+                if !ft.is_file() {
+                    continue;
+                }
+                let rel_s = rel.to_string_lossy().into_owned();
+                if !rel_s.starts_with(prefix.as_str()) {
+                    continue;
+                }
+                let key = Key::from_relative_path(&rel).map_err(|e| match e {
+                    Error::InvalidKey { reason, .. } => reason.to_string(),
+                    e => e.to_string(),
+                });
+                let size = de.metadata().map(|m| m.len()).unwrap_or(0);
+                if tx
+                    .blocking_send(LocalFile {
+                        rel: rel_s,
+                        key,
+                        path: root.join(&rel),
+                        size,
+                    })
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        }
+    });
+    stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed()
+}

@@ -1,0 +1,754 @@
+//! `BlobStore`: the backend-agnostic blob API services use.
+//!
+//! One cheap-to-clone handle whatever the backend, so switching a service from S3 to the
+//! local disk (or back) is a configuration change. S3 and Memory go through
+//! `Arc<dyn ObjectStore>`; Local goes through [`crate::local`], which keeps every path
+//! under the root and writes atomically (see ARCHITECTURE.md for why).
+
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use futures::stream::{BoxStream, StreamExt, TryStreamExt};
+use object_store::path::Path as ObjPath;
+use object_store::signer::Signer;
+use object_store::{
+    Attribute, Attributes, GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutPayload,
+};
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use tokio::io::AsyncWriteExt;
+
+use crate::error::{Error, Result};
+use crate::key::Key;
+use crate::local::{self, AtomicFile, PlaceError};
+
+/// A stream of object bytes.
+pub type ByteStream = BoxStream<'static, Result<Bytes>>;
+
+/// What the store knows about one object.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Meta {
+    /// The object's key.
+    pub key: Key,
+    /// Size in bytes.
+    pub size: u64,
+    /// Last modification time.
+    pub last_modified: DateTime<Utc>,
+    /// Entity tag (quoted, as the backend sends it). Local: inode-mtime-size, not a hash.
+    pub etag: Option<String>,
+    /// Content-Type, when the backend stored one.
+    pub content_type: Option<String>,
+}
+
+/// An object opened for reading: its metadata and a body stream.
+pub struct GetStream {
+    /// Metadata of the object being read (consistent with the body).
+    pub meta: Meta,
+    /// The byte range of the object the body covers.
+    pub range: Range<u64>,
+    /// The body.
+    pub body: ByteStream,
+}
+
+impl std::fmt::Debug for GetStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GetStream")
+            .field("meta", &self.meta)
+            .field("range", &self.range)
+            .finish()
+    }
+}
+
+/// Which kind of backend a store is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// A directory on local disk.
+    Local,
+    /// An S3 (or S3-compatible) bucket.
+    S3,
+    /// In process memory.
+    Memory,
+}
+
+/// How download URLs for a local store are formed.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LocalUrls {
+    /// Scheme and authority the files are served from, e.g. `http://localhost:8000`.
+    pub base_url: String,
+    /// Path the file server is mounted at, e.g. `/api/files`.
+    pub files_path: String,
+}
+
+impl Default for LocalUrls {
+    fn default() -> Self {
+        LocalUrls {
+            base_url: "http://localhost:8000".into(),
+            files_path: "/api/files".into(),
+        }
+    }
+}
+
+/// Characters left unencoded in a URL path segment (RFC 3986 unreserved).
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// Percent-encodes each segment of `key` and joins them with `/`.
+pub fn encode_key_path(key: &Key) -> String {
+    key.segments()
+        .map(|s| utf8_percent_encode(s, SEGMENT).to_string())
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// A blob store: local directory, S3 bucket or memory, behind one API.
+///
+/// Cloning is cheap (an `Arc`); clones share the backend and its connection pool.
+#[derive(Clone)]
+pub struct BlobStore {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for BlobStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "BlobStore({})", self.describe())
+    }
+}
+
+enum Inner {
+    Local(LocalBackend),
+    Object(ObjectBackend),
+}
+
+struct LocalBackend {
+    root: PathBuf,
+    urls: LocalUrls,
+}
+
+pub(crate) struct ObjectBackend {
+    pub(crate) store: Arc<dyn ObjectStore>,
+    /// Key prefix inside the bucket, empty or ending in `/`.
+    pub(crate) prefix: String,
+    pub(crate) name: String,
+    pub(crate) s3: Option<S3Extras>,
+}
+
+pub(crate) struct S3Extras {
+    pub(crate) signer: Arc<dyn Signer>,
+    pub(crate) presign_ttl: Duration,
+    pub(crate) public_base_url: Option<String>,
+    pub(crate) lister: crate::s3::list::RawLister,
+}
+
+/// Objects at or above this size are uploaded in parts by `put_stream`/`put_file` on S3.
+pub const MULTIPART_THRESHOLD: usize = 8 << 20;
+/// Chunk size of local reads.
+const READ_CHUNK: usize = 256 << 10;
+
+impl BlobStore {
+    /// A store in process memory (tests, examples).
+    pub fn memory() -> BlobStore {
+        BlobStore::from_object_store(
+            Arc::new(object_store::memory::InMemory::new()),
+            "",
+            "memory",
+        )
+    }
+
+    /// A store in the directory `root`, which is created if missing. URLs use
+    /// [`LocalUrls::default`] unless set with [`BlobStore::local_with_urls`].
+    pub fn local(root: impl Into<PathBuf>) -> Result<BlobStore> {
+        BlobStore::local_with_urls(root, LocalUrls::default())
+    }
+
+    /// A local store whose download URLs follow `urls`.
+    pub fn local_with_urls(root: impl Into<PathBuf>, urls: LocalUrls) -> Result<BlobStore> {
+        let root = root.into();
+        if !root.is_absolute() {
+            return Err(Error::config(
+                "LOCAL_STORAGE_PATH",
+                format!("{} is relative; give an absolute directory", root.display()),
+            ));
+        }
+        std::fs::create_dir_all(&root).map_err(|e| Error::io("create directory", &root, e))?;
+        Ok(BlobStore {
+            inner: Arc::new(Inner::Local(LocalBackend { root, urls })),
+        })
+    }
+
+    /// A store over any `object_store` backend, with keys placed under `prefix`.
+    pub fn from_object_store(store: Arc<dyn ObjectStore>, prefix: &str, name: &str) -> BlobStore {
+        BlobStore::from_backend(ObjectBackend {
+            store,
+            prefix: normalize_prefix(prefix),
+            name: name.to_owned(),
+            s3: None,
+        })
+    }
+
+    pub(crate) fn from_backend(b: ObjectBackend) -> BlobStore {
+        BlobStore {
+            inner: Arc::new(Inner::Object(b)),
+        }
+    }
+
+    /// Which backend this is.
+    pub fn kind(&self) -> BackendKind {
+        match &*self.inner {
+            Inner::Local(_) => BackendKind::Local,
+            Inner::Object(o) if o.s3.is_some() => BackendKind::S3,
+            Inner::Object(_) => BackendKind::Memory,
+        }
+    }
+
+    /// The root directory of a local store.
+    pub fn local_root(&self) -> Option<&Path> {
+        match &*self.inner {
+            Inner::Local(l) => Some(&l.root),
+            Inner::Object(_) => None,
+        }
+    }
+
+    /// A short description for messages: `local:/srv/store`, `s3://bucket/prefix/`.
+    pub fn describe(&self) -> String {
+        match &*self.inner {
+            Inner::Local(l) => format!("local:{}", l.root.display()),
+            Inner::Object(o) => format!("{}{}", o.name, o.prefix),
+        }
+    }
+
+    /// Stores `data` under `key`, replacing any previous object.
+    pub async fn put(&self, key: &Key, data: Bytes) -> Result<()> {
+        self.put_opts(key, data, None).await
+    }
+
+    /// Stores `data` under `key` with a Content-Type.
+    pub async fn put_opts(&self, key: &Key, data: Bytes, content_type: Option<&str>) -> Result<()> {
+        match &*self.inner {
+            Inner::Local(l) => {
+                let (root, key2, ct) =
+                    (l.root.clone(), key.clone(), content_type.map(str::to_owned));
+                blocking(move || {
+                    let mut f =
+                        AtomicFile::create(&root, &key2).map_err(|e| place_err(&root, &key2, e))?;
+                    f.write_all(&data)
+                        .map_err(|e| Error::io("write", f.final_path(), e))?;
+                    if let Some(ct) = ct {
+                        f.set_content_type(&ct)
+                            .map_err(|e| Error::io("set xattr", f.final_path(), e))?;
+                    }
+                    f.commit().map_err(|e| place_err(&root, &key2, e))
+                })
+                .await
+            }
+            Inner::Object(o) => {
+                let mut opts = object_store::PutOptions::default();
+                opts.attributes = attributes(content_type);
+                o.store
+                    .put_opts(&o.path(key)?, PutPayload::from_bytes(data), opts)
+                    .await
+                    .map_err(|e| o.err(key, e))?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Stores the bytes of `body` under `key` without holding the object in memory.
+    /// On S3, bodies of [`MULTIPART_THRESHOLD`] bytes or more go up as a multipart upload.
+    /// Nothing appears under `key` unless the whole stream was stored.
+    pub async fn put_stream<S>(&self, key: &Key, body: S, content_type: Option<&str>) -> Result<()>
+    where
+        S: futures::Stream<Item = std::io::Result<Bytes>> + Send,
+    {
+        let mut body = std::pin::pin!(body);
+        match &*self.inner {
+            Inner::Local(l) => {
+                let root = l.root.clone();
+                let k = key.clone();
+                let mut file = blocking(move || {
+                    AtomicFile::create(&root, &k).map_err(|e| place_err(&root, &k, e))
+                })
+                .await?;
+                if let Some(ct) = content_type {
+                    file.set_content_type(ct)
+                        .map_err(|e| Error::io("set xattr", file.final_path(), e))?;
+                }
+                let mut buf = Vec::with_capacity(READ_CHUNK);
+                while let Some(chunk) = body.next().await {
+                    let chunk =
+                        chunk.map_err(|e| Error::io("read input for", file.final_path(), e))?;
+                    buf.extend_from_slice(&chunk);
+                    if buf.len() >= READ_CHUNK {
+                        (file, buf) = write_blocking(file, buf).await?;
+                    }
+                }
+                (file, _) = write_blocking(file, buf).await?;
+                let (root, k) = (l.root.clone(), key.clone());
+                blocking(move || file.commit().map_err(|e| place_err(&root, &k, e))).await
+            }
+            Inner::Object(o) => {
+                let path = o.path(key)?;
+                let mut w = object_store::buffered::BufWriter::with_capacity(
+                    Arc::clone(&o.store),
+                    path,
+                    MULTIPART_THRESHOLD,
+                )
+                .with_attributes(attributes(content_type));
+                let res: Result<()> = async {
+                    while let Some(chunk) = body.next().await {
+                        let chunk = chunk.map_err(|e| Error::Backend {
+                            store: o.name.clone(),
+                            source: Box::new(e),
+                        })?;
+                        w.write_all(&chunk).await.map_err(|e| o.io_err(key, e))?;
+                    }
+                    w.shutdown().await.map_err(|e| o.io_err(key, e))
+                }
+                .await;
+                if res.is_err() {
+                    let _ = w.abort().await;
+                }
+                res
+            }
+        }
+    }
+
+    /// Stores the file at `path` under `key`, streaming it.
+    pub async fn put_file(&self, key: &Key, path: &Path, content_type: Option<&str>) -> Result<()> {
+        let file = tokio::fs::File::open(path)
+            .await
+            .map_err(|e| Error::io("open", path, e))?;
+        let stream = tokio_util::io::ReaderStream::with_capacity(file, READ_CHUNK);
+        self.put_stream(key, stream, content_type).await
+    }
+
+    /// Reads the whole object.
+    pub async fn get(&self, key: &Key) -> Result<Bytes> {
+        let s = self.get_stream(key).await?;
+        let mut out = Vec::with_capacity(s.meta.size as usize);
+        let mut body = s.body;
+        while let Some(chunk) = body.try_next().await? {
+            out.extend_from_slice(&chunk);
+        }
+        Ok(out.into())
+    }
+
+    /// Opens the object for streaming; memory use does not depend on its size.
+    pub async fn get_stream(&self, key: &Key) -> Result<GetStream> {
+        self.get_stream_range(key, None).await
+    }
+
+    /// Reads `range` of the object (end exclusive; clamped to the object's size).
+    pub async fn get_range(&self, key: &Key, range: Range<u64>) -> Result<Bytes> {
+        let s = self.get_stream_range(key, Some(range)).await?;
+        let mut out = Vec::with_capacity((s.range.end - s.range.start) as usize);
+        let mut body = s.body;
+        while let Some(chunk) = body.try_next().await? {
+            out.extend_from_slice(&chunk);
+        }
+        Ok(out.into())
+    }
+
+    /// Opens `range` of the object (or all of it) for streaming. On a local store the body
+    /// comes from the file opened for the metadata, so a concurrent replacement is never mixed in.
+    pub async fn get_stream_range(
+        &self,
+        key: &Key,
+        range: Option<Range<u64>>,
+    ) -> Result<GetStream> {
+        match &*self.inner {
+            Inner::Local(l) => {
+                let (root, k) = (l.root.clone(), key.clone());
+                let (file, meta) = blocking(move || local_open(&root, &k)).await?;
+                let r = clamp(range, meta.size);
+                let mut file = tokio::fs::File::from_std(file);
+                if r.start > 0 {
+                    use tokio::io::AsyncSeekExt;
+                    file.seek(std::io::SeekFrom::Start(r.start))
+                        .await
+                        .map_err(|e| Error::io("seek", key.to_path(&l.root), e))?;
+                }
+                use tokio::io::AsyncReadExt;
+                let path = key.to_path(&l.root);
+                let body = tokio_util::io::ReaderStream::with_capacity(
+                    file.take(r.end - r.start),
+                    READ_CHUNK,
+                )
+                .map_err(move |e| Error::io("read", path.clone(), e))
+                .boxed();
+                Ok(GetStream {
+                    meta,
+                    range: r,
+                    body,
+                })
+            }
+            Inner::Object(o) => {
+                let opts = GetOptions {
+                    range: range.map(|r| GetRange::Bounded(r.start..r.end.max(r.start + 1))),
+                    ..Default::default()
+                };
+                let res = o
+                    .store
+                    .get_opts(&o.path(key)?, opts)
+                    .await
+                    .map_err(|e| o.err(key, e))?;
+                let meta = o.meta(key.clone(), &res.meta, &res.attributes);
+                let r = res.range.clone();
+                let name = o.name.clone();
+                let body = res
+                    .into_stream()
+                    .map_err(move |e| Error::Backend {
+                        store: name.clone(),
+                        source: Box::new(e),
+                    })
+                    .boxed();
+                Ok(GetStream {
+                    meta,
+                    range: r,
+                    body,
+                })
+            }
+        }
+    }
+
+    /// Metadata of the object.
+    pub async fn head(&self, key: &Key) -> Result<Meta> {
+        match &*self.inner {
+            Inner::Local(l) => {
+                let (root, k) = (l.root.clone(), key.clone());
+                blocking(move || local_open(&root, &k).map(|(_, m)| m)).await
+            }
+            Inner::Object(o) => {
+                let opts = GetOptions {
+                    head: true,
+                    ..Default::default()
+                };
+                let res = o
+                    .store
+                    .get_opts(&o.path(key)?, opts)
+                    .await
+                    .map_err(|e| o.err(key, e))?;
+                Ok(o.meta(key.clone(), &res.meta, &res.attributes))
+            }
+        }
+    }
+
+    /// Whether the object exists.
+    pub async fn exists(&self, key: &Key) -> Result<bool> {
+        match self.head(key).await {
+            Ok(_) => Ok(true),
+            Err(Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Deletes the object. `Ok(false)` when it did not exist — the same on every backend.
+    pub async fn delete(&self, key: &Key) -> Result<bool> {
+        match &*self.inner {
+            Inner::Local(l) => {
+                let (root, k) = (l.root.clone(), key.clone());
+                blocking(move || {
+                    local::remove(&root, &k).map_err(|e| Error::io("delete", k.to_path(&root), e))
+                })
+                .await
+            }
+            Inner::Object(o) => {
+                // S3 answers 204 whether or not the key existed: ask first so the result
+                // means the same as on the local backend.
+                if !self.exists(key).await? {
+                    return Ok(false);
+                }
+                match o.store.delete(&o.path(key)?).await {
+                    Ok(()) => Ok(true),
+                    Err(object_store::Error::NotFound { .. }) => Ok(false),
+                    Err(e) => Err(o.err(key, e)),
+                }
+            }
+        }
+    }
+
+    /// Streams the metadata of every object whose key starts with `prefix` (a plain string
+    /// prefix, as on S3), page by page. A stored key that is not a valid [`Key`] yields an
+    /// `Err(Error::InvalidKey)` item and the listing goes on.
+    pub fn list(&self, prefix: &str) -> BoxStream<'static, Result<Meta>> {
+        match &*self.inner {
+            Inner::Local(l) => local_list(l.root.clone(), prefix.to_owned()),
+            Inner::Object(o) => match &o.s3 {
+                _ => {
+                    let store = Arc::clone(&o.store);
+                    let full = format!("{}{}", o.prefix, prefix);
+                    let strip = o.prefix.clone();
+                    let name = o.name.clone();
+                    // List the directory part of the prefix, then filter by the rest.
+                    let dir = full
+                        .rsplit_once('/')
+                        .map(|(d, _)| d.to_owned())
+                        .unwrap_or_default();
+                    let dir_path = ObjPath::parse(&dir).ok();
+                    store
+                        .list(dir_path.as_ref())
+                        .filter_map(move |r| {
+                            let res = match r {
+                                Ok(m) if m.location.as_ref().starts_with(&full) => {
+                                    let k = m
+                                        .location
+                                        .as_ref()
+                                        .strip_prefix(&strip)
+                                        .unwrap_or(m.location.as_ref());
+                                    Some(Key::parse(k).map(|key| Meta {
+                                        key,
+                                        size: m.size,
+                                        last_modified: m.last_modified,
+                                        etag: m.e_tag.clone(),
+                                        content_type: None,
+                                    }))
+                                }
+                                Ok(_) => None,
+                                Err(e) => Some(Err(Error::Backend {
+                                    store: name.clone(),
+                                    source: Box::new(e),
+                                })),
+                            };
+                            futures::future::ready(res)
+                        })
+                        .boxed()
+                }
+            },
+        }
+    }
+
+    /// A URL a client can download the object from: `{base_url}{files_path}/{key}` on a
+    /// local store, a presigned GET URL on S3 (or the public base URL when configured).
+    pub async fn download_url(&self, key: &Key) -> Result<String> {
+        match &*self.inner {
+            Inner::Local(l) => Ok(format!(
+                "{}{}/{}",
+                l.urls.base_url.trim_end_matches('/'),
+                l.urls.files_path.trim_end_matches('/'),
+                encode_key_path(key)
+            )),
+            Inner::Object(o) => match &o.s3 {
+                Some(s3) => {
+                    if let Some(base) = &s3.public_base_url {
+                        return Ok(format!(
+                            "{}/{}",
+                            base.trim_end_matches('/'),
+                            encode_key_path(key)
+                        ));
+                    }
+                    let url = s3
+                        .signer
+                        .signed_url(http::Method::GET, &o.path(key)?, s3.presign_ttl)
+                        .await
+                        .map_err(|e| o.err(key, e))?;
+                    Ok(url.to_string())
+                }
+                None => Err(Error::Backend {
+                    store: o.name.clone(),
+                    source: "an in-memory store has no download URLs".into(),
+                }),
+            },
+        }
+    }
+
+    pub(crate) fn object_backend(&self) -> Option<&ObjectBackend> {
+        match &*self.inner {
+            Inner::Object(o) => Some(o),
+            Inner::Local(_) => None,
+        }
+    }
+}
+
+impl ObjectBackend {
+    pub(crate) fn path(&self, key: &Key) -> Result<ObjPath> {
+        let full = format!("{}{}", self.prefix, key.as_str());
+        ObjPath::parse(&full).map_err(|e| Error::Backend {
+            store: self.name.clone(),
+            source: Box::new(e),
+        })
+    }
+
+    fn meta(&self, key: Key, m: &object_store::ObjectMeta, attrs: &Attributes) -> Meta {
+        Meta {
+            key,
+            size: m.size,
+            last_modified: m.last_modified,
+            etag: m.e_tag.clone(),
+            content_type: attrs
+                .get(&Attribute::ContentType)
+                .map(|v| v.as_ref().to_owned()),
+        }
+    }
+
+    pub(crate) fn err(&self, key: &Key, e: object_store::Error) -> Error {
+        map_object_error(&self.name, Some(key), e)
+    }
+
+    fn io_err(&self, key: &Key, e: std::io::Error) -> Error {
+        match e.into_inner() {
+            Some(inner) => match inner.downcast::<object_store::Error>() {
+                Ok(oe) => self.err(key, *oe),
+                Err(other) => Error::Backend {
+                    store: self.name.clone(),
+                    source: other,
+                },
+            },
+            None => Error::Backend {
+                store: self.name.clone(),
+                source: "I/O error".into(),
+            },
+        }
+    }
+}
+
+/// Maps an object_store error to ours, keeping the semantic cases.
+pub(crate) fn map_object_error(store: &str, key: Option<&Key>, e: object_store::Error) -> Error {
+    match e {
+        object_store::Error::NotFound { .. } if key.is_some() => Error::NotFound {
+            key: key.map(|k| k.to_string()).unwrap_or_default(),
+        },
+        object_store::Error::PermissionDenied { source, .. }
+        | object_store::Error::Unauthenticated { source, .. } => Error::AccessDenied {
+            store: store.to_owned(),
+            detail: source.to_string(),
+        },
+        e => Error::Backend {
+            store: store.to_owned(),
+            source: Box::new(e),
+        },
+    }
+}
+
+fn attributes(content_type: Option<&str>) -> Attributes {
+    let mut a = Attributes::new();
+    if let Some(ct) = content_type {
+        a.insert(Attribute::ContentType, ct.to_owned().into());
+    }
+    a
+}
+
+fn normalize_prefix(p: &str) -> String {
+    let p = p.trim_matches('/');
+    if p.is_empty() {
+        String::new()
+    } else {
+        format!("{p}/")
+    }
+}
+
+fn clamp(range: Option<Range<u64>>, size: u64) -> Range<u64> {
+    match range {
+        None => 0..size,
+        Some(r) => r.start.min(size)..r.end.min(size).max(r.start.min(size)),
+    }
+}
+
+fn place_err(root: &Path, key: &Key, e: PlaceError) -> Error {
+    let path = key.to_path(root);
+    match e {
+        PlaceError::Io(e) if crate::error::is_enospc(&e) => Error::io("write", path, e),
+        PlaceError::Io(e) => Error::io("write", path, e),
+        other => Error::io("write", path, std::io::Error::other(other.to_string())),
+    }
+}
+
+fn local_open(root: &Path, key: &Key) -> Result<(std::fs::File, Meta)> {
+    let file = local::open_beneath(root, key).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Error::NotFound {
+            key: key.to_string(),
+        },
+        _ => Error::io("open", key.to_path(root), e),
+    })?;
+    let md = file
+        .metadata()
+        .map_err(|e| Error::io("stat", key.to_path(root), e))?;
+    let meta = local_meta(key.clone(), &md, local::read_content_type(&file));
+    Ok((file, meta))
+}
+
+/// Metadata of a local file. The ETag is `"<inode>-<mtime ns>-<size>"` in hex: it changes
+/// whenever the file is replaced or modified, but it is not a content hash.
+pub(crate) fn local_meta(key: Key, md: &std::fs::Metadata, content_type: Option<String>) -> Meta {
+    use std::os::unix::fs::MetadataExt;
+    let mtime = md.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+    let nanos = mtime
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    Meta {
+        key,
+        size: md.len(),
+        last_modified: DateTime::<Utc>::from(mtime),
+        etag: Some(format!("\"{:x}-{:x}-{:x}\"", md.ino(), nanos, md.len())),
+        content_type,
+    }
+}
+
+async fn write_blocking(mut file: AtomicFile, buf: Vec<u8>) -> Result<(AtomicFile, Vec<u8>)> {
+    blocking(move || {
+        file.write_all(&buf)
+            .map_err(|e| Error::io("write", file.final_path(), e))?;
+        let mut buf = buf;
+        buf.clear();
+        Ok((file, buf))
+    })
+    .await
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+}
+
+/// Lists a local store: a blocking walk on its own thread feeding a bounded channel, so
+/// memory stays flat however many files there are.
+fn local_list(root: PathBuf, prefix: String) -> BoxStream<'static, Result<Meta>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(256);
+    tokio::task::spawn_blocking(move || {
+        // Interim walker (replaced by crate::walk): depth-first, no symlinks followed.
+        let mut stack = vec![PathBuf::new()];
+        while let Some(rel_dir) = stack.pop() {
+            let Ok(rd) = std::fs::read_dir(root.join(&rel_dir)) else {
+                continue;
+            };
+            for de in rd.flatten() {
+                let name = de.file_name();
+                if local::is_stowage_name(&name) {
+                    continue;
+                }
+                let rel = rel_dir.join(&name);
+                let Ok(ft) = de.file_type() else { continue };
+                if ft.is_dir() {
+                    stack.push(rel);
+                    continue;
+                }
+                if !ft.is_file() || !rel.to_string_lossy().starts_with(prefix.as_str()) {
+                    continue;
+                }
+                let msg = Key::from_relative_path(&rel).and_then(|key| {
+                    let md = de
+                        .metadata()
+                        .map_err(|e| Error::io("stat", root.join(&rel), e))?;
+                    Ok(local_meta(key, &md, None))
+                });
+                if tx.blocking_send(msg).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    tokio_stream_from(rx)
+}
+
+fn tokio_stream_from<T: Send + 'static>(
+    mut rx: tokio::sync::mpsc::Receiver<T>,
+) -> BoxStream<'static, T> {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed()
+}
