@@ -114,13 +114,23 @@ pub enum Error {
     },
 }
 
+// The skeleton's constructors have no caller on this branch yet (store and ops code use
+// them); `allow`, not `expect`, so merging those callers does not trip a lint.
+#[allow(dead_code)]
 impl Error {
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io { op, path: path.into(), source }
+        Error::Io {
+            op,
+            path: path.into(),
+            source,
+        }
     }
 
     pub(crate) fn config(name: impl Into<String>, reason: impl Into<String>) -> Self {
-        Error::Config { name: name.into(), reason: reason.into() }
+        Error::Config {
+            name: name.into(),
+            reason: reason.into(),
+        }
     }
 
     /// True when the error is a full disk or exhausted quota (ENOSPC, EDQUOT).

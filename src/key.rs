@@ -64,7 +64,10 @@ impl Key {
 
     /// Validates `s`, wrapping a failure in [`crate::Error::InvalidKey`].
     pub fn parse(s: &str) -> crate::Result<Key> {
-        Key::new(s).map_err(|reason| crate::Error::InvalidKey { key: s.to_owned(), reason })
+        Key::new(s).map_err(|reason| crate::Error::InvalidKey {
+            key: s.to_owned(),
+            reason,
+        })
     }
 
     /// The key as a string.

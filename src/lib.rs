@@ -8,6 +8,7 @@
 
 mod error;
 pub mod key;
+pub mod s3;
 
 pub use error::{Error, Result};
 pub use key::{Key, KeyError};
