@@ -83,6 +83,7 @@ struct Inner {
     endpoint_desc: String,
     bucket: String,
     retry: Retry,
+    url_encoding: bool,
 }
 
 impl RawLister {
@@ -105,6 +106,7 @@ impl RawLister {
                     first_delay: Duration::from_millis(100),
                     max_delay: Duration::from_secs(5),
                 },
+                url_encoding: true,
             }),
         }
     }
@@ -118,6 +120,15 @@ impl RawLister {
             first_delay,
             max_delay,
         };
+        self
+    }
+
+    /// Whether to ask for `encoding-type=url` (the default, and what AWS recommends: it is
+    /// the only way keys with control characters survive the XML). Turn it off for servers
+    /// that echo `<EncodingType>url</EncodingType>` without encoding the keys, such as
+    /// s3s-fs 0.14.1: with it on, their `a+b` and `%2e` keys would be decoded wrongly.
+    pub fn with_url_encoding(mut self, on: bool) -> Self {
+        Arc::make_mut(&mut self.inner).url_encoding = on;
         self
     }
 
@@ -144,7 +155,7 @@ impl RawLister {
                 return Ok(None);
             };
             let page = st.inner.fetch_page(&st.prefix, token.as_deref()).await?;
-            let url_encoded = page.encoding_type.as_deref() == Some("url");
+            let url_encoded = st.inner.url_encoding && page.encoding_type.as_deref() == Some("url");
             let entries: Vec<Result<ListedObject>> = page
                 .contents
                 .into_iter()
@@ -228,8 +239,10 @@ impl Inner {
             ("list-type", "2"),
             ("prefix", prefix),
             ("max-keys", PAGE_SIZE),
-            ("encoding-type", "url"),
         ];
+        if self.url_encoding {
+            query.push(("encoding-type", "url"));
+        }
         if let Some(token) = token {
             query.push(("continuation-token", token));
         }
