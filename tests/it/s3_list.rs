@@ -379,3 +379,36 @@ async fn test_server_env_and_put_raw_reach_the_same_bucket() {
         ("stowage-test-access", "us-east-1")
     );
 }
+
+#[tokio::test]
+async fn connection_errors_are_retried_then_reported_as_backend() {
+    // A port that was just free: nothing listens there, so every attempt is refused.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let store = object_store::aws::AmazonS3Builder::new()
+        .with_endpoint(format!("http://127.0.0.1:{port}"))
+        .with_bucket_name("b")
+        .with_access_key_id("k")
+        .with_secret_access_key("s")
+        .with_region("us-east-1")
+        .with_allow_http(true)
+        .build()
+        .unwrap();
+    let lister = RawLister::new(
+        Arc::new(store),
+        reqwest::Client::new(),
+        format!("127.0.0.1:{port}"),
+        "b".into(),
+    )
+    .with_retry(2, Duration::from_millis(1), Duration::from_millis(1));
+    let err = lister
+        .list("", "")
+        .try_collect::<Vec<_>>()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Backend { .. }), "{err:?}");
+    assert!(err.to_string().contains("after 2 attempts"), "{err}");
+}
