@@ -67,6 +67,15 @@ pub struct S3Config {
     /// Lifetime of presigned download URLs.
     #[serde(default = "default_ttl", with = "humantime_serde_compat")]
     pub presign_ttl: Duration,
+    /// Ask for URL-encoded keys in listings (`encoding-type=url`), so keys with control
+    /// characters survive the XML. On by default; turn off (`S3_URL_ENCODED_LISTING=false`)
+    /// for servers that claim the encoding without applying it (s3s-fs 0.14).
+    #[serde(default = "yes")]
+    pub url_encoded_listing: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn default_ttl() -> Duration {
@@ -104,6 +113,7 @@ impl std::fmt::Debug for S3Config {
             )
             .field("public_base_url", &self.public_base_url)
             .field("presign_ttl", &self.presign_ttl)
+            .field("url_encoded_listing", &self.url_encoded_listing)
             .finish()
     }
 }
@@ -178,6 +188,13 @@ impl S3Config {
             session_token,
             public_base_url: v.get("S3_PUBLIC_BASE_URL"),
             presign_ttl,
+            url_encoded_listing: match v.get("S3_URL_ENCODED_LISTING").as_deref() {
+                None | Some("true" | "1" | "yes") => true,
+                Some("false" | "0" | "no") => false,
+                Some(other) => {
+                    return Err(Error::config("S3_URL_ENCODED_LISTING", format!("{other:?}: expected true or false")))
+                }
+            },
         })
     }
 }
@@ -198,6 +215,7 @@ impl StoreConfig {
     /// | `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN` | credentials | `~/.aws/credentials` \[`AWS_PROFILE`\] |
     /// | `S3_PUBLIC_BASE_URL` | CDN base for download URLs instead of presigning | none |
     /// | `S3_PRESIGN_TTL` | lifetime of presigned URLs | `1h` |
+    /// | `S3_URL_ENCODED_LISTING` | ask for URL-encoded keys in listings | `true` |
     pub fn from_env() -> Result<StoreConfig> {
         StoreConfig::from_vars(&Vars::process())
     }

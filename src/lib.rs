@@ -13,7 +13,7 @@ pub mod key;
 pub mod local;
 pub mod ops;
 pub mod report;
-mod s3;
+pub mod s3;
 pub mod size;
 pub mod store;
 

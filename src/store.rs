@@ -480,7 +480,22 @@ impl BlobStore {
         match &*self.inner {
             Inner::Local(l) => local_list(l.root.clone(), prefix.to_owned()),
             Inner::Object(o) => match &o.s3 {
-                _ => {
+                Some(s3) => s3
+                    .lister
+                    .list(&format!("{}{}", o.prefix, prefix), &o.prefix)
+                    .map(|r| {
+                        r.and_then(|obj| {
+                            Ok(Meta {
+                                key: Key::parse(&obj.key)?,
+                                size: obj.size,
+                                last_modified: obj.last_modified,
+                                etag: obj.etag,
+                                content_type: None,
+                            })
+                        })
+                    })
+                    .boxed(),
+                None => {
                     let store = Arc::clone(&o.store);
                     let full = format!("{}{}", o.prefix, prefix);
                     let strip = o.prefix.clone();

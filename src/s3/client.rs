@@ -53,12 +53,13 @@ pub(crate) fn open(cfg: &S3Config) -> Result<BlobStore> {
     Ok(BlobStore::from_backend(ObjectBackend {
         store: s3.clone(),
         prefix: normalize(&cfg.prefix),
-        name: name.trim_end_matches('/').to_owned(),
+        name: name.clone(),
         s3: Some(S3Extras {
             signer: s3.clone(),
             presign_ttl: cfg.presign_ttl,
             public_base_url: cfg.public_base_url.clone(),
-            lister: crate::s3::list::RawLister { store: s3.clone() },
+            lister: crate::s3::list::RawLister::new(s3, list_http_client()?, name.clone(), cfg.bucket.clone())
+                .with_url_encoding(cfg.url_encoded_listing),
         }),
     }))
 }
@@ -70,4 +71,13 @@ fn normalize(p: &str) -> String {
     } else {
         format!("{p}/")
     }
+}
+
+/// The HTTP client for listing pages (object_store does not lend its own).
+fn list_http_client() -> Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .read_timeout(Duration::from_secs(60))
+        .build()
+        .map_err(|e| Error::config("S3 configuration", format!("cannot build the HTTP client: {e}")))
 }

@@ -1,49 +1,438 @@
-//! INTERIM (replaced by the raw ListObjectsV2 lister on merge).
-#![allow(missing_docs)]
+//! A ListObjectsV2 lister that survives hostile keys.
+//!
+//! object_store's S3 `list` turns every key into a `Path` and ends the whole stream at the
+//! first one `Path::parse` rejects (`../x`, `a//b`, `./x`, control characters). A migration
+//! must see those keys (to report them) *and* every key after them, so this module fetches
+//! the pages itself: each page is a presigned GET on the bucket root (object_store's
+//! [`Signer`] does the SigV4 work), fetched with reqwest and parsed here. Keys are requested
+//! with `encoding-type=url`, so keys with control characters survive the XML, and are handed
+//! back exactly as stored.
+//!
+//! One page (at most 1,000 entries) is held in memory at a time; the next page is requested
+//! only once the consumer has taken every entry of the current one.
+
 use std::sync::Arc;
+use std::time::Duration;
 
-use futures::stream::{BoxStream, StreamExt};
-use object_store::ObjectStore;
+use chrono::{DateTime, Utc};
+use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
+use object_store::path::Path;
+use object_store::signer::{Method, SignedUrlOptions, Signer};
+use serde::Deserialize;
 
+use crate::{Error, Result};
+
+/// Entries asked for per page (the S3 maximum).
+const PAGE_SIZE: &str = "1000";
+/// How long each presigned page URL stays valid. A URL is signed per attempt, so this only
+/// has to cover one request.
+const URL_TTL: Duration = Duration::from_secs(15 * 60);
+/// Upper bound for one page request, body included.
+const PAGE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// One entry of a raw S3 listing: the key exactly as stored, relative to the `strip` prefix
+/// given to [`RawLister::list`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListedObject {
+    /// The key as stored, with the `strip` prefix removed. It may be any string S3 accepts,
+    /// including ones that are not a valid [`crate::Key`].
     pub key: String,
+    /// Size in bytes.
     pub size: u64,
-    pub last_modified: chrono::DateTime<chrono::Utc>,
+    /// Last modification time (milliseconds precision in listings).
+    pub last_modified: DateTime<Utc>,
+    /// The ETag as the server sent it, quotes included; `None` when the server sends none
+    /// (s3s-fs does not in listings).
     pub etag: Option<String>,
 }
 
-pub(crate) struct RawLister {
-    pub(crate) store: Arc<dyn ObjectStore>,
+/// How often and how patiently a page request is retried.
+#[derive(Debug, Clone, Copy)]
+struct Retry {
+    attempts: u32,
+    first_delay: Duration,
+    max_delay: Duration,
+}
+
+impl Retry {
+    /// The delay before attempt `attempt + 1`: exponential, capped, with jitter in the upper half.
+    fn delay(&self, attempt: u32) -> Duration {
+        let exp = self
+            .first_delay
+            .saturating_mul(1u32 << attempt.saturating_sub(1).min(16));
+        let capped = exp.min(self.max_delay).as_millis() as u64;
+        Duration::from_millis(fastrand::u64(capped / 2..=capped.max(1)))
+    }
+}
+
+/// Lists a bucket through presigned ListObjectsV2 requests, returning keys exactly as stored.
+///
+/// Unlike object_store's `list`, a key that is not a valid object_store `Path` (`../x`,
+/// `a//b`, control characters) is returned like any other and does not end the listing.
+/// Transient failures (5xx, `SlowDown`, connection errors, timeouts) are retried with capped
+/// exponential backoff and jitter; entries already yielded are never repeated.
+#[derive(Debug, Clone)]
+pub struct RawLister {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug, Clone)]
+struct Inner {
+    signer: Arc<dyn Signer>,
+    http: reqwest::Client,
+    endpoint_desc: String,
+    bucket: String,
+    retry: Retry,
+    url_encoding: bool,
 }
 
 impl RawLister {
-    pub(crate) fn list(
+    /// A lister that signs page URLs with `signer` (an `AmazonS3` configured for `bucket`)
+    /// and fetches them with `http`. `endpoint_desc` names the store in error messages.
+    pub fn new(
+        signer: Arc<dyn Signer>,
+        http: reqwest::Client,
+        endpoint_desc: String,
+        bucket: String,
+    ) -> Self {
+        RawLister {
+            inner: Arc::new(Inner {
+                signer,
+                http,
+                endpoint_desc,
+                bucket,
+                retry: Retry {
+                    attempts: 8,
+                    first_delay: Duration::from_millis(100),
+                    max_delay: Duration::from_secs(5),
+                },
+                url_encoding: true,
+            }),
+        }
+    }
+
+    /// Changes the retry policy: at most `attempts` tries per page (at least one), waiting
+    /// `first_delay` after the first failure, doubling up to `max_delay`.
+    /// The default is 8 attempts, 100 ms doubling to 5 s.
+    pub fn with_retry(mut self, attempts: u32, first_delay: Duration, max_delay: Duration) -> Self {
+        Arc::make_mut(&mut self.inner).retry = Retry {
+            attempts: attempts.max(1),
+            first_delay,
+            max_delay,
+        };
+        self
+    }
+
+    /// Whether to ask for `encoding-type=url` (the default, and what AWS recommends: it is
+    /// the only way keys with control characters survive the XML). Turn it off for servers
+    /// that echo `<EncodingType>url</EncodingType>` without encoding the keys, such as
+    /// s3s-fs 0.14.1: with it on, their `a+b` and `%2e` keys would be decoded wrongly.
+    pub fn with_url_encoding(mut self, on: bool) -> Self {
+        Arc::make_mut(&mut self.inner).url_encoding = on;
+        self
+    }
+
+    /// Streams every object whose full key starts with `prefix` (may be empty), in listing
+    /// order, fetching 1,000 entries per page and following `NextContinuationToken`.
+    ///
+    /// `strip` is removed from the front of each returned key (a store's own key prefix);
+    /// `prefix` should start with it. A listed key that does not start with `strip` ends the
+    /// stream with [`Error::Backend`]. After an `Err` the stream ends.
+    ///
+    /// Errors: [`Error::AccessDenied`] on 401/403, [`Error::NoSuchBucket`] on a missing
+    /// bucket, [`Error::Backend`] for anything else, including transient failures that
+    /// outlasted the retries.
+    pub fn list(&self, prefix: &str, strip: &str) -> BoxStream<'static, Result<ListedObject>> {
+        let state = PageState {
+            inner: self.inner.clone(),
+            prefix: prefix.to_owned(),
+            strip: strip.to_owned(),
+            next: Some(None),
+        };
+        stream::try_unfold(state, |mut st| async move {
+            // `next` is None once the last page has been fetched.
+            let Some(token) = st.next.take() else {
+                return Ok(None);
+            };
+            let page = st.inner.fetch_page(&st.prefix, token.as_deref()).await?;
+            let url_encoded = st.inner.url_encoding && page.encoding_type.as_deref() == Some("url");
+            let entries: Vec<Result<ListedObject>> = page
+                .contents
+                .into_iter()
+                .map(|c| st.inner.entry(c, url_encoded, &st.strip))
+                .collect();
+            if page.is_truncated {
+                match page.next_continuation_token {
+                    Some(next) if Some(&next) != token.as_ref() && !next.is_empty() => {
+                        st.next = Some(Some(next));
+                    }
+                    Some(_) => {
+                        return Err(st.inner.backend(
+                            "the server repeated the continuation token; stopping to avoid a loop",
+                        ));
+                    }
+                    None => {
+                        return Err(st
+                            .inner
+                            .backend("truncated listing page without NextContinuationToken"));
+                    }
+                }
+            }
+            Ok(Some((stream::iter(entries), st)))
+        })
+        .try_flatten()
+        .boxed()
+    }
+}
+
+struct PageState {
+    inner: Arc<Inner>,
+    prefix: String,
+    strip: String,
+    /// The continuation token of the next page to fetch: `Some(None)` for the first page,
+    /// `None` when done.
+    next: Option<Option<String>>,
+}
+
+/// Why one attempt at a page failed.
+enum AttemptError {
+    /// Worth trying again (5xx, throttling, connection trouble).
+    Transient(String),
+    /// Retrying cannot help.
+    Fatal(Error),
+}
+
+impl Inner {
+    fn backend(&self, msg: impl Into<String>) -> Error {
+        Error::Backend {
+            store: self.endpoint_desc.clone(),
+            source: msg.into().into(),
+        }
+    }
+
+    async fn fetch_page(&self, prefix: &str, token: Option<&str>) -> Result<ListBucketResult> {
+        let mut attempt = 1;
+        loop {
+            match self.fetch_page_once(prefix, token).await {
+                Ok(page) => return Ok(page),
+                Err(AttemptError::Fatal(e)) => return Err(e),
+                Err(AttemptError::Transient(msg)) if attempt >= self.retry.attempts => {
+                    return Err(self.backend(format!(
+                        "listing s3://{}/{prefix} failed after {attempt} attempts: {msg}",
+                        self.bucket
+                    )));
+                }
+                Err(AttemptError::Transient(_)) => {
+                    tokio::time::sleep(self.retry.delay(attempt)).await;
+                    attempt += 1;
+                }
+            }
+        }
+    }
+
+    async fn fetch_page_once(
         &self,
         prefix: &str,
-        strip: &str,
-    ) -> BoxStream<'static, crate::Result<ListedObject>> {
-        let p = object_store::path::Path::parse(prefix.trim_end_matches('/')).ok();
-        let strip = strip.to_owned();
-        self.store
-            .list(p.as_ref())
-            .map(move |r| {
-                r.map(|m| ListedObject {
-                    key: m
-                        .location
-                        .as_ref()
-                        .strip_prefix(&strip)
-                        .unwrap_or(m.location.as_ref())
-                        .to_owned(),
-                    size: m.size,
-                    last_modified: m.last_modified,
-                    etag: m.e_tag,
-                })
-                .map_err(|e| crate::Error::Backend {
-                    store: "s3".into(),
+        token: Option<&str>,
+    ) -> Result<ListBucketResult, AttemptError> {
+        let mut query = vec![
+            ("list-type", "2"),
+            ("prefix", prefix),
+            ("max-keys", PAGE_SIZE),
+        ];
+        if self.url_encoding {
+            query.push(("encoding-type", "url"));
+        }
+        if let Some(token) = token {
+            query.push(("continuation-token", token));
+        }
+        let url = self
+            .signer
+            .signed_url_opts(
+                Method::GET,
+                &Path::ROOT,
+                URL_TTL,
+                &SignedUrlOptions::new().with_query(query),
+            )
+            .await
+            .map_err(|e| {
+                AttemptError::Fatal(Error::Backend {
+                    store: self.endpoint_desc.clone(),
                     source: Box::new(e),
                 })
-            })
-            .boxed()
+            })?;
+
+        let resp = self
+            .http
+            .get(url)
+            .timeout(PAGE_TIMEOUT)
+            .send()
+            .await
+            .map_err(|e| AttemptError::Transient(format!("request failed: {e}")))?;
+        let status = resp.status();
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| AttemptError::Transient(format!("reading the response failed: {e}")))?;
+        let text = String::from_utf8_lossy(&body);
+
+        if status.is_success() {
+            return quick_xml::de::from_str::<ListBucketResult>(&text).map_err(|e| {
+                AttemptError::Fatal(self.backend(format!("unreadable ListObjectsV2 response: {e}")))
+            });
+        }
+
+        let err = quick_xml::de::from_str::<S3Error>(&text).unwrap_or_default();
+        let code = err.code.unwrap_or_default();
+        let detail = match (&code, err.message) {
+            (c, Some(m)) if !c.is_empty() => format!("{status} {c}: {m}"),
+            (c, None) if !c.is_empty() => format!("{status} {c}"),
+            _ => format!("{status}: {}", text.chars().take(200).collect::<String>()),
+        };
+        Err(match status.as_u16() {
+            500..=599 | 429 => AttemptError::Transient(detail),
+            _ if code == "SlowDown" || code == "RequestTimeout" => AttemptError::Transient(detail),
+            401 | 403 => AttemptError::Fatal(Error::AccessDenied {
+                store: self.endpoint_desc.clone(),
+                detail,
+            }),
+            404 if code == "NoSuchBucket" => AttemptError::Fatal(Error::NoSuchBucket {
+                bucket: self.bucket.clone(),
+                endpoint: self.endpoint_desc.clone(),
+            }),
+            _ => AttemptError::Fatal(self.backend(format!("listing failed: {detail}"))),
+        })
+    }
+
+    fn entry(&self, c: Contents, url_encoded: bool, strip: &str) -> Result<ListedObject> {
+        let key = if url_encoded {
+            url_decode(&c.key).ok_or_else(|| {
+                self.backend(format!("listed key {:?} is not UTF-8 once decoded", c.key))
+            })?
+        } else {
+            c.key
+        };
+        let Some(rel) = key.strip_prefix(strip) else {
+            return Err(self.backend(format!(
+                "listed key {key:?} does not start with the store prefix {strip:?}"
+            )));
+        };
+        let last_modified = parse_time(&c.last_modified).ok_or_else(|| {
+            self.backend(format!(
+                "listed key {key:?}: unreadable LastModified {:?}",
+                c.last_modified
+            ))
+        })?;
+        Ok(ListedObject {
+            key: rel.to_owned(),
+            size: c.size,
+            last_modified,
+            etag: c.etag,
+        })
+    }
+}
+
+/// Decodes a key sent with `encoding-type=url`. AWS encodes like an HTML form (space as
+/// `+`, `+` as `%2B`); servers that send `%20` for a space decode the same way.
+fn url_decode(s: &str) -> Option<String> {
+    let plus_as_space = s.replace('+', " ");
+    percent_encoding::percent_decode_str(&plus_as_space)
+        .decode_utf8()
+        .ok()
+        .map(|k| k.into_owned())
+}
+
+fn parse_time(s: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .or_else(|_| s.parse::<DateTime<Utc>>())
+        .ok()
+}
+
+/// The parts of a ListObjectsV2 response we use; other elements are ignored.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct ListBucketResult {
+    #[serde(default)]
+    is_truncated: bool,
+    #[serde(default)]
+    next_continuation_token: Option<String>,
+    #[serde(default)]
+    encoding_type: Option<String>,
+    #[serde(default)]
+    contents: Vec<Contents>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct Contents {
+    key: String,
+    last_modified: String,
+    #[serde(rename = "ETag", default)]
+    etag: Option<String>,
+    size: u64,
+}
+
+/// An S3 error body: `<Error><Code>…</Code><Message>…</Message></Error>`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct S3Error {
+    code: Option<String>,
+    message: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_page_parses_with_encoded_keys_and_quoted_etags() {
+        let xml = r#"<?xml version="1.0" encoding="UTF-8"?>
+<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">
+  <Name>b</Name><Prefix></Prefix><KeyCount>2</KeyCount><MaxKeys>1000</MaxKeys>
+  <EncodingType>url</EncodingType><IsTruncated>true</IsTruncated>
+  <Contents><Key>..%2Fescape.txt</Key><LastModified>2024-05-01T10:20:30.123Z</LastModified>
+    <ETag>&quot;abc&quot;</ETag><Size>3</Size><StorageClass>STANDARD</StorageClass></Contents>
+  <Contents><Key>a%01b+c%2B</Key><LastModified>2024-05-01T10:20:30Z</LastModified><Size>0</Size></Contents>
+  <NextContinuationToken>tok</NextContinuationToken>
+</ListBucketResult>"#;
+        let page: ListBucketResult = quick_xml::de::from_str(xml).unwrap();
+        assert!(page.is_truncated);
+        assert_eq!(page.next_continuation_token.as_deref(), Some("tok"));
+        assert_eq!(page.contents.len(), 2);
+        assert_eq!(page.contents[0].etag.as_deref(), Some("\"abc\""));
+        assert_eq!(page.contents[1].etag, None);
+        assert_eq!(
+            parse_time(&page.contents[0].last_modified)
+                .unwrap()
+                .timestamp_millis()
+                % 1000,
+            123
+        );
+    }
+
+    #[test]
+    fn url_encoded_keys_decode_plus_as_space() {
+        assert_eq!(url_decode("a%01b+c%2B%25").as_deref(), Some("a\u{1}b c+%"));
+        assert_eq!(
+            url_decode("sp%20ace/%C3%BC").as_deref(),
+            Some("sp ace/\u{fc}")
+        );
+        assert_eq!(url_decode("%FF"), None);
+    }
+
+    #[test]
+    fn retry_delays_grow_and_stay_under_the_cap() {
+        let r = Retry {
+            attempts: 8,
+            first_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(5),
+        };
+        for attempt in 1..=40 {
+            let d = r.delay(attempt);
+            assert!(d <= Duration::from_secs(5), "attempt {attempt}: {d:?}");
+        }
+        assert!(r.delay(1) <= Duration::from_millis(100));
+        assert!(r.delay(10) >= Duration::from_millis(2500));
     }
 }

@@ -1,1 +1,4 @@
-mod placeholder {}
+//! The single integration-test binary: one module per area, shared servers in `support`.
+
+mod s3_list;
+mod support;

@@ -1,0 +1,522 @@
+//! Real S3 servers for tests.
+//!
+//! [`TestS3::start`] runs s3s + s3s-fs in-process on 127.0.0.1, on its own thread with its
+//! own tokio runtime, so it outlives any one `#[tokio::test]` runtime and can serve a child
+//! process. It checks SigV4, and a fault-injecting layer around its hyper service
+//! ([`Faults`]) fails, truncates or corrupts responses on demand.
+//!
+//! [`TestS3::external`] / [`TestS3::moto_or_skip`] use the server named by
+//! `STOWAGE_TEST_S3_ENDPOINT` (moto in CI) with a fresh bucket per call. moto stores any key,
+//! so it is the server for hostile-key tests.
+
+use std::collections::VecDeque;
+use std::io::{Read, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use object_store::aws::{AmazonS3, AmazonS3Builder, AwsAuthorizer, AwsCredential};
+use object_store::client::{HttpRequest, HttpRequestBody};
+use object_store::signer::Method;
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type RespBody = UnsyncBoxBody<Bytes, BoxError>;
+
+const REGION: &str = "us-east-1";
+const IN_PROCESS_ACCESS_KEY: &str = "stowage-test-access";
+const IN_PROCESS_SECRET_KEY: &str = "stowage-test-secret";
+
+/// Characters of a key sent as-is in a request path: RFC 3986 unreserved, and `/`.
+const KEY_PATH: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~')
+    .remove(b'/');
+
+/// An S3 server for one test, with one bucket.
+pub struct TestS3 {
+    endpoint: String,
+    bucket: String,
+    access_key: String,
+    secret_key: String,
+    /// `Some` for the in-process server.
+    faults: Option<Arc<Faults>>,
+    _server: Option<InProcessServer>,
+}
+
+impl TestS3 {
+    /// Starts s3s-fs in-process on 127.0.0.1 with SigV4 auth and one empty bucket.
+    pub fn start() -> TestS3 {
+        let root = tempfile::tempdir().expect("temp dir");
+        let bucket = "stowage-test".to_owned();
+        // For s3s-fs a bucket is a top-level directory.
+        std::fs::create_dir(root.path().join(&bucket)).expect("bucket dir");
+        let fs = s3s_fs::FileSystem::new(root.path()).expect("s3s-fs root");
+        let mut builder = s3s::service::S3ServiceBuilder::new(fs);
+        builder.set_auth(s3s::auth::SimpleAuth::from_single(
+            IN_PROCESS_ACCESS_KEY,
+            IN_PROCESS_SECRET_KEY,
+        ));
+        let service = builder.build();
+
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        listener
+            .set_nonblocking(true)
+            .expect("nonblocking listener");
+        let addr = listener.local_addr().expect("local addr");
+        let faults = Arc::new(Faults::default());
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
+        let thread_faults = faults.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("test-s3-{}", addr.port()))
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                    .expect("server runtime");
+                rt.block_on(serve(listener, service, thread_faults, stop_rx));
+                rt.shutdown_timeout(Duration::from_secs(1));
+            })
+            .expect("server thread");
+
+        TestS3 {
+            endpoint: format!("http://{addr}"),
+            bucket,
+            access_key: IN_PROCESS_ACCESS_KEY.to_owned(),
+            secret_key: IN_PROCESS_SECRET_KEY.to_owned(),
+            faults: Some(faults),
+            _server: Some(InProcessServer {
+                stop: Some(stop_tx),
+                thread: Some(thread),
+                _root: root,
+            }),
+        }
+    }
+
+    /// The server named by `STOWAGE_TEST_S3_ENDPOINT`, with a fresh bucket; `None` when unset.
+    /// Credentials come from `STOWAGE_TEST_S3_ACCESS_KEY` / `_SECRET_KEY` (default `test`).
+    pub fn external() -> Option<TestS3> {
+        let endpoint = std::env::var("STOWAGE_TEST_S3_ENDPOINT")
+            .ok()
+            .filter(|e| !e.is_empty())?;
+        let var = |name: &str| std::env::var(name).unwrap_or_else(|_| "test".to_owned());
+        let s3 = TestS3 {
+            endpoint: endpoint.trim_end_matches('/').to_owned(),
+            bucket: format!(
+                "stowage-test-{}-{:08x}",
+                std::process::id(),
+                fastrand::u32(..)
+            ),
+            access_key: var("STOWAGE_TEST_S3_ACCESS_KEY"),
+            secret_key: var("STOWAGE_TEST_S3_SECRET_KEY"),
+            faults: None,
+            _server: None,
+        };
+        let (status, body) = s3
+            .raw_request("PUT", &format!("/{}", s3.bucket), b"")
+            .expect("CreateBucket request");
+        assert!(
+            (200..300).contains(&status),
+            "CreateBucket {} at {endpoint}: {status} {}",
+            s3.bucket,
+            String::from_utf8_lossy(&body)
+        );
+        Some(s3)
+    }
+
+    /// [`TestS3::external`], or `None` after printing why the test is skipped.
+    pub fn moto_or_skip() -> Option<TestS3> {
+        let s3 = TestS3::external();
+        if s3.is_none() {
+            eprintln!("skipped: set STOWAGE_TEST_S3_ENDPOINT to run against moto");
+        }
+        s3
+    }
+
+    /// `http://127.0.0.1:PORT`, no trailing slash.
+    pub fn endpoint(&self) -> String {
+        self.endpoint.clone()
+    }
+
+    /// The test's bucket.
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    /// Access key id the server accepts.
+    pub fn access_key(&self) -> &str {
+        &self.access_key
+    }
+
+    /// Secret key the server accepts.
+    pub fn secret_key(&self) -> &str {
+        &self.secret_key
+    }
+
+    /// The signing region.
+    pub fn region(&self) -> &str {
+        REGION
+    }
+
+    /// Environment for a child process (`stowage ...`) that should use this server.
+    pub fn env(&self) -> Vec<(String, String)> {
+        [
+            ("AWS_ACCESS_KEY_ID", self.access_key.clone()),
+            ("AWS_SECRET_ACCESS_KEY", self.secret_key.clone()),
+            ("AWS_REGION", REGION.to_owned()),
+            ("AWS_ENDPOINT_URL", self.endpoint.clone()),
+            ("S3_BUCKET_NAME", self.bucket.clone()),
+            // s3s-fs claims `encoding-type=url` without applying it.
+            ("S3_URL_ENCODED_LISTING", self.url_encoded_listing().to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect()
+    }
+
+    /// Whether this server really URL-encodes listed keys (moto does, s3s-fs does not).
+    pub fn url_encoded_listing(&self) -> bool {
+        self.faults.is_none()
+    }
+
+    /// The library configuration for this server's bucket.
+    pub fn config(&self) -> stowage::S3Config {
+        stowage::S3Config {
+            bucket: self.bucket.clone(),
+            prefix: String::new(),
+            region: REGION.to_owned(),
+            endpoint: Some(self.endpoint.clone()),
+            access_key_id: Some(self.access_key.clone()),
+            secret_access_key: Some(self.secret_key.clone()),
+            session_token: None,
+            public_base_url: None,
+            presign_ttl: std::time::Duration::from_secs(3600),
+            url_encoded_listing: self.url_encoded_listing(),
+        }
+    }
+
+    /// A `BlobStore` on this server's bucket.
+    pub fn blob_store(&self) -> stowage::BlobStore {
+        stowage::StoreConfig::S3(self.config()).open().expect("open test bucket")
+    }
+
+    /// An object_store client for the bucket (path-style, plain HTTP), for seeding and checks.
+    pub fn object_store(&self) -> Arc<AmazonS3> {
+        self.object_store_with_secret(&self.secret_key)
+    }
+
+    /// Like [`TestS3::object_store`] but signing with another secret key (to provoke 403).
+    pub fn object_store_with_secret(&self, secret_key: &str) -> Arc<AmazonS3> {
+        self.object_store_for_bucket(&self.bucket, secret_key)
+    }
+
+    /// An object_store client for any bucket name on this server (which need not exist).
+    pub fn object_store_for_bucket(&self, bucket: &str, secret_key: &str) -> Arc<AmazonS3> {
+        let s3 = AmazonS3Builder::new()
+            .with_endpoint(&self.endpoint)
+            .with_bucket_name(bucket)
+            .with_access_key_id(&self.access_key)
+            .with_secret_access_key(secret_key)
+            .with_region(REGION)
+            .with_allow_http(true)
+            .with_virtual_hosted_style_request(false)
+            .build()
+            .expect("AmazonS3 client");
+        Arc::new(s3)
+    }
+
+    /// Fault injection for the in-process server. Panics for an external server, whose
+    /// responses we cannot touch.
+    pub fn faults(&self) -> &Faults {
+        self.faults
+            .as_deref()
+            .expect("fault injection needs the in-process server (TestS3::start)")
+    }
+
+    /// PUTs `body` under exactly `key`, bypassing object_store's `Path` (which refuses keys
+    /// such as `../x` or `a//b`). The request goes over a plain TCP socket so no URL parser
+    /// normalises `..` or `.` segments away. moto stores any key; s3s-fs refuses some: the
+    /// error says what the server answered. The signature covers the URL as the `url` crate
+    /// normalises it, so s3s-fs also answers 403 for keys with `.`/`..` segments.
+    pub fn put_raw(&self, key: &str, body: &[u8]) -> Result<(), String> {
+        let path = format!(
+            "/{}/{}",
+            self.bucket,
+            percent_encoding::utf8_percent_encode(key, KEY_PATH)
+        );
+        let (status, resp) = self.raw_request("PUT", &path, body)?;
+        if (200..300).contains(&status) {
+            Ok(())
+        } else {
+            Err(format!(
+                "PUT {key:?}: {status} {}",
+                String::from_utf8_lossy(&resp)
+            ))
+        }
+    }
+
+    /// One SigV4-signed HTTP/1.1 request over a blocking socket; returns status and body.
+    fn raw_request(&self, method: &str, path: &str, body: &[u8]) -> Result<(u16, Vec<u8>), String> {
+        let url = format!("{}{path}", self.endpoint);
+        let mut req = HttpRequest::new(HttpRequestBody::from(body.to_vec()));
+        *req.method_mut() = Method::from_bytes(method.as_bytes()).map_err(|e| e.to_string())?;
+        *req.uri_mut() = url.parse().map_err(|e| format!("{url}: {e}"))?;
+        let credential = AwsCredential {
+            key_id: self.access_key.clone(),
+            secret_key: self.secret_key.clone(),
+            token: None,
+        };
+        AwsAuthorizer::new(&credential, "s3", REGION)
+            .try_authorize(&mut req, None)
+            .map_err(|e| e.to_string())?;
+
+        let host = self.endpoint.trim_start_matches("http://");
+        let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+        for (name, value) in req.headers() {
+            if name != "host" {
+                head.push_str(&format!(
+                    "{name}: {}\r\n",
+                    value.to_str().map_err(|e| e.to_string())?
+                ));
+            }
+        }
+        head.push_str("\r\n");
+
+        let mut conn =
+            std::net::TcpStream::connect(host).map_err(|e| format!("connect {host}: {e}"))?;
+        conn.set_read_timeout(Some(Duration::from_secs(30)))
+            .map_err(|e| e.to_string())?;
+        conn.write_all(head.as_bytes())
+            .and_then(|()| conn.write_all(body))
+            .map_err(|e| e.to_string())?;
+        let mut resp = Vec::new();
+        conn.read_to_end(&mut resp)
+            .map_err(|e| format!("reading the response: {e}"))?;
+        let text = String::from_utf8_lossy(&resp);
+        let status = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse::<u16>().ok())
+            .ok_or_else(|| {
+                format!(
+                    "no HTTP status in {:?}",
+                    text.chars().take(100).collect::<String>()
+                )
+            })?;
+        let body = match text.find("\r\n\r\n") {
+            Some(i) => resp[i + 4..].to_vec(),
+            None => Vec::new(),
+        };
+        Ok((status, body))
+    }
+}
+
+/// The in-process server's thread; stopped and joined on drop.
+struct InProcessServer {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+    _root: tempfile::TempDir,
+}
+
+impl Drop for InProcessServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+async fn serve(
+    listener: std::net::TcpListener,
+    service: s3s::service::S3Service,
+    faults: Arc<Faults>,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) {
+    let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
+    loop {
+        let socket = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((socket, _)) => socket,
+                Err(_) => continue,
+            },
+            _ = &mut stop => return,
+        };
+        let service = service.clone();
+        let faults = faults.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let service = service.clone();
+                let faults = faults.clone();
+                async move { with_faults(req, &service, &faults).await }
+            });
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(socket), svc)
+                .await;
+        });
+    }
+}
+
+/// Faults the in-process server injects, and counters of what it saw. Every `*_next`
+/// setting is consumed by the matching requests; settings made while earlier ones are
+/// pending queue behind them.
+#[derive(Debug, Default)]
+pub struct Faults {
+    requests: AtomicU64,
+    gets: AtomicU64,
+    fail: Mutex<VecDeque<u16>>,
+    get_faults: Mutex<VecDeque<GetFault>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum GetFault {
+    Truncate { after_bytes: usize },
+    Corrupt,
+}
+
+impl Faults {
+    /// Answers the next `n` requests of any kind with `status` and an S3 XML error body
+    /// (503 → `SlowDown`, 500 → `InternalError`, 403 → `AccessDenied`, ...).
+    pub fn fail_next(&self, n: usize, status: u16) {
+        self.fail
+            .lock()
+            .unwrap()
+            .extend(std::iter::repeat_n(status, n));
+    }
+
+    /// Cuts off the bodies of the next `n` successful GET-object responses after
+    /// `after_bytes`: headers keep the full Content-Length, then the connection ends.
+    pub fn truncate_next_gets(&self, n: usize, after_bytes: usize) {
+        self.get_faults
+            .lock()
+            .unwrap()
+            .extend(std::iter::repeat_n(GetFault::Truncate { after_bytes }, n));
+    }
+
+    /// Flips one byte in the bodies of the next `n` successful non-empty GET-object
+    /// responses; the length stays the same.
+    pub fn corrupt_next_gets(&self, n: usize) {
+        self.get_faults
+            .lock()
+            .unwrap()
+            .extend(std::iter::repeat_n(GetFault::Corrupt, n));
+    }
+
+    /// Requests seen so far, of any kind (failed ones included).
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::SeqCst)
+    }
+
+    /// GET-object requests seen so far (listings and other bucket-level GETs excluded).
+    pub fn gets(&self) -> u64 {
+        self.gets.load(Ordering::SeqCst)
+    }
+}
+
+/// True for `GET /bucket/key` (path-style): a GetObject, not a listing of the bucket.
+fn is_get_object<B>(req: &Request<B>) -> bool {
+    req.method() == hyper::Method::GET
+        && req
+            .uri()
+            .path()
+            .trim_start_matches('/')
+            .split_once('/')
+            .is_some_and(|(_, key)| !key.is_empty())
+}
+
+async fn with_faults(
+    req: Request<Incoming>,
+    service: &s3s::service::S3Service,
+    faults: &Faults,
+) -> Result<Response<RespBody>, std::io::Error> {
+    faults.requests.fetch_add(1, Ordering::SeqCst);
+    let get_object = is_get_object(&req);
+    if get_object {
+        faults.gets.fetch_add(1, Ordering::SeqCst);
+    }
+    if let Some(status) = faults.fail.lock().unwrap().pop_front() {
+        return Ok(error_response(status));
+    }
+
+    let resp = service
+        .call(req.map(s3s::Body::from))
+        .await
+        .map_err(|e| std::io::Error::other(s3s::StdError::from(e)))?;
+    let fault = if get_object && resp.status().is_success() {
+        faults.get_faults.lock().unwrap().pop_front()
+    } else {
+        None
+    };
+    let Some(fault) = fault else {
+        return Ok(resp.map(|b| b.boxed_unsync()));
+    };
+
+    let (mut parts, body) = resp.into_parts();
+    let bytes = match BodyExt::collect(body).await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) => return Err(std::io::Error::other(e)),
+    };
+    parts
+        .headers
+        .insert(hyper::header::CONTENT_LENGTH, bytes.len().into());
+    let body = match fault {
+        GetFault::Corrupt => {
+            let mut v = bytes.to_vec();
+            if let Some(b) = v.get_mut(bytes.len() / 2) {
+                *b ^= 0x5a;
+            }
+            Full::new(Bytes::from(v))
+                .map_err(|never| match never {})
+                .boxed_unsync()
+        }
+        GetFault::Truncate { after_bytes } => {
+            let head = bytes.slice(..after_bytes.min(bytes.len()));
+            let frames = futures::stream::iter([Ok::<_, BoxError>(Frame::data(head))]).chain(
+                futures::stream::once(async {
+                    // Let hyper flush the first part before the error aborts the connection.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    Err::<Frame<Bytes>, BoxError>("body truncated by fault injection".into())
+                }),
+            );
+            StreamBody::new(frames).boxed_unsync()
+        }
+    };
+    Ok(Response::from_parts(parts, body))
+}
+
+fn error_response(status: u16) -> Response<RespBody> {
+    let code = match status {
+        503 => "SlowDown",
+        500 => "InternalError",
+        403 => "AccessDenied",
+        404 => "NoSuchKey",
+        _ => "InjectedFault",
+    };
+    let xml = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code><Message>injected by the test server</Message><RequestId>fault</RequestId></Error>"
+    );
+    let mut resp = Response::new(
+        Full::new(Bytes::from(xml))
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
+    *resp.status_mut() = StatusCode::from_u16(status).expect("valid status");
+    resp.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/xml"),
+    );
+    resp
+}
