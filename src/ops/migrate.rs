@@ -184,36 +184,12 @@ pub async fn s3_to_local(
             format!("{} is relative; give an absolute directory", dest.display()),
         ));
     }
-    if !opts.dry_run {
-        std::fs::create_dir_all(dest).map_err(|e| Error::io("create directory", dest, e))?;
-    } else if !dest.exists() {
-        // A dry run writes nothing; measure the filesystem the directory would be on.
-    }
-    let _lock = if opts.dry_run {
-        None
-    } else {
-        Some(
-            StoreLock::try_acquire(dest)
-                .map_err(|e| Error::io("lock", dest.join(local::LOCK_FILE_NAME), e))?
-                .ok_or_else(|| Error::Locked {
-                    path: dest.join(local::LOCK_FILE_NAME),
-                })?,
-        )
-    };
-    if !opts.dry_run {
-        let removed = remove_leftover_temp_files(dest).await?;
-        if removed > 0 {
-            reporter.note(&format!(
-                "removed {removed} temp file(s) left by an interrupted run"
-            ));
-        }
-    }
-
     // 1. Plan.
     reporter.phase("listing", None, None);
     let mut buffered: Option<Vec<Planned>> = Some(Vec::new());
     let mut to_copy = 0u64;
     let mut folders = Vec::new();
+    let mut clashes = ClashGuard::default();
     {
         let mut pages = listing(src, backend, &opts.prefix).ready_chunks(1000);
         while let Some(page) = pages.next().await {
@@ -225,14 +201,7 @@ pub async fn s3_to_local(
             let page: Vec<ListedObject> = page.into_iter().collect::<Result<_>>()?;
             reporter.items_found(page.len() as u64);
             summary.listed += page.len() as u64;
-            let root = dest.to_path_buf();
-            let classes = tokio::task::spawn_blocking(move || {
-                page.into_iter()
-                    .map(|o| classify(&root, o))
-                    .collect::<Vec<_>>()
-            })
-            .await
-            .expect("classify does not panic");
+            let classes = classify_page(dest, page, &mut clashes).await;
             for c in classes {
                 match c {
                     Class::Rejected(kr) => {
@@ -267,6 +236,21 @@ pub async fn s3_to_local(
         summary.elapsed_s = started.elapsed().as_secs_f64();
         return Ok(summary);
     }
+    // Nothing is written before the preflight passed: then the directory, the lock that
+    // keeps a concurrent cleanup or migration out, and the removal of temp files left by
+    // an interrupted run.
+    std::fs::create_dir_all(dest).map_err(|e| Error::io("create directory", dest, e))?;
+    let _lock = StoreLock::try_acquire(dest)
+        .map_err(|e| Error::io("lock", dest.join(local::LOCK_FILE_NAME), e))?
+        .ok_or_else(|| Error::Locked {
+            path: dest.join(local::LOCK_FILE_NAME),
+        })?;
+    let removed = remove_leftover_temp_files(dest).await?;
+    if removed > 0 {
+        reporter.note(&format!(
+            "removed {removed} temp file(s) left by an interrupted run"
+        ));
+    }
     for f in &folders {
         let (root, f2) = (dest.to_path_buf(), f.clone());
         let res = tokio::task::spawn_blocking(move || local::create_dir_beneath(&root, &f2))
@@ -286,30 +270,32 @@ pub async fn s3_to_local(
         Some(v) => stream::iter(v.into_iter().map(Ok)).boxed(),
         None => {
             let root = dest.to_path_buf();
-            listing(src, backend, &opts.prefix)
-                .ready_chunks(1000)
-                .then(move |page| {
+            let pages = listing(src, backend, &opts.prefix).ready_chunks(1000);
+            stream::unfold(
+                (pages, ClashGuard::default()),
+                move |(mut pages, mut clashes)| {
                     let root = root.clone();
                     async move {
+                        let page = pages.next().await?;
                         let page: Vec<ListedObject> = match page.into_iter().collect::<Result<_>>()
                         {
                             Ok(p) => p,
-                            Err(e) => return vec![Err(e)],
+                            Err(e) => return Some((vec![Err(e)], (pages, clashes))),
                         };
-                        tokio::task::spawn_blocking(move || {
-                            page.into_iter()
-                                .filter_map(|o| match classify(&root, o) {
-                                    Class::Copy(p) => Some(Ok(p)),
-                                    _ => None,
-                                })
-                                .collect::<Vec<_>>()
-                        })
-                        .await
-                        .expect("classify does not panic")
+                        let copies = classify_page(&root, page, &mut clashes)
+                            .await
+                            .into_iter()
+                            .filter_map(|c| match c {
+                                Class::Copy(p) => Some(Ok(p)),
+                                _ => None,
+                            })
+                            .collect::<Vec<_>>();
+                        Some((copies, (pages, clashes)))
                     }
-                })
-                .flat_map(stream::iter)
-                .boxed()
+                },
+            )
+            .flat_map(stream::iter)
+            .boxed()
         }
     };
     let ctx = Arc::new(CopyCtx {
@@ -420,6 +406,69 @@ fn listing<'a>(
             })
             .boxed(),
     }
+}
+
+/// Finds keys that need a directory where an earlier key is a file (`x` then `x/y`).
+/// Relies on listings being in byte order, so it only keeps the file keys that could
+/// still be a prefix of what comes next.
+#[derive(Default)]
+struct ClashGuard {
+    open: Vec<String>,
+}
+
+impl ClashGuard {
+    /// True when `key` lies under an earlier file key; otherwise remembers `key`.
+    fn clashes(&mut self, key: &str) -> bool {
+        while let Some(top) = self.open.last() {
+            let under = key.len() > top.len()
+                && key.starts_with(top.as_str())
+                && key.as_bytes()[top.len()] == b'/';
+            if under {
+                return true;
+            }
+            // Sorted order: once past `top/`, no later key can be under `top`.
+            if key > top.as_str() && !format!("{top}/").as_str().gt(key) {
+                self.open.pop();
+            } else {
+                break;
+            }
+        }
+        self.open.push(key.trim_end_matches('/').to_owned());
+        false
+    }
+}
+
+/// Classifies one listing page: clash detection in order, then local stats off the runtime.
+async fn classify_page(
+    root: &Path,
+    page: Vec<ListedObject>,
+    clashes: &mut ClashGuard,
+) -> Vec<Class> {
+    let mut out: Vec<Option<Class>> = Vec::with_capacity(page.len());
+    let mut rest = Vec::new();
+    for o in page {
+        if clashes.clashes(&o.key) {
+            out.push(Some(Class::Rejected(KeyReason {
+                key: o.key,
+                reason: "path clashes with another key's file (a key cannot be both a file and a directory on disk)".into(),
+            })));
+        } else {
+            out.push(None);
+            rest.push(o);
+        }
+    }
+    let root = root.to_path_buf();
+    let mut classified = tokio::task::spawn_blocking(move || {
+        rest.into_iter()
+            .map(|o| classify(&root, o))
+            .collect::<Vec<_>>()
+    })
+    .await
+    .expect("classify does not panic")
+    .into_iter();
+    out.into_iter()
+        .map(|c| c.unwrap_or_else(|| classified.next().expect("one class per object")))
+        .collect()
 }
 
 fn classify(root: &Path, o: ListedObject) -> Class {
@@ -543,10 +592,12 @@ async fn remove_leftover_temp_files(root: &Path) -> Result<u64> {
                 let name = de.file_name();
                 match de.file_type() {
                     Ok(t) if t.is_dir() => stack.push(de.path()),
-                    Ok(t) if t.is_file() && local::is_temp_name(&name) => {
-                        if std::fs::remove_file(de.path()).is_ok() {
-                            removed += 1;
-                        }
+                    Ok(t)
+                        if t.is_file()
+                            && local::is_temp_name(&name)
+                            && std::fs::remove_file(de.path()).is_ok() =>
+                    {
+                        removed += 1;
                     }
                     _ => {}
                 }
@@ -581,7 +632,9 @@ async fn copy_one(ctx: &CopyCtx, p: Planned, reporter: &dyn Reporter) -> Outcome
     let size = p.raw.size;
     let mut attempt = 0u32;
     let mut last_reason = String::new();
-    let mut hasher = ContentHasher::new(p.raw.etag.as_deref(), size);
+    // Some servers list without ETags (s3s-fs); the first GET then supplies it.
+    let mut etag = p.raw.etag.clone();
+    let mut hasher = ContentHasher::new(etag.as_deref(), size);
     let mut content_type: Option<String> = None;
     let mut buf: Vec<u8> = Vec::with_capacity(WRITE_BUFFER.min(size as usize + 1));
     loop {
@@ -603,9 +656,13 @@ async fn copy_one(ctx: &CopyCtx, p: Planned, reporter: &dyn Reporter) -> Outcome
         // ETag, so a replaced object fails with 412 instead of mixing two versions.
         let offset = hasher.bytes();
         if offset < size || size == 0 {
-            let mut body = match open_get(backend, &path, &p, offset).await {
-                Ok((body, ct)) => {
+            let mut body = match open_get(backend, &path, &p, etag.as_deref(), offset).await {
+                Ok((body, ct, got_etag)) => {
                     content_type = content_type.or(ct);
+                    if etag.is_none() && offset == 0 && got_etag.is_some() {
+                        etag = got_etag;
+                        hasher = ContentHasher::new(etag.as_deref(), size);
+                    }
                     body
                 }
                 Err(OpenError::Transient(r)) => {
@@ -647,12 +704,12 @@ async fn copy_one(ctx: &CopyCtx, p: Planned, reporter: &dyn Reporter) -> Outcome
             }
         }
         // The body is complete: check it, then place it.
-        let (etag, lm) = (p.raw.etag.clone(), p.raw.last_modified);
+        let (etag2, lm) = (etag.clone(), p.raw.last_modified);
         let checked =
             tokio::task::spawn_blocking(move || -> std::io::Result<(AtomicFile, Verdict)> {
                 let verdict = match hasher.finish() {
                     Some(v) => v,
-                    None => etag::check_reader(etag.as_deref(), size, || file.reopen_read())?,
+                    None => etag::check_reader(etag2.as_deref(), size, || file.reopen_read())?,
                 };
                 Ok((file, verdict))
             })
@@ -663,7 +720,7 @@ async fn copy_one(ctx: &CopyCtx, p: Planned, reporter: &dyn Reporter) -> Outcome
             Ok(x) => x,
             Err(e) => return io_outcome(&ctx.root, &p.key, e),
         };
-        hasher = ContentHasher::new(p.raw.etag.as_deref(), size);
+        hasher = ContentHasher::new(etag.as_deref(), size);
         let unverified = match verdict {
             Verdict::Match { .. } => None,
             Verdict::Mismatch { expected, actual } => {
@@ -698,22 +755,24 @@ async fn copy_one(ctx: &CopyCtx, p: Planned, reporter: &dyn Reporter) -> Outcome
     }
 }
 
-/// Opens a GET of the object from `offset`, returning the body and the Content-Type.
+/// A GET body with the object's Content-Type and ETag.
+type Opened = (
+    BoxStream<'static, object_store::Result<Bytes>>,
+    Option<String>,
+    Option<String>,
+);
+
+/// Opens a GET of the object from `offset`, pinned to `etag` when known.
 async fn open_get(
     backend: &ObjectBackend,
     path: &object_store::path::Path,
     p: &Planned,
+    etag: Option<&str>,
     offset: u64,
-) -> std::result::Result<
-    (
-        BoxStream<'static, object_store::Result<Bytes>>,
-        Option<String>,
-    ),
-    OpenError,
-> {
+) -> std::result::Result<Opened, OpenError> {
     let opts = GetOptions {
         range: (offset > 0).then_some(GetRange::Offset(offset)),
-        if_match: p.raw.etag.clone(),
+        if_match: etag.map(str::to_owned),
         ..Default::default()
     };
     let res = match backend.store.get_opts(path, opts).await {
@@ -741,7 +800,8 @@ async fn open_get(
         .attributes
         .get(&object_store::Attribute::ContentType)
         .map(|v| v.as_ref().to_owned());
-    Ok((res.into_stream(), ct))
+    let etag = res.meta.e_tag.clone();
+    Ok((res.into_stream(), ct, etag))
 }
 
 async fn truncate(mut file: AtomicFile) -> std::io::Result<AtomicFile> {
@@ -929,7 +989,12 @@ async fn upload_one(
     let name = key.to_string();
     if let Some((size, etag)) = existing.get(&name) {
         if *size == f.size {
-            let (path, size, etag) = (f.path.clone(), *size, etag.clone());
+            // Some servers list without ETags (s3s-fs): ask for it.
+            let etag = match etag {
+                Some(e) => Some(e.clone()),
+                None => dst.head(&key).await.ok().and_then(|m| m.etag),
+            };
+            let (path, size) = (f.path.clone(), *size);
             let same =
                 tokio::task::spawn_blocking(move || etag::check_file(&path, size, etag.as_deref()))
                     .await
@@ -1053,4 +1118,23 @@ fn local_files(root: PathBuf, prefix: String) -> BoxStream<'static, LocalFile> {
         }
     });
     stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clash_guard_rejects_keys_under_an_earlier_file_key() {
+        let mut g = ClashGuard::default();
+        let keys = [
+            "a", "a-1", "a.txt", "a/b", "a/c/d", "b", "b/", "c", "c0", "c0/x", "d/e", "d/e/f",
+        ];
+        let got: Vec<bool> = keys.iter().map(|k| g.clashes(k)).collect();
+        assert_eq!(
+            got,
+            [false, false, false, true, true, false, true, false, false, true, false, true]
+        );
+        assert!(g.open.len() <= 3, "memory stays bounded: {:?}", g.open);
+    }
 }

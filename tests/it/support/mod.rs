@@ -1,3 +1,4 @@
-//! Test fixtures shared by the integration tests: real servers, not mocks.
+//! Shared test fixtures: real S3 servers and the real binary.
 
+pub mod cli;
 pub mod s3;

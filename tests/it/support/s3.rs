@@ -178,7 +178,10 @@ impl TestS3 {
             ("AWS_ENDPOINT_URL", self.endpoint.clone()),
             ("S3_BUCKET_NAME", self.bucket.clone()),
             // s3s-fs claims `encoding-type=url` without applying it.
-            ("S3_URL_ENCODED_LISTING", self.url_encoded_listing().to_string()),
+            (
+                "S3_URL_ENCODED_LISTING",
+                self.url_encoded_listing().to_string(),
+            ),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
@@ -208,7 +211,9 @@ impl TestS3 {
 
     /// A `BlobStore` on this server's bucket.
     pub fn blob_store(&self) -> stowage::BlobStore {
-        stowage::StoreConfig::S3(self.config()).open().expect("open test bucket")
+        stowage::StoreConfig::S3(self.config())
+            .open()
+            .expect("open test bucket")
     }
 
     /// An object_store client for the bucket (path-style, plain HTTP), for seeding and checks.

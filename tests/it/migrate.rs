@@ -1,0 +1,601 @@
+//! `stowage migrate` driven as a process against real S3 servers on 127.0.0.1.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+use std::time::Duration;
+
+use futures::StreamExt;
+use object_store::path::Path as ObjPath;
+use object_store::{Attribute, Attributes, ObjectStore, ObjectStoreExt, PutOptions};
+
+use crate::support::cli::{digest, run, stowage, tree};
+use crate::support::s3::TestS3;
+
+fn body(key: &str, len: usize) -> Vec<u8> {
+    let seed = key
+        .bytes()
+        .fold(7u32, |a, b| a.wrapping_mul(31).wrapping_add(b as u32));
+    (0..len)
+        .map(|i| (seed.wrapping_add((i as u32).wrapping_mul(2654435761)) >> 13) as u8)
+        .collect()
+}
+
+/// PUTs each `(key, len)` (content from `body`), 32 at a time. Returns key → MD5.
+async fn seed(s3: &TestS3, objects: &[(String, usize)]) -> BTreeMap<String, String> {
+    let store = s3.object_store();
+    futures::stream::iter(objects.iter().cloned())
+        .map(|(k, len)| {
+            let store = store.clone();
+            async move {
+                let data = body(&k, len);
+                let md5 = digest(&data);
+                store
+                    .put(&ObjPath::parse(&k).unwrap(), data.into())
+                    .await
+                    .unwrap();
+                (k, md5)
+            }
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await
+}
+
+fn dest_arg(dir: &std::path::Path) -> String {
+    dir.to_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn copies_more_than_1000_objects_then_a_rerun_downloads_nothing() {
+    let s3 = TestS3::start();
+    let objects: Vec<(String, usize)> = (0..1100)
+        .map(|i| (format!("clips/{:03}/video-{i}.mp4", i % 37), 100 + i % 3000))
+        .collect();
+    let want = seed(&s3, &objects).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join("store");
+
+    let r = run(
+        Some(&s3),
+        &[
+            "migrate",
+            "s3-to-local",
+            "--dest",
+            &dest_arg(&dest),
+            "--json",
+        ],
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    let j = r.json();
+    assert_eq!(j["listed"], 1100);
+    assert_eq!(j["copied"], 1100);
+    assert_eq!(
+        j["bytes_copied"].as_u64(),
+        Some(objects.iter().map(|(_, n)| *n as u64).sum())
+    );
+    assert_eq!(j["failed"].as_array().unwrap().len(), 0);
+    assert_eq!(j["unverified"].as_array().unwrap().len(), 0);
+    assert_eq!(tree(&dest), want);
+
+    // mtime is the object's LastModified, so cleanup judges clips by their real age.
+    let meta = s3
+        .object_store()
+        .head(&ObjPath::parse("clips/000/video-0.mp4").unwrap())
+        .await
+        .unwrap();
+    let md = std::fs::metadata(dest.join("clips/000/video-0.mp4")).unwrap();
+    assert_eq!(md.mtime(), meta.last_modified.timestamp());
+
+    let gets_before = s3.faults().gets();
+    let r = run(
+        Some(&s3),
+        &[
+            "migrate",
+            "s3-to-local",
+            "--dest",
+            &dest_arg(&dest),
+            "--json",
+        ],
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    let j = r.json();
+    assert_eq!(
+        (j["copied"].as_u64(), j["skipped"].as_u64()),
+        (Some(0), Some(1100))
+    );
+    assert_eq!(
+        s3.faults().gets(),
+        gets_before,
+        "a rerun must not download anything"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn multipart_objects_are_verified_through_their_etag() {
+    let s3 = TestS3::start();
+    let store = s3.object_store();
+    let data = body("big", 21 << 20);
+    let path = ObjPath::parse("clips/big/video.mp4").unwrap();
+    let mut up =
+        object_store::buffered::BufWriter::with_capacity(store.clone(), path.clone(), 5 << 20);
+    use tokio::io::AsyncWriteExt;
+    up.write_all(&data).await.unwrap();
+    up.shutdown().await.unwrap();
+    let etag = store.head(&path).await.unwrap().e_tag.unwrap();
+    assert!(etag.contains('-'), "expected a multipart ETag, got {etag}");
+
+    let tmp = tempfile::tempdir().unwrap();
+    let r = run(
+        Some(&s3),
+        &[
+            "migrate",
+            "s3-to-local",
+            "--dest",
+            &dest_arg(tmp.path()),
+            "--json",
+        ],
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    let j = r.json();
+    assert_eq!(j["copied"], 1);
+    assert_eq!(j["unverified"].as_array().unwrap().len(), 0, "{j}");
+    assert_eq!(
+        std::fs::read(tmp.path().join("clips/big/video.mp4")).unwrap(),
+        data
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn broken_corrupt_and_refused_responses_are_retried() {
+    let s3 = TestS3::start();
+    let want = seed(
+        &s3,
+        &[
+            ("a.bin".into(), 3 << 20),
+            ("b.bin".into(), 1 << 20),
+            ("c.bin".into(), 10),
+        ],
+    )
+    .await;
+    s3.faults().truncate_next_gets(2, 100_000);
+    s3.faults().corrupt_next_gets(1);
+    let tmp = tempfile::tempdir().unwrap();
+    let r = run(
+        Some(&s3),
+        &[
+            "migrate",
+            "s3-to-local",
+            "--dest",
+            &dest_arg(tmp.path()),
+            "--json",
+            "--concurrency",
+            "1",
+        ],
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(r.json()["copied"], 3);
+    assert_eq!(tree(tmp.path()), want);
+    assert!(
+        s3.faults().gets() >= 6,
+        "3 objects + 2 resumes + 1 refetch, saw {}",
+        s3.faults().gets()
+    );
+
+    // A burst of 503 SlowDown on the next requests (listing included).
+    let tmp2 = tempfile::tempdir().unwrap();
+    s3.faults().fail_next(4, 503);
+    let r = run(
+        Some(&s3),
+        &[
+            "migrate",
+            "s3-to-local",
+            "--dest",
+            &dest_arg(tmp2.path()),
+            "--json",
+        ],
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(tree(tmp2.path()), want);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn content_type_folder_markers_and_dry_run() {
+    let s3 = TestS3::start();
+    let store = s3.object_store();
+    let mut attrs = Attributes::new();
+    attrs.insert(Attribute::ContentType, "video/mp4".into());
+    store
+        .put_opts(
+            &ObjPath::parse("clips/1/video.mp4").unwrap(),
+            b"mp4!".to_vec().into(),
+            PutOptions {
+                attributes: attrs,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let _ = s3.put_raw("empty-folder/", b"");
+
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join("store");
+    let r = run(
+        Some(&s3),
+        &[
+            "migrate",
+            "s3-to-local",
+            "--dest",
+            &dest_arg(&dest),
+            "--dry-run",
+            "--json",
+        ],
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    let j = r.json();
+    assert_eq!(j["would_copy"], serde_json::json!(["clips/1/video.mp4"]));
+    assert!(!dest.exists(), "a dry run writes nothing");
+
+    let r = run(
+        Some(&s3),
+        &["migrate", "s3-to-local", "--dest", &dest_arg(&dest)],
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("copied"), "{r:?}");
+    let f = std::fs::File::open(dest.join("clips/1/video.mp4")).unwrap();
+    if xattrs_supported(&dest) {
+        assert_eq!(
+            stowage::local::read_content_type(&f).as_deref(),
+            Some("video/mp4")
+        );
+    } else {
+        eprintln!("skipped: {} has no user xattrs", dest.display());
+    }
+    if s3
+        .object_store()
+        .head(&ObjPath::parse("empty-folder").unwrap())
+        .await
+        .is_ok()
+        || dest.join("empty-folder").exists()
+    {
+        assert!(dest.join("empty-folder").is_dir());
+    }
+}
+
+fn xattrs_supported(dir: &std::path::Path) -> bool {
+    let p = dir.join("xattr-probe");
+    std::fs::write(&p, b"").unwrap();
+    let f = std::fs::File::open(&p).unwrap();
+    let ok = rustix::fs::fsetxattr(&f, "user.probe", b"1", rustix::fs::XattrFlags::empty()).is_ok();
+    std::fs::remove_file(&p).unwrap();
+    ok
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn refuses_before_writing_when_the_copy_would_not_fit() {
+    let s3 = TestS3::start();
+    seed(&s3, &[("a".into(), 300_000), ("b".into(), 300_000)]).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join("store");
+    std::fs::create_dir(&dest).unwrap();
+    std::fs::write(dest.join("existing"), vec![0u8; 500_000]).unwrap();
+    let r = run(
+        Some(&s3),
+        &[
+            "migrate",
+            "s3-to-local",
+            "--dest",
+            &dest_arg(&dest),
+            "--max-used",
+            "1MB",
+        ],
+    );
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(
+        r.stderr.contains("not enough space") && r.stderr.contains("--max-used"),
+        "{r:?}"
+    );
+    assert_eq!(tree(&dest).len(), 1, "nothing written");
+    assert!(!dest.join(".stowage.lock").exists());
+
+    // A real small filesystem, when we may mount one.
+    if rustix::process::geteuid().is_root() {
+        let mnt = tmp.path().join("tiny");
+        std::fs::create_dir(&mnt).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                "size=1m",
+                "tmpfs",
+                mnt.to_str().unwrap(),
+            ])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if ok {
+            seed(&s3, &[("c".into(), 600_000)]).await; // 1.2 MB in all, on a 1 MiB filesystem
+            let r = run(
+                Some(&s3),
+                &[
+                    "migrate",
+                    "s3-to-local",
+                    "--dest",
+                    &dest_arg(&mnt),
+                    "--min-free",
+                    "0",
+                ],
+            );
+            let listing = tree(&mnt);
+            let _ = std::process::Command::new("umount").arg(&mnt).status();
+            assert_eq!(r.code, 2, "{r:?}");
+            assert!(r.stderr.contains("not enough space"), "{r:?}");
+            assert!(listing.is_empty(), "nothing written: {listing:?}");
+        } else {
+            eprintln!("skipped: could not mount a tmpfs");
+        }
+    } else {
+        eprintln!("skipped: tmpfs preflight needs root");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_credentials_and_missing_bucket_stop_before_copying() {
+    let s3 = TestS3::start();
+    seed(&s3, &[("a".into(), 10)]).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join("store");
+    let r = output_with(
+        &s3,
+        &["migrate", "s3-to-local", "--dest", &dest_arg(&dest)],
+        &[("AWS_SECRET_ACCESS_KEY", "wrong")],
+    );
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.stderr.contains("access denied"), "{r:?}");
+    let r = run(
+        Some(&s3),
+        &[
+            "migrate",
+            "s3-to-local",
+            "--dest",
+            &dest_arg(&dest),
+            "--bucket",
+            "no-such-bucket",
+        ],
+    );
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.stderr.contains("does not exist"), "{r:?}");
+    assert!(!dest.exists());
+}
+
+fn output_with(s3: &TestS3, args: &[&str], env: &[(&str, &str)]) -> crate::support::cli::Run {
+    let mut cmd = stowage(Some(s3), args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    crate::support::cli::output(cmd.output().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn resumes_after_kill_9_without_partial_files() {
+    let s3 = TestS3::start();
+    let objects: Vec<(String, usize)> = (0..120)
+        .map(|i| (format!("clips/{i}/video.mp4"), 512 << 10))
+        .collect();
+    let want = seed(&s3, &objects).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join("store");
+    let mut child = stowage(
+        Some(&s3),
+        &[
+            "migrate",
+            "s3-to-local",
+            "--dest",
+            &dest_arg(&dest),
+            "--concurrency",
+            "2",
+            "--quiet",
+        ],
+    )
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null())
+    .spawn()
+    .unwrap();
+    // Wait until the copy is under way, then kill it without warning.
+    for _ in 0..400 {
+        if dest.exists() && tree(&dest).len() >= 10 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let partial = tree(&dest);
+    assert!(
+        partial.len() < 120,
+        "killed too late to test resuming ({} files)",
+        partial.len()
+    );
+    for (k, v) in &partial {
+        if !k.contains(".stowage") {
+            assert_eq!(
+                Some(v),
+                want.get(k),
+                "{k} is complete or absent, never partial"
+            );
+        }
+    }
+    let r = run(
+        Some(&s3),
+        &[
+            "migrate",
+            "s3-to-local",
+            "--dest",
+            &dest_arg(&dest),
+            "--json",
+        ],
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    let j = r.json();
+    let done = partial.keys().filter(|k| !k.contains(".stowage")).count() as u64;
+    assert_eq!(j["skipped"].as_u64(), Some(done));
+    assert_eq!(j["copied"].as_u64(), Some(120 - done));
+    assert_eq!(tree(&dest), want, "complete, with no temp files left");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_keys_are_rejected_and_nothing_escapes_the_destination() {
+    let Some(s3) = TestS3::moto_or_skip() else {
+        return;
+    };
+    let good = seed(&s3, &[("clips/1/video.mp4".into(), 1000), ("x".into(), 5)]).await;
+    let hostile = [
+        "../escape.txt",
+        "a/../../escape2.txt",
+        "a//b",
+        "./dot",
+        "/leading",
+        "back\\slash",
+        "ctl\u{1}char",
+        "x/y",
+    ];
+    for k in hostile {
+        s3.put_raw(k, b"evil").unwrap_or_else(|e| panic!("{e}"));
+    }
+    s3.put_raw(&format!("long/{}", "n".repeat(300)), b"long")
+        .unwrap();
+    s3.put_raw("zz-after/ok.txt", b"after").unwrap();
+
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join("store");
+    let r = run(
+        Some(&s3),
+        &[
+            "migrate",
+            "s3-to-local",
+            "--dest",
+            &dest_arg(&dest),
+            "--json",
+        ],
+    );
+    assert_eq!(r.code, 1, "{r:?}");
+    let j = r.json();
+    let rejected: Vec<&str> = j["rejected"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|kr| kr["key"].as_str().unwrap())
+        .collect();
+    for k in hostile {
+        assert!(rejected.contains(&k), "{k:?} not in {rejected:?}");
+    }
+    assert_eq!(j["copied"], 3, "{j}");
+    let mut want = good.clone();
+    want.insert("zz-after/ok.txt".into(), digest(b"after"));
+    assert_eq!(tree(&dest), want);
+    let outside: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        outside,
+        vec![std::ffi::OsString::from("store")],
+        "nothing written beside the destination"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn local_to_s3_uploads_verifies_and_skips_what_is_identical() {
+    let s3 = TestS3::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path();
+    std::fs::create_dir_all(src.join("clips/1")).unwrap();
+    let small = body("s", 1000);
+    let big = body("b", 9 << 20);
+    std::fs::write(src.join("clips/1/small.mp4"), &small).unwrap();
+    std::fs::write(src.join("clips/1/big.mp4"), &big).unwrap();
+    std::fs::write(src.join(".stowage-tmp.0123456789abcdef"), b"partial").unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", src.join("clips/link")).unwrap();
+
+    let r = run(
+        Some(&s3),
+        &[
+            "migrate",
+            "local-to-s3",
+            "--source",
+            src.to_str().unwrap(),
+            "--json",
+        ],
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    let j = r.json();
+    assert_eq!(j["copied"], 2, "{j}");
+    assert_eq!(j["unverified"].as_array().unwrap().len(), 0, "{j}");
+    let store = s3.object_store();
+    let got = store
+        .get(&ObjPath::parse("clips/1/big.mp4").unwrap())
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(&got[..], &big[..]);
+    assert!(
+        store
+            .head(&ObjPath::parse("clips/link").unwrap())
+            .await
+            .is_err(),
+        "symlinks are not uploaded"
+    );
+
+    let r = run(
+        Some(&s3),
+        &[
+            "migrate",
+            "local-to-s3",
+            "--source",
+            src.to_str().unwrap(),
+            "--json",
+        ],
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(
+        (r.json()["copied"].as_u64(), r.json()["skipped"].as_u64()),
+        (Some(0), Some(2))
+    );
+}
+
+#[test]
+fn help_teaches_and_bad_usage_exits_2() {
+    let r = run(None, &["migrate", "s3-to-local", "--help"]);
+    assert_eq!(r.code, 0);
+    for needle in [
+        "--bucket",
+        "--dest",
+        "--min-free",
+        "--dry-run",
+        "Exit codes",
+        "S3_BUCKET_NAME",
+    ] {
+        assert!(
+            r.stdout.contains(needle),
+            "{needle} missing from help:\n{}",
+            r.stdout
+        );
+    }
+    let r = run(None, &["migrate", "s3-to-local", "--dest", "/tmp/x"]);
+    assert_eq!(r.code, 2, "no bucket: {r:?}");
+    let r = run(
+        None,
+        &[
+            "migrate",
+            "s3-to-local",
+            "--bucket",
+            "b",
+            "--min-free",
+            "lots",
+        ],
+    );
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.stderr.contains("invalid size"), "{r:?}");
+}
