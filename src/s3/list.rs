@@ -327,7 +327,8 @@ impl Inner {
             key: rel.to_owned(),
             size: c.size,
             last_modified,
-            etag: c.etag,
+            // Some servers send an empty <ETag/>: that is no ETag.
+            etag: c.etag.filter(|e| !e.trim_matches('"').is_empty()),
         })
     }
 }
