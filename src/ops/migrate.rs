@@ -190,6 +190,8 @@ pub async fn s3_to_local(
     let mut to_copy = 0u64;
     let mut folders = Vec::new();
     let mut clashes = ClashGuard::default();
+    let block = fs_of(dest)?.f_frsize.max(512);
+    let mut needs = Needs::default();
     {
         let mut pages = listing(src, backend, &opts.prefix).ready_chunks(1000);
         while let Some(page) = pages.next().await {
@@ -213,6 +215,9 @@ pub async fn s3_to_local(
                     Class::Copy(p) => {
                         to_copy += 1;
                         summary.bytes_planned += p.raw.size;
+                        needs.bytes += p.raw.size;
+                        needs.allocated += p.raw.size.div_ceil(block) * block;
+                        needs.files += 1;
                         if opts.dry_run {
                             summary.would_copy.push(p.raw.key.clone());
                         }
@@ -231,7 +236,7 @@ pub async fn s3_to_local(
     summary.folders = folders.len() as u64;
 
     // 2. Preflight.
-    preflight(dest, summary.bytes_planned, opts).await?;
+    preflight(dest, needs, opts).await?;
     if opts.dry_run || to_copy == 0 && folders.is_empty() {
         summary.elapsed_s = started.elapsed().as_secs_f64();
         return Ok(summary);
@@ -508,31 +513,60 @@ fn same_time(mtime: SystemTime, lm: DateTime<Utc>) -> bool {
     DateTime::<Utc>::from(mtime).timestamp_millis() == lm.timestamp_millis()
 }
 
-async fn preflight(dest: &Path, needed: u64, opts: &MigrateOptions) -> Result<()> {
-    // Measure the filesystem of the nearest existing ancestor (a dry run may name a
-    // directory that does not exist yet).
+/// What the copy pass will need on disk.
+#[derive(Debug, Default, Clone, Copy)]
+struct Needs {
+    /// Apparent bytes.
+    bytes: u64,
+    /// Bytes once rounded up to the filesystem's block size.
+    allocated: u64,
+    /// Files to create.
+    files: u64,
+}
+
+/// statvfs of the filesystem `dest` is (or will be) on: the nearest existing ancestor,
+/// since a dry run may name a directory that does not exist yet.
+fn fs_of(dest: &Path) -> Result<rustix::fs::StatVfs> {
     let mut probe = dest.to_path_buf();
     while !probe.exists() {
         if !probe.pop() {
             break;
         }
     }
-    let st = local::fs_stats(&probe).map_err(|e| Error::io("statvfs", &probe, e))?;
+    local::fs_stats(&probe).map_err(|e| Error::io("statvfs", &probe, e))
+}
+
+async fn preflight(dest: &Path, needs: Needs, opts: &MigrateOptions) -> Result<()> {
+    let st = fs_of(dest)?;
     let total = st.f_blocks * st.f_frsize;
     let avail = st.f_bavail * st.f_frsize;
     let keep = opts.min_free.resolve(total);
     let usable = avail.saturating_sub(keep);
+    let needed = needs.allocated;
     if needed > usable {
         return Err(Error::NoSpace {
             path: dest.to_path_buf(),
             needed,
             available: usable,
             hint: format!(
-                " ({} needed; {} free minus --min-free {} = {} usable). Free space, or lower --min-free",
+                " ({} of objects take {} on disk; {} free minus --min-free {} = {} usable). Free space, or lower --min-free",
+                human_bytes(needs.bytes),
                 human_bytes(needed),
                 human_bytes(avail),
                 opts.min_free,
                 human_bytes(usable)
+            ),
+        });
+    }
+    // Filesystems with a fixed inode table (ext4, tmpfs) run out of files, not bytes.
+    if st.f_files > 0 && needs.files > st.f_favail {
+        return Err(Error::NoSpace {
+            path: dest.to_path_buf(),
+            needed,
+            available: usable,
+            hint: format!(
+                " (but {} files to create and only {} free inodes on that filesystem)",
+                needs.files, st.f_favail
             ),
         });
     }
@@ -542,16 +576,16 @@ async fn preflight(dest: &Path, needed: u64, opts: &MigrateOptions) -> Result<()
         let used = tokio::task::spawn_blocking(move || store_bytes(&root))
             .await
             .expect("walk does not panic");
-        if used + needed > limit {
+        if used + needs.bytes > limit {
             return Err(Error::NoSpace {
                 path: dest.to_path_buf(),
-                needed,
+                needed: needs.bytes,
                 available: limit.saturating_sub(used),
                 hint: format!(
                     " (the store holds {} and --max-used is {}: {} more would exceed it)",
                     human_bytes(used),
                     max,
-                    human_bytes(needed)
+                    human_bytes(needs.bytes)
                 ),
             });
         }

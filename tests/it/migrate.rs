@@ -599,3 +599,150 @@ fn help_teaches_and_bad_usage_exits_2() {
     assert_eq!(r.code, 2, "{r:?}");
     assert!(r.stderr.contains("invalid size"), "{r:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ctrl_c_stops_cleanly_and_a_rerun_finishes() {
+    let s3 = TestS3::start();
+    let objects: Vec<(String, usize)> = (0..150)
+        .map(|i| (format!("c/{i}.mp4"), 300 << 10))
+        .collect();
+    let want = seed(&s3, &objects).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join("store");
+    let child = stowage(
+        Some(&s3),
+        &[
+            "migrate",
+            "s3-to-local",
+            "--dest",
+            &dest_arg(&dest),
+            "--concurrency",
+            "2",
+            "--json",
+        ],
+    )
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    for _ in 0..500 {
+        if dest.exists() && tree(&dest).len() >= 5 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let pid = rustix::process::Pid::from_child(&child);
+    rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();
+    let r = crate::support::cli::output(child.wait_with_output().unwrap());
+    assert_eq!(r.code, 130, "{r:?}");
+    let j = r.json();
+    assert_eq!(j["interrupted"], true);
+    let now = tree(&dest);
+    assert!(
+        now.keys().all(|k| !k.contains(".stowage-tmp")),
+        "temp files removed: {now:?}"
+    );
+    assert_eq!(
+        now.len() as u64,
+        j["copied"].as_u64().unwrap(),
+        "every copied object and nothing else is in place"
+    );
+    let r = run(
+        Some(&s3),
+        &[
+            "migrate",
+            "s3-to-local",
+            "--dest",
+            &dest_arg(&dest),
+            "--json",
+        ],
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(tree(&dest), want);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_disk_filling_up_mid_run_stops_cleanly() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: mounting a small tmpfs needs root");
+        return;
+    }
+    let s3 = TestS3::start();
+    let objects: Vec<(String, usize)> = (0..40)
+        .map(|i| (format!("c/{i:02}.mp4"), 100_000))
+        .collect();
+    let want = seed(&s3, &objects).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let mnt = tmp.path().join("disk");
+    std::fs::create_dir(&mnt).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args([
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=8m",
+            "tmpfs",
+            mnt.to_str().unwrap(),
+        ])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("skipped: could not mount a tmpfs");
+        return;
+    }
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _guard = Unmount(mnt.clone());
+    let dest = mnt.join("store");
+    let child = stowage(
+        Some(&s3),
+        &[
+            "migrate",
+            "s3-to-local",
+            "--dest",
+            &dest_arg(&dest),
+            "--concurrency",
+            "1",
+            "--min-free",
+            "0",
+            "--json",
+        ],
+    )
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    // Once the copy has started (preflight passed), another writer takes all the space.
+    for _ in 0..1000 {
+        if dest.join("c").exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let mut hog = std::fs::File::create(mnt.join("hog")).unwrap();
+    let chunk = vec![1u8; 64 << 10];
+    while std::io::Write::write_all(&mut hog, &chunk).is_ok() {}
+    let r = crate::support::cli::output(child.wait_with_output().unwrap());
+    assert_eq!(r.code, 2, "{r:?}");
+    let j = r.json();
+    assert!(
+        j["aborted"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("disk full"),
+        "{j}"
+    );
+    let now = tree(&dest);
+    assert!(
+        now.keys().all(|k| !k.contains(".stowage-tmp")),
+        "temp files removed: {now:?}"
+    );
+    for (k, v) in &now {
+        assert_eq!(Some(v), want.get(k), "{k} is complete");
+    }
+    assert!((now.len() as u64) < 40);
+}

@@ -81,8 +81,8 @@ pub fn tree(root: &Path) -> std::collections::BTreeMap<String, String> {
     let mut out = std::collections::BTreeMap::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap().flatten() {
-            let t = e.file_type().unwrap();
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let Ok(t) = e.file_type() else { continue };
             if t.is_dir() {
                 stack.push(e.path());
             } else if t.is_file() {
@@ -92,8 +92,11 @@ pub fn tree(root: &Path) -> std::collections::BTreeMap<String, String> {
                     .unwrap()
                     .to_string_lossy()
                     .into_owned();
+                // A temp file may vanish while a live run is being watched.
                 if rel != ".stowage.lock" {
-                    out.insert(rel, digest(&std::fs::read(e.path()).unwrap()));
+                    if let Ok(data) = std::fs::read(e.path()) {
+                        out.insert(rel, digest(&data));
+                    }
                 }
             }
         }
