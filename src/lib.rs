@@ -9,6 +9,8 @@
 pub mod config;
 mod error;
 pub mod etag;
+#[cfg(feature = "http")]
+pub mod http;
 pub mod key;
 pub mod local;
 pub mod ops;
