@@ -691,6 +691,7 @@ fn text(status: StatusCode, body: &'static str) -> Response {
     let mut r = Response::new(Body::from(body));
     *r.status_mut() = status;
     let h = r.headers_mut();
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
     h.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
