@@ -614,6 +614,13 @@ fn respond(sh: &Shared, meta: &Meta, outcome: Outcome, body: Body) -> Response {
             }
         }
     };
+    // A 304 has no body; an empty body of unknown length keeps hyper from adding a
+    // `Content-Length: 0` to HEAD's 304 that GET's 304 would not have.
+    let body = if status == StatusCode::NOT_MODIFIED {
+        Body::from_stream(futures::stream::empty::<io::Result<Bytes>>())
+    } else {
+        body
+    };
     let mut r = Response::new(body);
     *r.status_mut() = status;
     *r.headers_mut() = h;
