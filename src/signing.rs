@@ -1,7 +1,7 @@
 //! Signed, expiring download URLs for local stores.
 //!
 //! On S3 a download URL stops working when its presignature expires; a local store served
-//! by [`crate::http`] gets the same property from an HMAC-SHA256 over the key and an
+//! by `stowage::http` gets the same property from an HMAC-SHA256 over the key and an
 //! expiry time. [`crate::BlobStore::download_url`] signs and the router verifies with the
 //! functions here, so the two can never disagree about what is signed.
 //!

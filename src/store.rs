@@ -82,7 +82,7 @@ pub struct LocalUrls {
     /// Path the file server is mounted at, e.g. `/api/files`.
     pub files_path: String,
     /// Signing secret (`STORAGE_URL_SECRET`). When set, download URLs carry an expiry and
-    /// an HMAC signature ([`crate::signing`]) and the [`crate::http`] router refuses
+    /// an HMAC signature ([`crate::signing`]) and the `stowage::http` router refuses
     /// requests without a valid one. Never serialized, redacted in `Debug`.
     #[serde(default, skip_serializing)]
     pub secret: Option<String>,

@@ -613,11 +613,16 @@ struct ServeProcess {
 }
 
 impl ServeProcess {
-    fn start(root: &Path) -> ServeProcess {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_stowage"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--root"])
+    fn start(root: &Path, secret: Option<&str>) -> ServeProcess {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_stowage"));
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--root"])
             .arg(root)
             .env_remove("STORAGE_URL_SECRET")
+            .env_remove("FILES_PATH");
+        if let Some(s) = secret {
+            cmd.env("STORAGE_URL_SECRET", s);
+        }
+        let mut child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -628,11 +633,14 @@ impl ServeProcess {
         let collected = Arc::clone(&stderr);
         let reader = std::thread::spawn(move || {
             for line in lines.map_while(Result::ok) {
-                if let Some(rest) = line.split_once("listening on http://") {
-                    let addr = rest.1.split('/').next().unwrap().to_owned();
+                let addr = line
+                    .split_once("listening on http://")
+                    .map(|(_, rest)| rest.split('/').next().unwrap().to_owned());
+                // Collected before the address is handed over, so the log has the line.
+                collected.lock().unwrap().push(line);
+                if let Some(addr) = addr {
                     let _ = tx.send(addr);
                 }
-                collected.lock().unwrap().push(line);
             }
         });
         let addr = rx
@@ -696,7 +704,7 @@ async fn serve_process_200_concurrent_ranges_in_bounded_memory_then_sigterm() {
     std::fs::create_dir(&root).unwrap();
     let data = Arc::new(pattern(LEN, 5));
     std::fs::write(root.join("big.bin"), &*data).unwrap();
-    let server = ServeProcess::start(&root);
+    let server = ServeProcess::start(&root, None);
     let c = client();
 
     let mut rng = fastrand::Rng::with_seed(6);
@@ -763,5 +771,30 @@ async fn serve_process_200_concurrent_ranges_in_bounded_memory_then_sigterm() {
         log.matches("\"GET /api/files/big.bin\" 206 ").count(),
         200,
         "one access-log line per range request"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_process_requires_signatures_when_a_secret_is_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    std::fs::create_dir_all(root.join("clips")).unwrap();
+    std::fs::write(root.join("clips/a.mp4"), b"clip").unwrap();
+    let server = ServeProcess::start(&root, Some(SECRET));
+    let k = key("clips/a.mp4");
+    let q = stowage::signing::signed_query(
+        SECRET.as_bytes(),
+        &k,
+        Duration::from_secs(60),
+        SystemTime::now(),
+    );
+    let (s, _, body) = get(&format!("{}?{q}", server.url("clips/a.mp4")), &[]).await;
+    assert_eq!((s.as_u16(), &body[..]), (200, &b"clip"[..]));
+    let (s, _, _) = get(&server.url("clips/a.mp4"), &[]).await;
+    assert_eq!(s, 403);
+    assert!(
+        server.log().contains("signed URLs required"),
+        "{}",
+        server.log()
     );
 }
