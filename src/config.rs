@@ -82,12 +82,12 @@ fn default_ttl() -> Duration {
     DEFAULT_PRESIGN_TTL
 }
 
-mod humantime_serde_compat {
+pub(crate) mod humantime_serde_compat {
     use std::time::Duration;
-    pub(super) fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&humantime::format_duration(*d).to_string())
     }
-    pub(super) fn deserialize<'de, D: serde::Deserializer<'de>>(
+    pub(crate) fn deserialize<'de, D: serde::Deserializer<'de>>(
         d: D,
     ) -> Result<Duration, D::Error> {
         let s: String = serde::Deserialize::deserialize(d)?;
@@ -211,6 +211,8 @@ impl StoreConfig {
     /// | `LOCAL_STORAGE_PATH` | absolute root of a local store | `/opt/meme-maker/storage` |
     /// | `BASE_URL` | origin of local download URLs | `http://localhost:8000` |
     /// | `FILES_PATH` | path the files are served under | `/api/files` |
+    /// | `STORAGE_URL_SECRET` | signing secret for local download URLs (≥ 16 bytes) | unsigned URLs |
+    /// | `STORAGE_URL_TTL` | lifetime of signed local URLs | `1h` |
     /// | `S3_BUCKET_NAME` | bucket (required for s3) | |
     /// | `S3_REGION` / `AWS_REGION` / `AWS_DEFAULT_REGION` | region | `us-east-1` |
     /// | `S3_PREFIX` | key prefix inside the bucket | none |
@@ -269,6 +271,23 @@ impl StoreConfig {
                         ));
                     }
                     urls.files_path = p;
+                }
+                if let Some(secret) = v.get("STORAGE_URL_SECRET") {
+                    if secret.len() < crate::signing::MIN_SECRET_LEN {
+                        return Err(Error::config(
+                            "STORAGE_URL_SECRET",
+                            format!("is {} bytes; use at least {} random bytes, e.g. the output of `openssl rand -hex 32`", secret.len(), crate::signing::MIN_SECRET_LEN),
+                        ));
+                    }
+                    urls.secret = Some(secret);
+                }
+                if let Some(t) = v.get("STORAGE_URL_TTL") {
+                    urls.ttl = humantime::parse_duration(&t).map_err(|e| {
+                        Error::config(
+                            "STORAGE_URL_TTL",
+                            format!("{t:?}: {e}; expected a duration like 1h or 15m"),
+                        )
+                    })?;
                 }
                 Ok(StoreConfig::Local(LocalConfig { root, urls }))
             }

@@ -9,11 +9,14 @@
 pub mod config;
 mod error;
 pub mod etag;
+#[cfg(feature = "http")]
+pub mod http;
 pub mod key;
 pub mod local;
 pub mod ops;
 pub mod report;
 pub mod s3;
+pub mod signing;
 pub mod size;
 pub mod store;
 
@@ -22,4 +25,4 @@ pub use error::{Error, Result};
 pub use key::{Key, KeyError};
 pub use report::{NoopReporter, Reporter};
 pub use size::SizeSpec;
-pub use store::{BackendKind, BlobStore, GetStream, Meta};
+pub use store::{BackendKind, BlobStore, GetStream, LocalUrls, Meta};

@@ -75,12 +75,38 @@ pub enum BackendKind {
 }
 
 /// How download URLs for a local store are formed.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LocalUrls {
     /// Scheme and authority the files are served from, e.g. `http://localhost:8000`.
     pub base_url: String,
     /// Path the file server is mounted at, e.g. `/api/files`.
     pub files_path: String,
+    /// Signing secret (`STORAGE_URL_SECRET`). When set, download URLs carry an expiry and
+    /// an HMAC signature ([`crate::signing`]) and the `stowage::http` router refuses
+    /// requests without a valid one. Never serialized, redacted in `Debug`.
+    #[serde(default, skip_serializing)]
+    pub secret: Option<String>,
+    /// Lifetime of signed URLs (`STORAGE_URL_TTL`, default 1 hour).
+    #[serde(
+        default = "default_url_ttl",
+        with = "crate::config::humantime_serde_compat"
+    )]
+    pub ttl: Duration,
+}
+
+fn default_url_ttl() -> Duration {
+    crate::signing::DEFAULT_URL_TTL
+}
+
+impl std::fmt::Debug for LocalUrls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalUrls")
+            .field("base_url", &self.base_url)
+            .field("files_path", &self.files_path)
+            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .field("ttl", &self.ttl)
+            .finish()
+    }
 }
 
 impl Default for LocalUrls {
@@ -88,6 +114,8 @@ impl Default for LocalUrls {
         LocalUrls {
             base_url: "http://localhost:8000".into(),
             files_path: "/api/files".into(),
+            secret: None,
+            ttl: default_url_ttl(),
         }
     }
 }
@@ -211,6 +239,14 @@ impl BlobStore {
     pub fn local_root(&self) -> Option<&Path> {
         match &*self.inner {
             Inner::Local(l) => Some(&l.root),
+            Inner::Object(_) => None,
+        }
+    }
+
+    /// How a local store forms its download URLs (and whether it signs them).
+    pub fn local_urls(&self) -> Option<&LocalUrls> {
+        match &*self.inner {
+            Inner::Local(l) => Some(&l.urls),
             Inner::Object(_) => None,
         }
     }
@@ -541,15 +577,30 @@ impl BlobStore {
     }
 
     /// A URL a client can download the object from: `{base_url}{files_path}/{key}` on a
-    /// local store, a presigned GET URL on S3 (or the public base URL when configured).
+    /// local store (with `?expires=<unix>&sig=<hex>` appended when a signing secret is
+    /// configured), a presigned GET URL on S3 (or the public base URL when configured).
     pub async fn download_url(&self, key: &Key) -> Result<String> {
         match &*self.inner {
-            Inner::Local(l) => Ok(format!(
-                "{}{}/{}",
-                l.urls.base_url.trim_end_matches('/'),
-                l.urls.files_path.trim_end_matches('/'),
-                encode_key_path(key)
-            )),
+            Inner::Local(l) => {
+                let url = format!(
+                    "{}{}/{}",
+                    l.urls.base_url.trim_end_matches('/'),
+                    l.urls.files_path.trim_end_matches('/'),
+                    encode_key_path(key)
+                );
+                Ok(match &l.urls.secret {
+                    Some(secret) => {
+                        let q = crate::signing::signed_query(
+                            secret.as_bytes(),
+                            key,
+                            l.urls.ttl,
+                            SystemTime::now(),
+                        );
+                        format!("{url}?{q}")
+                    }
+                    None => url,
+                })
+            }
             Inner::Object(o) => match &o.s3 {
                 Some(s3) => {
                     if let Some(base) = &s3.public_base_url {

@@ -31,4 +31,6 @@ pub(crate) enum Command {
     /// Copy a whole bucket to local disk (or back), verified and resumable.
     #[command(subcommand)]
     Migrate(commands::migrate::MigrateCommand),
+    /// Serve a local store's files over HTTP (ranges, validators, signed URLs).
+    Serve(commands::serve::ServeArgs),
 }

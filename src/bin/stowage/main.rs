@@ -26,6 +26,7 @@ fn main() -> std::process::ExitCode {
     let exit = runtime.block_on(async {
         match cli.command {
             cli::Command::Migrate(cmd) => commands::migrate::run(cmd).await,
+            cli::Command::Serve(args) => commands::serve::run(args).await,
         }
     });
     exit.into()

@@ -1,3 +1,4 @@
 //! One module per command: clap arguments, conversion to library options, output.
 
 pub(crate) mod migrate;
+pub(crate) mod serve;

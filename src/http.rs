@@ -1,0 +1,855 @@
+//! `stowage::http`: serving a [`BlobStore`]'s files over HTTP.
+//!
+//! With S3 the service handed out URLs and S3 served the bytes; on a local store the service
+//! must serve them itself, at the URLs [`BlobStore::download_url`] produces. [`router`]
+//! answers `GET` and `HEAD` for keys the way S3 (and nginx) do — single byte ranges,
+//! validators and conditional requests in RFC 9110 order, a safe `Content-Disposition` —
+//! and closes the holes of a naive file handler:
+//!
+//! - the request path is percent-decoded segment by segment and must be a valid [`Key`];
+//!   anything else (`..`, `%2e%2e`, `%2f`, `\`, NUL, empty segments) is a 404 that touches
+//!   no file, and files are opened with [`local::open_beneath`], which never follows a
+//!   symlink;
+//! - with a signing secret ([`LocalUrls::secret`]) every request needs a valid, unexpired
+//!   [`crate::signing`] signature, checked before the file is looked up;
+//! - headers and body come from one open file descriptor, read in 64 KiB chunks, so memory
+//!   does not grow with the file and a file replaced mid-download is served whole, old
+//!   or new, never mixed.
+//!
+//! On S3 the router answers with a 302 to a presigned URL, or proxies the bytes
+//! ([`S3Delivery`]); a Memory store is always proxied.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use axum::Router;
+//! use stowage::http::{router, ServeOptions};
+//! use stowage::{BlobStore, Key};
+//!
+//! let store = BlobStore::memory();
+//! store.put(&Key::new("clips/1.mp4")?, "0123456789".into()).await?;
+//!
+//! let app: Router = Router::new().nest("/api/files", router(store, ServeOptions::default()));
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! let addr = listener.local_addr()?;
+//! tokio::spawn(async move { axum::serve(listener, app).await });
+//!
+//! let resp = reqwest::Client::new()
+//!     .get(format!("http://{addr}/api/files/clips/1.mp4"))
+//!     .header("Range", "bytes=2-4")
+//!     .send()
+//!     .await?;
+//! assert_eq!(resp.status(), 206);
+//! assert_eq!(resp.headers()["content-type"], "video/mp4");
+//! assert_eq!(resp.text().await?, "234");
+//! # Ok(())
+//! # }
+//! ```
+
+use std::fs::File;
+use std::io;
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::response::Response;
+use axum::routing::any;
+use axum::Router;
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+
+use crate::error::Error;
+use crate::key::Key;
+use crate::local;
+use crate::signing::{self, SignatureError};
+use crate::store::{BackendKind, BlobStore, LocalUrls, Meta};
+
+/// The Cache-Control sent by default: what the nginx config in use sends. Keys of the clip
+/// service are never rewritten in place, so the content behind a URL never changes.
+pub const DEFAULT_CACHE_CONTROL: &str = "public, max-age=86400, immutable";
+
+/// Bytes read from a local file per chunk of a response body. Small enough that hundreds
+/// of concurrent downloads stay within a few tens of MiB, large enough for few syscalls.
+const CHUNK: usize = 64 << 10;
+
+/// How many times a proxied object is looked up again when it changed between the `HEAD`
+/// that chose the range and the `GET` that fetched it.
+const PROXY_ATTEMPTS: usize = 3;
+
+/// How the router behaves.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// Cache-Control of successful and 304 responses; `None` sends none.
+    /// Default: [`DEFAULT_CACHE_CONTROL`].
+    pub cache_control: Option<HeaderValue>,
+    /// The `Content-Disposition` type sent with each file. Default: inline.
+    pub disposition: Disposition,
+    /// How an S3 store's files are delivered. Default: redirect.
+    pub s3: S3Delivery,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            cache_control: Some(HeaderValue::from_static(DEFAULT_CACHE_CONTROL)),
+            disposition: Disposition::Inline,
+            s3: S3Delivery::Redirect,
+        }
+    }
+}
+
+/// The `Content-Disposition` sent with a file (always with the key's file name).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Disposition {
+    /// `inline`: browsers and players show the file (video plays in the page).
+    #[default]
+    Inline,
+    /// `attachment`: browsers save the file.
+    Attachment,
+    /// No `Content-Disposition` header.
+    Omit,
+}
+
+/// How files of an S3 store reach the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum S3Delivery {
+    /// `302 Found` to a presigned URL (or the public base URL): S3 serves the bytes.
+    #[default]
+    Redirect,
+    /// Stream the object through this server (ranges and validators as for local files).
+    Proxy,
+}
+
+/// Attached to the extensions of a 500 response: the error behind it, for the server's
+/// log. The response body itself says only "internal server error", never a path.
+#[derive(Debug, Clone)]
+pub struct ServeError(pub Arc<Error>);
+
+struct Shared {
+    store: BlobStore,
+    opts: ServeOptions,
+    /// The local store's signing secret: when set, every request must be signed.
+    secret: Option<Vec<u8>>,
+}
+
+/// An axum router serving `GET` and `HEAD` for the keys of `store`, to be nested where
+/// the store's download URLs point (`Router::new().nest("/api/files", router(store,
+/// opts))`, see the [module docs](self)). It accepts any outer state type.
+///
+/// A local store with a signing secret ([`LocalUrls::secret`]) makes every request need a
+/// valid `expires`/`sig` query, as produced by [`BlobStore::download_url`]; otherwise 403.
+pub fn router<S>(store: BlobStore, opts: ServeOptions) -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+{
+    let secret = store
+        .local_urls()
+        .and_then(|u: &LocalUrls| u.secret.as_ref())
+        .map(|s| s.as_bytes().to_vec());
+    let shared = Arc::new(Shared {
+        store,
+        opts,
+        secret,
+    });
+    Router::new()
+        .route("/", any(serve))
+        .route("/{*key}", any(serve))
+        .fallback(serve)
+        .with_state(shared)
+}
+
+async fn serve(State(sh): State<Arc<Shared>>, req: Request) -> Response {
+    let method = req.method();
+    if method != Method::GET && method != Method::HEAD {
+        let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return r;
+    }
+    let head = method == Method::HEAD;
+    let Some(key) = key_from_path(req.uri().path()) else {
+        return not_found();
+    };
+    if let Some(secret) = &sh.secret {
+        if let Err(e) = signing::verify(secret, &key, req.uri().query(), SystemTime::now()) {
+            return forbidden(e);
+        }
+    }
+    let headers = req.headers();
+    match sh.store.kind() {
+        BackendKind::Local => serve_local(&sh, key, headers, head).await,
+        BackendKind::S3 if sh.opts.s3 == S3Delivery::Redirect => redirect(&sh, &key).await,
+        BackendKind::S3 | BackendKind::Memory => serve_proxied(&sh, key, headers, head).await,
+    }
+}
+
+/// The key a request path names, or `None` (a 404) when it is not a valid [`Key`].
+///
+/// Each `/`-separated segment is percent-decoded on its own: a `%2F` inside a segment
+/// would otherwise silently change which key is meant, so a decoded `/` rejects the path.
+fn key_from_path(path: &str) -> Option<Key> {
+    let rest = path.strip_prefix('/')?;
+    let mut segments = Vec::new();
+    for raw in rest.split('/') {
+        let seg = percent_decode_str(raw).decode_utf8().ok()?;
+        if seg.contains('/') {
+            return None;
+        }
+        segments.push(seg);
+    }
+    Key::new(segments.join("/")).ok()
+}
+
+async fn serve_local(sh: &Shared, key: Key, headers: &HeaderMap, head: bool) -> Response {
+    let root = sh
+        .store
+        .local_root()
+        .expect("a local store has a root")
+        .to_path_buf();
+    let k = key.clone();
+    let opened = tokio::task::spawn_blocking(move || -> io::Result<(File, Meta)> {
+        let file = local::open_beneath(&root, &k)?;
+        let md = file.metadata()?;
+        let content_type = local::read_content_type(&file);
+        Ok((file, crate::store::local_meta(k, &md, content_type)))
+    })
+    .await
+    .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+    let (file, meta) = match opened {
+        Ok(x) => x,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return not_found(),
+        Err(e) => {
+            let root = sh.store.local_root().expect("a local store has a root");
+            return internal(Error::Io {
+                op: "open",
+                path: key.to_path(root),
+                source: e,
+            });
+        }
+    };
+    let outcome = evaluate(&meta, headers);
+    let body = match &outcome {
+        Outcome::Full(r) | Outcome::Partial(r) if !head => {
+            Body::from_stream(file_chunks(Arc::new(file), r.clone()))
+        }
+        _ => Body::empty(),
+    };
+    respond(sh, &meta, outcome, body)
+}
+
+/// The bytes of `range` of `file`, read with `pread` in [`CHUNK`]s on the blocking pool.
+/// The file is never read past `range`, and one that shrank under us ends the stream with
+/// an error (the connection is aborted) rather than a short body.
+fn file_chunks(
+    file: Arc<File>,
+    range: Range<u64>,
+) -> impl futures::Stream<Item = io::Result<Bytes>> + Send + 'static {
+    futures::stream::try_unfold(range.start, move |pos| {
+        let file = Arc::clone(&file);
+        let end = range.end;
+        async move {
+            if pos >= end {
+                return Ok(None);
+            }
+            let n = (end - pos).min(CHUNK as u64) as usize;
+            let chunk = tokio::task::spawn_blocking(move || -> io::Result<Bytes> {
+                let mut buf = vec![0u8; n];
+                let mut filled = 0;
+                while filled < n {
+                    match file.read_at(&mut buf[filled..], pos + filled as u64) {
+                        Ok(0) => {
+                            return Err(io::Error::new(
+                                io::ErrorKind::UnexpectedEof,
+                                "file shrank while being served",
+                            ))
+                        }
+                        Ok(k) => filled += k,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(Bytes::from(buf))
+            })
+            .await
+            .map_err(io::Error::other)??;
+            Ok(Some((chunk, pos + n as u64)))
+        }
+    })
+}
+
+/// Serves an object-store object through this server. The range is chosen from a `HEAD`;
+/// the body is fetched only if it is still the same object (same ETag), else the decision
+/// is made again, so a replaced object is never served as a mix of two.
+async fn serve_proxied(sh: &Shared, key: Key, headers: &HeaderMap, head: bool) -> Response {
+    for _ in 0..PROXY_ATTEMPTS {
+        let meta = match sh.store.head(&key).await {
+            Ok(m) => m,
+            Err(Error::NotFound { .. } | Error::InvalidKey { .. }) => return not_found(),
+            Err(e) => return internal(e),
+        };
+        let outcome = evaluate(&meta, headers);
+        let range = match &outcome {
+            Outcome::Full(r) | Outcome::Partial(r) if !head && r.end > r.start => r.clone(),
+            _ => return respond(sh, &meta, outcome, Body::empty()),
+        };
+        let got = match sh.store.get_stream_range(&key, Some(range.clone())).await {
+            Ok(g) => g,
+            Err(Error::NotFound { .. }) => continue,
+            Err(e) => return internal(e),
+        };
+        if got.meta.etag != meta.etag || got.meta.size != meta.size || got.range != range {
+            continue;
+        }
+        return respond(sh, &meta, outcome, Body::from_stream(got.body));
+    }
+    let mut r = text(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the object kept changing; try again\n",
+    );
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    r
+}
+
+async fn redirect(sh: &Shared, key: &Key) -> Response {
+    let url = match sh.store.download_url(key).await {
+        Ok(u) => u,
+        Err(e) => return internal(e),
+    };
+    let Ok(location) = HeaderValue::try_from(url) else {
+        return internal(Error::Backend {
+            store: sh.store.describe(),
+            source: "presigned URL is not a valid header value".into(),
+        });
+    };
+    let mut r = Response::new(Body::empty());
+    *r.status_mut() = StatusCode::FOUND;
+    let h = r.headers_mut();
+    h.insert(header::LOCATION, location);
+    // The presigned URL expires: a cached redirect would outlive it.
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+/// What a request gets, from its conditional and range headers and the object's metadata.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Outcome {
+    /// 200 with the whole object (`0..size`).
+    Full(Range<u64>),
+    /// 206 with this range.
+    Partial(Range<u64>),
+    /// 304.
+    NotModified,
+    /// 412.
+    PreconditionFailed,
+    /// 416.
+    Unsatisfiable,
+}
+
+/// Evaluates the preconditions in RFC 9110 §13.2.2 order, then `If-Range` and `Range`.
+fn evaluate(meta: &Meta, headers: &HeaderMap) -> Outcome {
+    let etag = meta.etag.as_deref().map(normalize_etag);
+    let etag = etag.as_deref();
+    let modified = meta.last_modified.timestamp();
+
+    // 1-2: If-Match, else If-Unmodified-Since.
+    if let Some(list) = joined(headers, &header::IF_MATCH) {
+        if !etag_list_matches(&list, etag, Comparison::Strong) {
+            return Outcome::PreconditionFailed;
+        }
+    } else if let Some(since) = http_date(headers, &header::IF_UNMODIFIED_SINCE) {
+        if modified > since {
+            return Outcome::PreconditionFailed;
+        }
+    }
+    // 3-4: If-None-Match, else If-Modified-Since (only GET and HEAD reach here).
+    if let Some(list) = joined(headers, &header::IF_NONE_MATCH) {
+        if etag_list_matches(&list, etag, Comparison::Weak) {
+            return Outcome::NotModified;
+        }
+    } else if let Some(since) = http_date(headers, &header::IF_MODIFIED_SINCE) {
+        if modified <= since {
+            return Outcome::NotModified;
+        }
+    }
+    // 5: Range, if If-Range (when present) still names this representation.
+    let full = Outcome::Full(0..meta.size);
+    let Some(range) = single(headers, &header::RANGE) else {
+        return full;
+    };
+    if let Some(if_range) = single(headers, &header::IF_RANGE) {
+        let if_range = if_range.trim();
+        let still_valid = if if_range.starts_with('"') || if_range.starts_with("W/") {
+            etag_list_matches(if_range, etag, Comparison::Strong)
+        } else {
+            httpdate::parse_http_date(if_range)
+                .ok()
+                .map(unix_secs)
+                .is_some_and(|d| d == modified)
+        };
+        if !still_valid {
+            return full;
+        }
+    }
+    match parse_range(range, meta.size) {
+        RangeSpec::Ignore => full,
+        RangeSpec::Unsatisfiable => Outcome::Unsatisfiable,
+        RangeSpec::Bytes(r) => Outcome::Partial(r),
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum RangeSpec {
+    /// Not a single byte range we honour (bad syntax, another unit, several ranges).
+    Ignore,
+    /// A byte range none of whose bytes exist.
+    Unsatisfiable,
+    /// The satisfiable part of the range, end exclusive.
+    Bytes(Range<u64>),
+}
+
+/// Parses a `Range` header for an object of `len` bytes (RFC 9110 §14.1.2, §14.2).
+/// Multi-range requests are answered with the whole object, as the issue asks.
+fn parse_range(value: &str, len: u64) -> RangeSpec {
+    let Some((unit, set)) = value.trim().split_once('=') else {
+        return RangeSpec::Ignore;
+    };
+    if !unit.trim().eq_ignore_ascii_case("bytes") || set.contains(',') {
+        return RangeSpec::Ignore;
+    }
+    let Some((first, last)) = set.trim().split_once('-') else {
+        return RangeSpec::Ignore;
+    };
+    let (first, last) = (first.trim(), last.trim());
+    if first.is_empty() {
+        // Suffix range: the last `n` bytes.
+        let Some(n) = digits(last) else {
+            return RangeSpec::Ignore;
+        };
+        return match (n, len) {
+            (0, _) => RangeSpec::Unsatisfiable,
+            // The empty object's "last n bytes" are all of it: a plain 200.
+            (_, 0) => RangeSpec::Ignore,
+            _ => RangeSpec::Bytes(len.saturating_sub(n)..len),
+        };
+    }
+    let Some(start) = digits(first) else {
+        return RangeSpec::Ignore;
+    };
+    let end = if last.is_empty() {
+        len
+    } else {
+        match digits(last) {
+            Some(l) if l >= start => l.saturating_add(1).min(len),
+            _ => return RangeSpec::Ignore,
+        }
+    };
+    if start >= len {
+        return RangeSpec::Unsatisfiable;
+    }
+    RangeSpec::Bytes(start..end)
+}
+
+/// A non-empty run of ASCII digits; values beyond `u64` saturate (they mean "past the end").
+fn digits(s: &str) -> Option<u64> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(s.parse().unwrap_or(u64::MAX))
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Comparison {
+    Strong,
+    Weak,
+}
+
+/// Whether a list of entity tags (`*`, or `"a", W/"b"`) matches `etag` (normalized).
+fn etag_list_matches(list: &str, etag: Option<&str>, cmp: Comparison) -> bool {
+    let Some(etag) = etag else {
+        return false;
+    };
+    if list.trim() == "*" {
+        return true;
+    }
+    let (ours_weak, ours) = split_weak(etag);
+    let mut rest = list;
+    loop {
+        rest = rest.trim_start_matches(|c: char| c == ',' || c.is_ascii_whitespace());
+        if rest.is_empty() {
+            return false;
+        }
+        let (weak, tail) = match rest.strip_prefix("W/") {
+            Some(t) => (true, t),
+            None => (false, rest),
+        };
+        // An entity tag is a quoted string without inner quotes (commas allowed).
+        let Some(tail) = tail.strip_prefix('"') else {
+            return false;
+        };
+        let Some(close) = tail.find('"') else {
+            return false;
+        };
+        // `ours` is the quoted tag; compare the opaque parts between the quotes.
+        let equal = ours.len() == close + 2 && ours[1..=close] == tail[..close];
+        let ok = match cmp {
+            Comparison::Strong => equal && !weak && !ours_weak,
+            Comparison::Weak => equal,
+        };
+        if ok {
+            return true;
+        }
+        rest = &tail[close + 1..];
+    }
+}
+
+/// `W/"x"` -> `(true, "\"x\"")`.
+fn split_weak(etag: &str) -> (bool, &str) {
+    match etag.strip_prefix("W/") {
+        Some(t) => (true, t),
+        None => (false, etag),
+    }
+}
+
+/// Backends differ in quoting (object_store's in-memory store sends a bare counter):
+/// every ETag we send and compare is a quoted entity tag.
+fn normalize_etag(e: &str) -> String {
+    if e.starts_with('"') || e.starts_with("W/\"") {
+        e.to_owned()
+    } else {
+        format!("\"{}\"", e.replace('"', ""))
+    }
+}
+
+/// All values of a list-valued header joined with `,` (fields may be repeated).
+fn joined(headers: &HeaderMap, name: &header::HeaderName) -> Option<String> {
+    let mut out: Option<String> = None;
+    for v in headers.get_all(name) {
+        let v = v.to_str().ok()?;
+        match &mut out {
+            Some(o) => {
+                o.push(',');
+                o.push_str(v);
+            }
+            None => out = Some(v.to_owned()),
+        }
+    }
+    out
+}
+
+/// A header that must appear once; repeated or non-ASCII values count as absent.
+fn single<'a>(headers: &'a HeaderMap, name: &header::HeaderName) -> Option<&'a str> {
+    let mut all = headers.get_all(name).iter();
+    let v = all.next()?;
+    if all.next().is_some() {
+        return None;
+    }
+    v.to_str().ok()
+}
+
+/// A date header in Unix seconds; invalid dates are ignored, as RFC 9110 requires.
+fn http_date(headers: &HeaderMap, name: &header::HeaderName) -> Option<i64> {
+    let v = single(headers, name)?;
+    httpdate::parse_http_date(v.trim()).ok().map(unix_secs)
+}
+
+fn unix_secs(t: SystemTime) -> i64 {
+    match t.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(d) => d.as_secs() as i64,
+        Err(e) => -(e.duration().as_secs() as i64) - 1,
+    }
+}
+
+/// Builds the response for `outcome`: status, validators, type, disposition, ranges.
+fn respond(sh: &Shared, meta: &Meta, outcome: Outcome, body: Body) -> Response {
+    let mut h = HeaderMap::new();
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    if let Some(etag) = meta.etag.as_deref().map(normalize_etag) {
+        if let Ok(v) = HeaderValue::try_from(etag) {
+            h.insert(header::ETAG, v);
+        }
+    }
+    let modified =
+        SystemTime::UNIX_EPOCH + Duration::from_secs(meta.last_modified.timestamp().max(0) as u64);
+    h.insert(
+        header::LAST_MODIFIED,
+        HeaderValue::try_from(httpdate::fmt_http_date(modified)).expect("HTTP dates are ASCII"),
+    );
+    if let Some(cc) = &sh.opts.cache_control {
+        h.insert(header::CACHE_CONTROL, cc.clone());
+    }
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    let status = match outcome {
+        Outcome::NotModified => StatusCode::NOT_MODIFIED,
+        Outcome::PreconditionFailed => {
+            h.remove(header::CACHE_CONTROL);
+            StatusCode::PRECONDITION_FAILED
+        }
+        Outcome::Unsatisfiable => {
+            h.remove(header::CACHE_CONTROL);
+            h.insert(header::CONTENT_RANGE, content_range_value(None, meta.size));
+            StatusCode::RANGE_NOT_SATISFIABLE
+        }
+        Outcome::Full(ref r) | Outcome::Partial(ref r) => {
+            h.insert(header::CONTENT_TYPE, content_type(meta));
+            if let Some(d) = content_disposition(sh.opts.disposition, meta.key.file_name()) {
+                h.insert(header::CONTENT_DISPOSITION, d);
+            }
+            h.insert(header::CONTENT_LENGTH, HeaderValue::from(r.end - r.start));
+            if let Outcome::Partial(_) = outcome {
+                h.insert(
+                    header::CONTENT_RANGE,
+                    content_range_value(Some(r.clone()), meta.size),
+                );
+                StatusCode::PARTIAL_CONTENT
+            } else {
+                StatusCode::OK
+            }
+        }
+    };
+    // A 304 has no body; an empty body of unknown length keeps hyper from adding a
+    // `Content-Length: 0` to HEAD's 304 that GET's 304 would not have.
+    let body = if status == StatusCode::NOT_MODIFIED {
+        Body::from_stream(futures::stream::empty::<io::Result<Bytes>>())
+    } else {
+        body
+    };
+    let mut r = Response::new(body);
+    *r.status_mut() = status;
+    *r.headers_mut() = h;
+    r
+}
+
+fn content_range_value(range: Option<Range<u64>>, len: u64) -> HeaderValue {
+    let v = match range {
+        Some(r) => format!("bytes {}-{}/{len}", r.start, r.end - 1),
+        None => format!("bytes */{len}"),
+    };
+    HeaderValue::try_from(v).expect("digits are a valid header value")
+}
+
+/// The stored Content-Type when it is a usable header value, else one guessed from the
+/// extension, else `application/octet-stream`.
+fn content_type(meta: &Meta) -> HeaderValue {
+    meta.content_type
+        .as_deref()
+        .filter(|ct| ct.parse::<mime_guess::mime::Mime>().is_ok())
+        .and_then(|ct| HeaderValue::from_str(ct).ok())
+        .or_else(|| {
+            mime_guess::from_path(meta.key.file_name())
+                .first()
+                .and_then(|m| HeaderValue::from_str(m.essence_str()).ok())
+        })
+        .unwrap_or_else(|| HeaderValue::from_static("application/octet-stream"))
+}
+
+/// RFC 8187 `attr-char`: what `filename*` may carry unencoded.
+const ATTR_CHAR: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'!')
+    .remove(b'#')
+    .remove(b'$')
+    .remove(b'&')
+    .remove(b'+')
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'^')
+    .remove(b'_')
+    .remove(b'`')
+    .remove(b'|')
+    .remove(b'~');
+
+/// `inline; filename="<ascii>"[; filename*=UTF-8''<pct>]` (RFC 6266, RFC 8187).
+///
+/// The quoted `filename` keeps printable ASCII except `"`, `\`, `;`, `%` and `,`, which
+/// some clients mis-parse, and replaces everything else (control characters, non-ASCII)
+/// with `_`; when that changed the name, `filename*` carries it exactly, percent-encoded.
+/// Nothing of the key can end the header or start another.
+fn content_disposition(kind: Disposition, name: &str) -> Option<HeaderValue> {
+    let kind = match kind {
+        Disposition::Inline => "inline",
+        Disposition::Attachment => "attachment",
+        Disposition::Omit => return None,
+    };
+    let fallback: String = name
+        .chars()
+        .map(|c| match c {
+            '"' | '\\' | ';' | '%' | ',' => '_',
+            ' ' => ' ',
+            c if c.is_ascii_graphic() => c,
+            _ => '_',
+        })
+        .collect();
+    let mut v = format!("{kind}; filename=\"{fallback}\"");
+    if fallback != name {
+        v.push_str("; filename*=UTF-8''");
+        v.extend(utf8_percent_encode(name, ATTR_CHAR));
+    }
+    Some(HeaderValue::try_from(v).expect("only visible ASCII and spaces"))
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response {
+    let mut r = Response::new(Body::from(body));
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    r
+}
+
+fn not_found() -> Response {
+    text(StatusCode::NOT_FOUND, "not found\n")
+}
+
+fn forbidden(e: SignatureError) -> Response {
+    let body = match e {
+        SignatureError::Missing => "forbidden: this URL must be signed\n",
+        SignatureError::Expired => "forbidden: this URL has expired\n",
+        _ => "forbidden: invalid signature\n",
+    };
+    let mut r = text(StatusCode::FORBIDDEN, body);
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+fn internal(e: Error) -> Response {
+    let mut r = text(StatusCode::INTERNAL_SERVER_ERROR, "internal server error\n");
+    r.extensions_mut().insert(ServeError(Arc::new(e)));
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_that_are_not_keys_are_refused() {
+        for p in [
+            "/",
+            "",
+            "//etc/passwd",
+            "/../x",
+            "/a/../b",
+            "/%2e%2e/x",
+            "/%2E%2E/x",
+            "/a%2fb",
+            "/a%2Fb",
+            "/a%5cb",
+            "/a\\b",
+            "/a%00b",
+            "/a//b",
+            "/a/",
+            "/%0d%0aSet-Cookie:x",
+            "/%ff",
+            "/.stowage.lock",
+        ] {
+            assert_eq!(key_from_path(p), None, "{p:?}");
+        }
+    }
+
+    #[test]
+    fn paths_decode_to_the_key_download_url_encoded() {
+        for k in [
+            "clips/1.mp4",
+            "sp ace/ünï \"q\";.mp4",
+            "50%.txt",
+            "take#2",
+            "a+b",
+        ] {
+            let key = Key::new(k).unwrap();
+            let path = format!("/{}", crate::store::encode_key_path(&key));
+            assert_eq!(key_from_path(&path), Some(key), "{path}");
+        }
+    }
+
+    #[test]
+    fn range_forms() {
+        use RangeSpec::*;
+        let cases: &[(&str, u64, RangeSpec)] = &[
+            ("bytes=0-0", 10, Bytes(0..1)),
+            ("bytes=-3", 10, Bytes(7..10)),
+            ("bytes=-30", 10, Bytes(0..10)),
+            ("bytes=4-", 10, Bytes(4..10)),
+            ("bytes=2-5", 10, Bytes(2..6)),
+            ("bytes=2-500", 10, Bytes(2..10)),
+            ("Bytes = 2-3", 10, Bytes(2..4)),
+            ("bytes=0-99999999999999999999999", 10, Bytes(0..10)),
+            ("bytes=10-", 10, Unsatisfiable),
+            ("bytes=10-20", 10, Unsatisfiable),
+            ("bytes=-0", 10, Unsatisfiable),
+            ("bytes=0-", 0, Unsatisfiable),
+            ("bytes=-5", 0, Ignore),
+            ("bytes=5-2", 10, Ignore),
+            ("bytes=0-1,3-4", 10, Ignore),
+            ("bytes=a-b", 10, Ignore),
+            ("bytes=+1-2", 10, Ignore),
+            ("items=0-1", 10, Ignore),
+            ("bytes 0-1", 10, Ignore),
+            ("bytes=-", 10, Ignore),
+        ];
+        for (h, len, want) in cases {
+            assert_eq!(&parse_range(h, *len), want, "{h} on {len}");
+        }
+    }
+
+    #[test]
+    fn etag_comparisons() {
+        let e = Some("\"abc\"");
+        let w = Some("W/\"abc\"");
+        assert!(etag_list_matches("\"abc\"", e, Comparison::Strong));
+        assert!(etag_list_matches("\"x\", \"abc\"", e, Comparison::Strong));
+        assert!(etag_list_matches("\"x,y\",\"abc\"", e, Comparison::Strong));
+        assert!(!etag_list_matches("W/\"abc\"", e, Comparison::Strong));
+        assert!(etag_list_matches("W/\"abc\"", e, Comparison::Weak));
+        assert!(!etag_list_matches("\"abc\"", w, Comparison::Strong));
+        assert!(etag_list_matches("\"abc\"", w, Comparison::Weak));
+        assert!(etag_list_matches("*", e, Comparison::Strong));
+        assert!(!etag_list_matches("*", None, Comparison::Strong));
+        assert!(!etag_list_matches("\"abcd\"", e, Comparison::Weak));
+        assert!(!etag_list_matches("abc", e, Comparison::Weak));
+        assert!(!etag_list_matches("\"ab", e, Comparison::Weak));
+    }
+
+    #[test]
+    fn dispositions_cannot_inject_headers() {
+        let d = |n| {
+            content_disposition(Disposition::Inline, n)
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .to_owned()
+        };
+        assert_eq!(d("clip.mp4"), "inline; filename=\"clip.mp4\"");
+        assert_eq!(
+            d("a\"b;c.mp4"),
+            "inline; filename=\"a_b_c.mp4\"; filename*=UTF-8''a%22b%3Bc.mp4"
+        );
+        assert_eq!(
+            d("ünï.mp4"),
+            "inline; filename=\"_n_.mp4\"; filename*=UTF-8''%C3%BCn%C3%AF.mp4"
+        );
+        assert_eq!(
+            d("x\r\nSet-Cookie: a=b"),
+            "inline; filename=\"x__Set-Cookie: a=b\"; filename*=UTF-8''x%0D%0ASet-Cookie%3A%20a%3Db"
+        );
+        assert_eq!(
+            content_disposition(Disposition::Attachment, "a b").unwrap(),
+            "attachment; filename=\"a b\""
+        );
+        assert!(content_disposition(Disposition::Omit, "a").is_none());
+    }
+}

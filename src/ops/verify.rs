@@ -1,0 +1,304 @@
+//! `verify`: proof that a local copy matches its bucket, without downloading anything.
+//!
+//! The bucket listing streams past (the same hostile-key-proof listing as `migrate`); each
+//! object's local file is checked for presence and size, then hashed in parallel and
+//! compared with the object's ETag (MD5, or the multipart ETag recomputed for the likely
+//! part sizes). Afterwards the local tree is walked for files the bucket does not have.
+//! Anything that cannot be checked is reported as unverifiable, never as identical.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::stream::{self, StreamExt};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::{Error, Result};
+use crate::etag::{self, Verdict};
+use crate::key::Key;
+use crate::local;
+use crate::ops::{source_listing, KeyReason};
+use crate::report::Reporter;
+use crate::s3::ListedObject;
+use crate::store::BlobStore;
+use crate::walk::{EntryKind, WalkOptions, Walker};
+
+/// Options of a verification.
+#[derive(Debug, Clone)]
+pub struct VerifyOptions {
+    /// Only keys starting with this.
+    pub prefix: String,
+    /// Files hashed at once (CPU-bound: default, the number of CPUs).
+    pub hash_concurrency: usize,
+    /// Cancelled on Ctrl-C / SIGTERM.
+    pub cancel: CancellationToken,
+}
+
+impl Default for VerifyOptions {
+    fn default() -> Self {
+        VerifyOptions {
+            prefix: String::new(),
+            hash_concurrency: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+            cancel: CancellationToken::new(),
+        }
+    }
+}
+
+/// What `verify` found. `--json` prints exactly this.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct VerifySummary {
+    /// The bucket (and prefix).
+    pub source: String,
+    /// The local directory.
+    pub destination: String,
+    /// Objects in the bucket listing.
+    pub listed: u64,
+    /// Objects whose local copy has the same size and content.
+    pub identical: u64,
+    /// Bytes read from local files to hash them.
+    pub bytes_hashed: u64,
+    /// In the bucket, not on disk.
+    pub missing: Vec<KeyReason>,
+    /// On disk, not in the bucket.
+    pub extra: Vec<KeyReason>,
+    /// Present with another size.
+    pub size_differs: Vec<KeyReason>,
+    /// Same size, different content.
+    pub content_differs: Vec<KeyReason>,
+    /// Present with the same size, but the ETag cannot be checked against content.
+    pub unverifiable: Vec<KeyReason>,
+    /// Bucket keys that cannot exist on disk (unsafe keys): never copied.
+    pub rejected: Vec<KeyReason>,
+    /// True when stopped by Ctrl-C / SIGTERM (the lists are then incomplete).
+    pub interrupted: bool,
+    /// Wall-clock seconds.
+    pub elapsed_s: f64,
+}
+
+impl VerifySummary {
+    /// True when the copy is not proven identical.
+    pub fn has_differences(&self) -> bool {
+        !(self.missing.is_empty()
+            && self.extra.is_empty()
+            && self.size_differs.is_empty()
+            && self.content_differs.is_empty()
+            && self.unverifiable.is_empty()
+            && self.rejected.is_empty())
+            || self.interrupted
+    }
+}
+
+enum Finding {
+    Identical(u64),
+    Missing(String),
+    SizeDiffers(KeyReason),
+    ContentDiffers(KeyReason, u64),
+    Unverifiable(KeyReason, u64),
+    Rejected(KeyReason),
+    Fatal(Error),
+}
+
+enum Check {
+    Done(Finding),
+    Hash { key: Key, root: PathBuf, size: u64, etag: Option<String> },
+}
+
+/// Compares the objects of `src` under `opts.prefix` with the files under `dest`.
+pub async fn s3_to_local(
+    src: &BlobStore,
+    dest: &Path,
+    opts: &VerifyOptions,
+    reporter: &dyn Reporter,
+) -> Result<VerifySummary> {
+    let started = Instant::now();
+    let backend = src
+        .object_backend()
+        .ok_or_else(|| Error::config("source", "verify needs an S3 (or memory) store as its source"))?;
+    if !dest.is_dir() {
+        return Err(Error::config(
+            "--dest",
+            format!("{} is not a directory; point --dest (or LOCAL_STORAGE_PATH) at the migrated store", dest.display()),
+        ));
+    }
+    let mut summary = VerifySummary {
+        source: format!("{}{}", src.describe(), opts.prefix),
+        destination: dest.display().to_string(),
+        ..Default::default()
+    };
+    reporter.phase("verifying", None, None);
+    let listed_keys = Arc::new(std::sync::Mutex::new(HashSet::<Box<str>>::new()));
+    let hashing = Arc::new(Semaphore::new(opts.hash_concurrency.max(1)));
+    let root = dest.to_path_buf();
+    let checks = {
+        let listed_keys = Arc::clone(&listed_keys);
+        source_listing(src, backend, &opts.prefix).ready_chunks(1000).then(move |page| {
+            let (root, listed_keys) = (root.clone(), Arc::clone(&listed_keys));
+            async move {
+                let page: Vec<ListedObject> = match page.into_iter().collect::<Result<_>>() {
+                    Ok(p) => p,
+                    Err(e) => return vec![Check::Done(Finding::Fatal(e))],
+                };
+                tokio::task::spawn_blocking(move || {
+                    let mut keys = listed_keys.lock().expect("not poisoned");
+                    page.into_iter().map(|o| classify(&root, o, &mut keys)).collect::<Vec<_>>()
+                })
+                .await
+                .expect("classify does not panic")
+            }
+        })
+    };
+    let mut results = checks
+        .flat_map(stream::iter)
+        .map(|check| {
+            let hashing = Arc::clone(&hashing);
+            async move {
+                match check {
+                    Check::Done(f) => f,
+                    Check::Hash { key, root, size, etag } => {
+                        // Some servers list without ETags (s3s-fs): ask for it.
+                        let etag = match etag {
+                            Some(e) => Some(e),
+                            None => match src.head(&key).await {
+                                Ok(m) => m.etag,
+                                Err(e) => return Finding::Fatal(e),
+                            },
+                        };
+                        let _permit = hashing.acquire().await.expect("semaphore open");
+                        let k = key.clone();
+                        let checked = tokio::task::spawn_blocking(move || {
+                            // Opened beneath the root without following symlinks, like every local read.
+                            let hint = local::open_beneath(&root, &k).ok().and_then(|f| local::read_part_size(&f));
+                            etag::check_reader_hinted(etag.as_deref(), size, hint, || local::open_beneath(&root, &k))
+                        })
+                        .await
+                        .expect("hashing does not panic");
+                        reporter.bytes_done(size);
+                        let kr = |reason: String| KeyReason { key: key.to_string(), reason };
+                        match checked {
+                            Ok(Verdict::Match { .. }) => Finding::Identical(size),
+                            Ok(Verdict::Mismatch { expected, actual }) => Finding::ContentDiffers(
+                                kr(format!("content differs: the bucket's ETag is {expected}, the file hashes to {actual}")),
+                                size,
+                            ),
+                            Ok(Verdict::Unverifiable { reason }) => Finding::Unverifiable(kr(reason), size),
+                            Err(e) => Finding::Unverifiable(kr(format!("cannot read the local file: {e}")), 0),
+                        }
+                    }
+                }
+            }
+        })
+        .buffer_unordered(64);
+    loop {
+        let next = tokio::select! {
+            biased;
+            _ = opts.cancel.cancelled() => { summary.interrupted = true; break; }
+            n = results.next() => n,
+        };
+        let Some(finding) = next else { break };
+        summary.listed += 1;
+        reporter.item_done("", true);
+        match finding {
+            Finding::Identical(n) => {
+                summary.identical += 1;
+                summary.bytes_hashed += n;
+            }
+            Finding::Missing(key) => summary.missing.push(KeyReason { key, reason: "not on disk".into() }),
+            Finding::SizeDiffers(kr) => summary.size_differs.push(kr),
+            Finding::ContentDiffers(kr, n) => {
+                summary.bytes_hashed += n;
+                summary.content_differs.push(kr);
+            }
+            Finding::Unverifiable(kr, n) => {
+                summary.bytes_hashed += n;
+                summary.unverifiable.push(kr);
+            }
+            Finding::Rejected(kr) => summary.rejected.push(kr),
+            Finding::Fatal(e) => return Err(e),
+        }
+    }
+    drop(results);
+    if !summary.interrupted {
+        let keys = std::mem::take(&mut *listed_keys.lock().expect("not poisoned"));
+        let (root, prefix) = (dest.to_path_buf(), opts.prefix.clone());
+        summary.extra = tokio::task::spawn_blocking(move || extra_files(&root, &prefix, &keys))
+            .await
+            .expect("walk does not panic")?;
+    }
+    for list in [
+        &mut summary.missing,
+        &mut summary.extra,
+        &mut summary.size_differs,
+        &mut summary.content_differs,
+        &mut summary.unverifiable,
+        &mut summary.rejected,
+    ] {
+        list.sort_by(|a, b| a.key.cmp(&b.key));
+    }
+    summary.elapsed_s = started.elapsed().as_secs_f64();
+    Ok(summary)
+}
+
+fn classify(root: &Path, o: ListedObject, keys: &mut HashSet<Box<str>>) -> Check {
+    if let Some(dir) = o.key.strip_suffix('/') {
+        if o.size == 0 {
+            // A folder marker: nothing to compare.
+            return match Key::new(dir) {
+                Err(e) if !dir.is_empty() => Check::Done(Finding::Rejected(KeyReason { key: o.key, reason: e.to_string() })),
+                _ => Check::Done(Finding::Identical(0)),
+            };
+        }
+    }
+    let key = match Key::new(o.key.as_str()) {
+        Ok(k) => k,
+        Err(e) => {
+            return Check::Done(Finding::Rejected(KeyReason {
+                key: o.key,
+                reason: format!("{e}: cannot be stored on disk"),
+            }))
+        }
+    };
+    keys.insert(key.as_str().into());
+    match local::stat_file(root, &key) {
+        Ok(None) => Check::Done(Finding::Missing(o.key)),
+        Ok(Some((size, _))) if size != o.size => Check::Done(Finding::SizeDiffers(KeyReason {
+            key: o.key,
+            reason: format!("{} bytes in the bucket, {size} on disk", o.size),
+        })),
+        Ok(Some(_)) => Check::Hash { root: root.to_path_buf(), key, size: o.size, etag: o.etag },
+        Err(e) => Check::Done(Finding::Unverifiable(
+            KeyReason { key: o.key, reason: format!("cannot stat the local file: {e}") },
+            0,
+        )),
+    }
+}
+
+/// Regular files (and symlinks) under `root` whose key is not in `keys`.
+fn extra_files(root: &Path, prefix: &str, keys: &HashSet<Box<str>>) -> Result<Vec<KeyReason>> {
+    let mut out = Vec::new();
+    for entry in Walker::new(root, WalkOptions::default())? {
+        let entry = match entry {
+            Ok(e) => e,
+            Err(e) => {
+                out.push(KeyReason { key: e.path.display().to_string(), reason: e.to_string() });
+                continue;
+            }
+        };
+        let rel = entry.path().to_string_lossy();
+        if !rel.starts_with(prefix) {
+            continue;
+        }
+        match entry.kind() {
+            EntryKind::File if !keys.contains(rel.as_ref()) => {
+                out.push(KeyReason { key: rel.into_owned(), reason: "on disk, not in the bucket".into() })
+            }
+            EntryKind::Symlink => out.push(KeyReason {
+                key: rel.into_owned(),
+                reason: "a symbolic link in the store (never created by migrate)".into(),
+            }),
+            _ => {}
+        }
+    }
+    Ok(out)
+}
