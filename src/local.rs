@@ -24,6 +24,9 @@ pub const TEMP_PREFIX: &str = ".stowage-tmp.";
 pub const LOCK_FILE_NAME: &str = ".stowage.lock";
 /// Extended attribute holding an object's Content-Type (the freedesktop.org convention).
 pub const CONTENT_TYPE_XATTR: &str = "user.mime_type";
+/// Extended attribute holding the part size that reproduced a multipart ETag, so `verify`
+/// can tell a changed file from an unusual part size.
+pub const PART_SIZE_XATTR: &str = "user.stowage.part_size";
 
 /// True for names stowage creates for itself (temp files, lock file); such names are never
 /// valid keys, never listed and never cleaned up as data.
@@ -225,12 +228,16 @@ impl AtomicFile {
     /// Records a Content-Type in an extended attribute. Filesystems without user xattrs
     /// are silently accepted: the type is then derived from the extension when served.
     pub fn set_content_type(&mut self, content_type: &str) -> io::Result<()> {
-        match rfs::fsetxattr(
-            self.file(),
-            CONTENT_TYPE_XATTR,
-            content_type.as_bytes(),
-            rfs::XattrFlags::empty(),
-        ) {
+        self.set_xattr(CONTENT_TYPE_XATTR, content_type)
+    }
+
+    /// Records the part size that reproduced the object's multipart ETag.
+    pub fn set_part_size(&mut self, part_size: u64) -> io::Result<()> {
+        self.set_xattr(PART_SIZE_XATTR, &part_size.to_string())
+    }
+
+    fn set_xattr(&mut self, name: &str, value: &str) -> io::Result<()> {
+        match rfs::fsetxattr(self.file(), name, value.as_bytes(), rfs::XattrFlags::empty()) {
             Ok(()) | Err(Errno::NOTSUP) | Err(Errno::PERM) => Ok(()),
             Err(e) => Err(e.into()),
         }

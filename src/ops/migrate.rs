@@ -32,7 +32,10 @@ use crate::local::{self, AtomicFile, PlaceError, StoreLock};
 use crate::report::Reporter;
 use crate::s3::list::ListedObject;
 use crate::size::{human_bytes, SizeSpec};
-use crate::store::{BlobStore, ObjectBackend};
+use crate::store::BlobStore;
+
+pub use crate::ops::KeyReason;
+use crate::ops::source_listing;
 
 /// To-copy records kept from the planning pass; a bigger plan is listed again instead.
 pub const PLAN_BUFFER_LIMIT: usize = 20_000;
@@ -72,15 +75,6 @@ impl Default for MigrateOptions {
             cancel: CancellationToken::new(),
         }
     }
-}
-
-/// A key and why it was not copied.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct KeyReason {
-    /// The object key, exactly as listed.
-    pub key: String,
-    /// What went wrong.
-    pub reason: String,
 }
 
 /// What a migration did. `--json` prints exactly this.
@@ -193,7 +187,7 @@ pub async fn s3_to_local(
     let block = fs_of(dest)?.f_frsize.max(512);
     let mut needs = Needs::default();
     {
-        let mut pages = listing(src, backend, &opts.prefix).ready_chunks(1000);
+        let mut pages = source_listing(src, backend, &opts.prefix).ready_chunks(1000);
         while let Some(page) = pages.next().await {
             if opts.cancel.is_cancelled() {
                 summary.interrupted = true;
@@ -275,7 +269,7 @@ pub async fn s3_to_local(
         Some(v) => stream::iter(v.into_iter().map(Ok)).boxed(),
         None => {
             let root = dest.to_path_buf();
-            let pages = listing(src, backend, &opts.prefix).ready_chunks(1000);
+            let pages = source_listing(src, backend, &opts.prefix).ready_chunks(1000);
             stream::unfold(
                 (pages, ClashGuard::default()),
                 move |(mut pages, mut clashes)| {
@@ -386,31 +380,6 @@ pub async fn s3_to_local(
 struct CopyCtx {
     backend_store: BlobStore,
     root: PathBuf,
-}
-
-/// The source listing as raw entries: S3 through the hostile-key-proof lister, memory
-/// through object_store.
-fn listing<'a>(
-    src: &BlobStore,
-    backend: &'a ObjectBackend,
-    prefix: &str,
-) -> BoxStream<'a, Result<ListedObject>> {
-    match &backend.s3 {
-        Some(s3) => s3
-            .lister
-            .list(&format!("{}{}", backend.prefix, prefix), &backend.prefix),
-        None => src
-            .list(prefix)
-            .map(|r| {
-                r.map(|m| ListedObject {
-                    key: m.key.to_string(),
-                    size: m.size,
-                    last_modified: m.last_modified,
-                    etag: m.etag,
-                })
-            })
-            .boxed(),
-    }
 }
 
 /// Finds keys that need a directory where an earlier key is a file (`x` then `x/y`).
@@ -755,6 +724,10 @@ async fn copy_one(ctx: &CopyCtx, p: Planned, reporter: &dyn Reporter) -> Outcome
             Err(e) => return io_outcome(&ctx.root, &p.key, e),
         };
         hasher = ContentHasher::new(etag.as_deref(), size);
+        let part_size = match verdict {
+            Verdict::Match { part_size } => part_size,
+            _ => None,
+        };
         let unverified = match verdict {
             Verdict::Match { .. } => None,
             Verdict::Mismatch { expected, actual } => {
@@ -920,7 +893,7 @@ pub async fn local_to_s3(
     // What the bucket already holds: key -> (size, etag). One small record per object.
     reporter.phase("listing", None, None);
     let mut existing = std::collections::HashMap::new();
-    let mut remote = listing(dst, backend, &opts.prefix);
+    let mut remote = source_listing(dst, backend, &opts.prefix);
     while let Some(o) = remote.next().await {
         let o = o?;
         reporter.items_found(1);

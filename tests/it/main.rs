@@ -4,3 +4,4 @@ mod http;
 mod migrate;
 mod s3_list;
 mod support;
+mod verify;

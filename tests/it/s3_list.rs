@@ -358,21 +358,11 @@ async fn test_server_env_and_put_raw_reach_the_same_bucket() {
     let s3 = TestS3::start();
     s3.put_raw("raw key+plus", b"raw").unwrap();
 
-    let mut builder = object_store::aws::AmazonS3Builder::new().with_allow_http(true);
-    for (k, v) in s3.env() {
-        builder = match k.as_str() {
-            "S3_BUCKET_NAME" => builder.with_bucket_name(v),
-            _ => builder.with_config(k.to_ascii_lowercase().parse().unwrap(), v),
-        };
-    }
-    let from_env = builder.build().unwrap();
-    let got = from_env
-        .get(&Path::parse("raw key+plus").unwrap())
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    // The variables a child process gets, read the way stowage reads them.
+    let mut vars: std::collections::HashMap<String, String> = s3.env().into_iter().collect();
+    vars.insert("STORAGE_TYPE".into(), "s3".into());
+    let store = stowage::StoreConfig::from_env_map(&vars).unwrap().open().unwrap();
+    let got = store.get(&stowage::Key::new("raw key+plus").unwrap()).await.unwrap();
     assert_eq!(got.as_ref(), b"raw");
     assert_eq!(
         (s3.access_key(), s3.region()),

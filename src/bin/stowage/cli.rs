@@ -33,4 +33,7 @@ pub(crate) enum Command {
     Migrate(commands::migrate::MigrateCommand),
     /// Serve a local store's files over HTTP (ranges, validators, signed URLs).
     Serve(commands::serve::ServeArgs),
+    /// Prove a local copy matches its bucket (sizes and ETags), downloading nothing.
+    #[command(subcommand)]
+    Verify(commands::verify::VerifyCommand),
 }

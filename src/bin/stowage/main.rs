@@ -27,6 +27,7 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             cli::Command::Migrate(cmd) => commands::migrate::run(cmd).await,
             cli::Command::Serve(args) => commands::serve::run(args).await,
+            cli::Command::Verify(cmd) => commands::verify::run(cmd).await,
         }
     });
     exit.into()

@@ -55,7 +55,7 @@ pub(crate) struct S3Args {
     bucket: String,
     /// Only keys starting with this prefix (keys keep their full name on disk).
     #[arg(long, default_value = "", value_name = "P", hide_default_value = true)]
-    prefix: String,
+    pub(crate) prefix: String,
     /// S3-compatible endpoint, e.g. http://127.0.0.1:9000 [env: AWS_ENDPOINT_URL]
     #[arg(long, value_name = "URL")]
     endpoint: Option<String>,
@@ -109,7 +109,8 @@ pub(crate) struct LocalToS3Args {
 }
 
 impl S3Args {
-    fn config(&self) -> stowage::Result<StoreConfig> {
+    /// The bucket's configuration: the environment, overridden by these flags.
+    pub(crate) fn config(&self) -> stowage::Result<StoreConfig> {
         let mut c = S3Config::from_env_for_bucket(&self.bucket)?;
         if let Some(e) = &self.endpoint {
             c.endpoint = Some(e.clone());

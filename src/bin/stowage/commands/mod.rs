@@ -2,3 +2,4 @@
 
 pub(crate) mod migrate;
 pub(crate) mod serve;
+pub(crate) mod verify;
