@@ -192,7 +192,10 @@ impl S3Config {
                 None | Some("true" | "1" | "yes") => true,
                 Some("false" | "0" | "no") => false,
                 Some(other) => {
-                    return Err(Error::config("S3_URL_ENCODED_LISTING", format!("{other:?}: expected true or false")))
+                    return Err(Error::config(
+                        "S3_URL_ENCODED_LISTING",
+                        format!("{other:?}: expected true or false"),
+                    ))
                 }
             },
         })

@@ -248,8 +248,10 @@ impl BlobStore {
                 .await
             }
             Inner::Object(o) => {
-                let mut opts = object_store::PutOptions::default();
-                opts.attributes = attributes(content_type);
+                let opts = object_store::PutOptions {
+                    attributes: attributes(content_type),
+                    ..Default::default()
+                };
                 o.store
                     .put_opts(&o.path(key)?, PutPayload::from_bytes(data), opts)
                     .await

@@ -543,10 +543,12 @@ async fn remove_leftover_temp_files(root: &Path) -> Result<u64> {
                 let name = de.file_name();
                 match de.file_type() {
                     Ok(t) if t.is_dir() => stack.push(de.path()),
-                    Ok(t) if t.is_file() && local::is_temp_name(&name) => {
-                        if std::fs::remove_file(de.path()).is_ok() {
-                            removed += 1;
-                        }
+                    Ok(t)
+                        if t.is_file()
+                            && local::is_temp_name(&name)
+                            && std::fs::remove_file(de.path()).is_ok() =>
+                    {
+                        removed += 1;
                     }
                     _ => {}
                 }

@@ -58,8 +58,13 @@ pub(crate) fn open(cfg: &S3Config) -> Result<BlobStore> {
             signer: s3.clone(),
             presign_ttl: cfg.presign_ttl,
             public_base_url: cfg.public_base_url.clone(),
-            lister: crate::s3::list::RawLister::new(s3, list_http_client()?, name.clone(), cfg.bucket.clone())
-                .with_url_encoding(cfg.url_encoded_listing),
+            lister: crate::s3::list::RawLister::new(
+                s3,
+                list_http_client()?,
+                name.clone(),
+                cfg.bucket.clone(),
+            )
+            .with_url_encoding(cfg.url_encoded_listing),
         }),
     }))
 }
@@ -79,5 +84,10 @@ fn list_http_client() -> Result<reqwest::Client> {
         .connect_timeout(Duration::from_secs(10))
         .read_timeout(Duration::from_secs(60))
         .build()
-        .map_err(|e| Error::config("S3 configuration", format!("cannot build the HTTP client: {e}")))
+        .map_err(|e| {
+            Error::config(
+                "S3 configuration",
+                format!("cannot build the HTTP client: {e}"),
+            )
+        })
 }

@@ -140,7 +140,7 @@ pub(crate) async fn run(cmd: MigrateCommand) -> Exit {
     let cancel = crate::interrupt::cancel_on_signals();
     let (run, result) = match &cmd {
         MigrateCommand::S3ToLocal(a) => {
-            let progress = Progress::new(a.run.quiet || a.run.json && !a.run.dry_run && false);
+            let progress = Progress::new(a.run.quiet);
             let r = async {
                 let src = a.s3.config()?.open()?;
                 let dest = absolute(&a.dest)?;
