@@ -785,3 +785,276 @@ suite!(
     awkward_keys,
     download_url_serves_bytes,
 );
+
+/// What only the local backend promises: crash-safe writes, no symlink following, clean
+/// errors for keys that clash with another key's file or directory.
+mod local_only {
+    use std::path::{Path, PathBuf};
+
+    use bytes::Bytes;
+    use futures::{StreamExt, TryStreamExt};
+    use stowage::{BlobStore, Error, Meta};
+
+    use super::{assert_not_found, chunked, key, pseudo_random};
+
+    /// A local store in a fresh temp dir, and that dir (the store is its `store/`).
+    fn local() -> (tempfile::TempDir, BlobStore, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("store");
+        let store = BlobStore::local(&root).unwrap();
+        (dir, store, root)
+    }
+
+    /// Every entry under `dir` (files, directories, symlinks), relative, never following links.
+    fn tree(dir: &Path) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut stack = vec![dir.to_owned()];
+        while let Some(d) = stack.pop() {
+            for de in std::fs::read_dir(&d).unwrap() {
+                let de = de.unwrap();
+                let rel = de
+                    .path()
+                    .strip_prefix(dir)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned();
+                if de.file_type().unwrap().is_dir() {
+                    stack.push(de.path());
+                }
+                out.push(rel);
+            }
+        }
+        out.sort();
+        out
+    }
+
+    fn temp_files(root: &Path) -> Vec<String> {
+        tree(root)
+            .into_iter()
+            .filter(|p| {
+                p.rsplit('/')
+                    .next()
+                    .unwrap()
+                    .starts_with(stowage::local::TEMP_PREFIX)
+            })
+            .collect()
+    }
+
+    async fn list_keys(store: &BlobStore) -> Vec<String> {
+        let metas: Vec<Meta> = store.list("").try_collect().await.unwrap();
+        let mut keys: Vec<String> = metas.into_iter().map(|m| m.key.to_string()).collect();
+        keys.sort();
+        keys
+    }
+
+    fn failing_after(
+        good: usize,
+    ) -> impl futures::Stream<Item = std::io::Result<Bytes>> + Send + 'static {
+        chunked(pseudo_random(good, 9), 1 << 20).chain(futures::stream::once(async {
+            Err(std::io::Error::other("upload aborted"))
+        }))
+    }
+
+    #[tokio::test]
+    async fn failing_put_stream_leaves_no_file_and_no_temp_file() {
+        let (_dir, store, root) = local();
+        let err = store
+            .put_stream(
+                &key("deep/dir/clip.mp4"),
+                failing_after(3 << 20),
+                Some("video/mp4"),
+            )
+            .await
+            .expect_err("a failing body fails the put");
+        assert!(matches!(err, Error::Io { .. }), "{err:?}");
+        assert!(!root.join("deep/dir/clip.mp4").exists());
+        assert_eq!(temp_files(&root), Vec::<String>::new());
+        assert_eq!(list_keys(&store).await, Vec::<String>::new());
+
+        // A failed overwrite keeps the old file, and leaves no temp file either.
+        store
+            .put(&key("deep/dir/clip.mp4"), Bytes::from_static(b"old"))
+            .await
+            .unwrap();
+        store
+            .put_stream(&key("deep/dir/clip.mp4"), failing_after(5 << 20), None)
+            .await
+            .expect_err("failing overwrite");
+        assert_eq!(
+            std::fs::read(root.join("deep/dir/clip.mp4")).unwrap(),
+            b"old"
+        );
+        assert_eq!(temp_files(&root), Vec::<String>::new());
+    }
+
+    #[tokio::test]
+    async fn cancelled_put_stream_leaves_no_temp_file() {
+        let (_dir, store, root) = local();
+        let (reached_tx, reached_rx) = tokio::sync::oneshot::channel::<()>();
+        // 2 MiB, then a body that never ends; the put is dropped while waiting on it.
+        let body =
+            chunked(pseudo_random(2 << 20, 10), 1 << 20).chain(futures::stream::once(async move {
+                let _ = reached_tx.send(());
+                futures::future::pending::<std::io::Result<Bytes>>().await
+            }));
+        let k = key("cancel/me.bin");
+        let put = store.put_stream(&k, body, None);
+        tokio::select! {
+            r = put => panic!("put of an endless body finished: {r:?}"),
+            _ = reached_rx => {}
+        }
+        // The put future is dropped here, in the middle of the body.
+        assert!(!root.join("cancel/me.bin").exists());
+        assert_eq!(temp_files(&root), Vec::<String>::new());
+    }
+
+    /// Pauses a 20 MiB write half-way and looks at the store from outside: the final name
+    /// holds nothing (or the previous version) until the write is committed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn readers_never_see_a_partial_file() {
+        let (_dir, store, root) = local();
+        let k = key("clips/big.mp4");
+        let old = Bytes::from_static(b"the previous version");
+        for (round, previous) in [(0u64, None), (1, Some(old.clone()))] {
+            if let Some(p) = &previous {
+                store.put(&k, p.clone()).await.unwrap();
+            }
+            let data = pseudo_random(20 << 20, 20 + round);
+            let half = data.len() / 2;
+            let (paused_tx, paused_rx) = tokio::sync::oneshot::channel::<()>();
+            let (resume_tx, resume_rx) = tokio::sync::oneshot::channel::<()>();
+            let body = chunked(data.slice(..half), 1 << 20)
+                .chain(futures::stream::once(async move {
+                    let _ = paused_tx.send(());
+                    let _ = resume_rx.await;
+                    Ok(Bytes::new())
+                }))
+                .chain(chunked(data.slice(half..), 1 << 20));
+            let writer = {
+                let (store, k) = (store.clone(), k.clone());
+                tokio::spawn(async move { store.put_stream(&k, body, Some("video/mp4")).await })
+            };
+            paused_rx.await.expect("writer reached the middle");
+
+            let temps = temp_files(&root);
+            assert_eq!(temps.len(), 1, "one temp file while writing: {temps:?}");
+            let temp_len = std::fs::metadata(root.join(&temps[0])).unwrap().len();
+            assert_eq!(temp_len, half as u64, "the first half is in the temp file");
+            match &previous {
+                None => {
+                    assert_not_found(store.get(&k).await, k.as_str(), "get while writing");
+                    assert!(!root.join("clips/big.mp4").exists());
+                    assert_eq!(list_keys(&store).await, Vec::<String>::new());
+                }
+                Some(p) => {
+                    assert_eq!(store.get(&k).await.unwrap(), p, "old version while writing");
+                    assert_eq!(store.head(&k).await.unwrap().size, p.len() as u64);
+                    assert_eq!(list_keys(&store).await, ["clips/big.mp4"]);
+                }
+            }
+
+            resume_tx.send(()).unwrap();
+            writer.await.unwrap().unwrap();
+            assert!(
+                store.get(&k).await.unwrap() == data,
+                "round {round}: full content"
+            );
+            assert_eq!(temp_files(&root), Vec::<String>::new());
+        }
+    }
+
+    #[tokio::test]
+    async fn symlinks_inside_the_root_are_not_followed() {
+        let (dir, store, root) = local();
+        let outside = dir.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        std::fs::write(outside.join("secret.txt"), b"secret").unwrap();
+        std::os::unix::fs::symlink(outside.join("secret.txt"), root.join("link.txt")).unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("linkdir")).unwrap();
+        std::fs::create_dir(root.join("real")).unwrap();
+        std::os::unix::fs::symlink("../../outside/secret.txt", root.join("real/rel.txt")).unwrap();
+        store
+            .put(&key("real/file.txt"), Bytes::from_static(b"mine"))
+            .await
+            .unwrap();
+
+        for k in ["link.txt", "linkdir/secret.txt", "real/rel.txt"] {
+            assert_not_found(store.get(&key(k)).await, k, "get through a symlink");
+            assert_not_found(store.head(&key(k)).await, k, "head through a symlink");
+            assert_not_found(
+                store.get_range(&key(k), 0..3).await,
+                k,
+                "get_range through a symlink",
+            );
+            assert!(!store.exists(&key(k)).await.unwrap(), "{k}: exists");
+            assert!(!store.delete(&key(k)).await.unwrap(), "{k}: delete");
+        }
+        assert_eq!(list_keys(&store).await, ["real/file.txt"]);
+        assert_eq!(
+            std::fs::read(outside.join("secret.txt")).unwrap(),
+            b"secret"
+        );
+
+        // Writing below a symlinked directory fails and writes nothing outside.
+        store
+            .put(&key("linkdir/planted.txt"), Bytes::from_static(b"x"))
+            .await
+            .expect_err("put below a symlinked directory");
+        assert!(!outside.join("planted.txt").exists());
+        // Writing to a symlink's name replaces the link, never its target.
+        store
+            .put(&key("link.txt"), Bytes::from_static(b"new"))
+            .await
+            .unwrap();
+        assert_eq!(store.get(&key("link.txt")).await.unwrap(), "new");
+        assert!(!std::fs::symlink_metadata(root.join("link.txt"))
+            .unwrap()
+            .is_symlink());
+        assert_eq!(
+            std::fs::read(outside.join("secret.txt")).unwrap(),
+            b"secret"
+        );
+        assert_eq!(tree(&outside), ["secret.txt"]);
+    }
+
+    #[tokio::test]
+    async fn a_key_below_a_file_or_over_a_directory_errors_cleanly() {
+        let (_dir, store, root) = local();
+        store
+            .put(&key("x"), Bytes::from_static(b"file x"))
+            .await
+            .unwrap();
+        let err = store
+            .put(&key("x/y"), Bytes::from_static(b"y"))
+            .await
+            .expect_err("x/y below file x");
+        assert!(matches!(err, Error::Io { .. }), "{err:?}");
+        store
+            .put_stream(
+                &key("x/y/z"),
+                chunked(pseudo_random(3 << 20, 11), 1 << 20),
+                None,
+            )
+            .await
+            .expect_err("put_stream below file x");
+        assert_eq!(store.get(&key("x")).await.unwrap(), "file x");
+        assert_not_found(store.head(&key("x/y")).await, "x/y", "head x/y");
+        assert!(!store.delete(&key("x/y")).await.unwrap());
+
+        store
+            .put(&key("a/b"), Bytes::from_static(b"b"))
+            .await
+            .unwrap();
+        let err = store
+            .put(&key("a"), Bytes::from_static(b"a"))
+            .await
+            .expect_err("a over directory a/");
+        assert!(matches!(err, Error::Io { .. }), "{err:?}");
+        assert_not_found(store.head(&key("a")).await, "a", "head of a directory");
+        assert_eq!(store.get(&key("a/b")).await.unwrap(), "b");
+
+        assert_eq!(list_keys(&store).await, ["a/b", "x"]);
+        assert_eq!(temp_files(&root), Vec::<String>::new());
+        assert_eq!(tree(&root), ["a", "a/b", "x"]);
+    }
+}
