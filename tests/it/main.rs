@@ -1,5 +1,6 @@
 //! The single integration-test binary: one module per area, shared servers in `support`.
 
+mod config;
 mod conformance;
 mod s3_list;
 mod support;
