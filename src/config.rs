@@ -137,16 +137,28 @@ impl S3Config {
             .or_else(|| v.get("AWS_REGION"))
             .or_else(|| v.get("AWS_DEFAULT_REGION"))
             .unwrap_or_else(|| "us-east-1".to_owned());
-        let endpoint = v
-            .get("AWS_ENDPOINT_URL_S3")
-            .or_else(|| v.get("AWS_ENDPOINT_URL"));
+        // Name the variable the value came from, so the error points at the right one.
+        let endpoint_var = ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"]
+            .into_iter()
+            .find(|name| v.get(name).is_some())
+            .unwrap_or("AWS_ENDPOINT_URL");
+        let endpoint = v.get(endpoint_var);
         if let Some(e) = &endpoint {
             url::Url::parse(e).map_err(|err| {
                 Error::config(
-                    "AWS_ENDPOINT_URL",
+                    endpoint_var,
                     format!("{e:?} is not a URL ({err}); expected e.g. http://127.0.0.1:9000"),
                 )
             })?;
+        }
+        let public_base_url = v.get("S3_PUBLIC_BASE_URL");
+        if let Some(b) = &public_base_url {
+            if !url::Url::parse(b).is_ok_and(|u| matches!(u.scheme(), "http" | "https")) {
+                return Err(Error::config(
+                    "S3_PUBLIC_BASE_URL",
+                    format!("{b:?}: expected an http:// or https:// URL such as https://cdn.example.com/clips"),
+                ));
+            }
         }
         let (mut access_key_id, mut secret_access_key, mut session_token) = (
             v.get("AWS_ACCESS_KEY_ID"),
@@ -186,7 +198,7 @@ impl S3Config {
             access_key_id,
             secret_access_key,
             session_token,
-            public_base_url: v.get("S3_PUBLIC_BASE_URL"),
+            public_base_url,
             presign_ttl,
             url_encoded_listing: match v.get("S3_URL_ENCODED_LISTING").as_deref() {
                 None | Some("true" | "1" | "yes") => true,

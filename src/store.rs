@@ -427,15 +427,27 @@ impl BlobStore {
                 })
             }
             Inner::Object(o) => {
+                // An HTTP range cannot be empty, and S3 answers 416 to one that starts at
+                // or past the end: serve those from HEAD, clamped as on the local backend.
+                if let Some(r) = range.as_ref().filter(|r| r.start >= r.end) {
+                    return self.empty_range(key, r.start).await;
+                }
                 let opts = GetOptions {
-                    range: range.map(|r| GetRange::Bounded(r.start..r.end.max(r.start + 1))),
+                    range: range.clone().map(|r| GetRange::Bounded(r.start..r.end)),
                     ..Default::default()
                 };
-                let res = o
-                    .store
-                    .get_opts(&o.path(key)?, opts)
-                    .await
-                    .map_err(|e| o.err(key, e))?;
+                let res = match o.store.get_opts(&o.path(key)?, opts).await {
+                    Ok(res) => res,
+                    Err(e @ object_store::Error::NotFound { .. }) => return Err(o.err(key, e)),
+                    Err(e) => {
+                        if let Some(r) = &range {
+                            if self.head(key).await?.size <= r.start {
+                                return self.empty_range(key, r.start).await;
+                            }
+                        }
+                        return Err(o.err(key, e));
+                    }
+                };
                 let meta = o.meta(key.clone(), &res.meta, &res.attributes);
                 let r = res.range.clone();
                 let name = o.name.clone();
@@ -453,6 +465,17 @@ impl BlobStore {
                 })
             }
         }
+    }
+
+    /// An empty body at `start` (clamped to the object's size), with the object's metadata.
+    async fn empty_range(&self, key: &Key, start: u64) -> Result<GetStream> {
+        let meta = self.head(key).await?;
+        let at = start.min(meta.size);
+        Ok(GetStream {
+            meta,
+            range: at..at,
+            body: futures::stream::empty().boxed(),
+        })
     }
 
     /// Metadata of the object.

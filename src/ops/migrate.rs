@@ -40,7 +40,7 @@ use crate::ops::source_listing;
 /// To-copy records kept from the planning pass; a bigger plan is listed again instead.
 pub const PLAN_BUFFER_LIMIT: usize = 20_000;
 /// Default number of objects copied at once: S3 latency, not bandwidth, bounds small
-/// objects, so many requests in flight; each holds at most [`WRITE_BUFFER`] bytes.
+/// objects, so many requests in flight; each holds at most a 256 KiB write buffer.
 pub const DEFAULT_CONCURRENCY: usize = 64;
 /// Bytes buffered per object before a write to disk.
 const WRITE_BUFFER: usize = 256 << 10;

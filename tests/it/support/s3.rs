@@ -77,6 +77,7 @@ impl TestS3 {
         let faults = Arc::new(Faults::default());
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
         let thread_faults = faults.clone();
+        let data_root = root.path().to_owned();
         let thread = std::thread::Builder::new()
             .name(format!("test-s3-{}", addr.port()))
             .spawn(move || {
@@ -85,7 +86,7 @@ impl TestS3 {
                     .enable_all()
                     .build()
                     .expect("server runtime");
-                rt.block_on(serve(listener, service, thread_faults, stop_rx));
+                rt.block_on(serve(listener, service, thread_faults, data_root, stop_rx));
                 rt.shutdown_timeout(Duration::from_secs(1));
             })
             .expect("server thread");
@@ -349,8 +350,10 @@ async fn serve(
     listener: std::net::TcpListener,
     service: s3s::service::S3Service,
     faults: Arc<Faults>,
+    data_root: std::path::PathBuf,
     mut stop: tokio::sync::oneshot::Receiver<()>,
 ) {
+    let data_root = Arc::new(data_root);
     let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
     loop {
         let socket = tokio::select! {
@@ -362,11 +365,13 @@ async fn serve(
         };
         let service = service.clone();
         let faults = faults.clone();
+        let data_root = data_root.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
                 let service = service.clone();
                 let faults = faults.clone();
-                async move { with_faults(req, &service, &faults).await }
+                let data_root = data_root.clone();
+                async move { with_faults(req, &service, &faults, &data_root).await }
             });
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(socket), svc)
@@ -433,19 +438,34 @@ impl Faults {
 
 /// True for `GET /bucket/key` (path-style): a GetObject, not a listing of the bucket.
 fn is_get_object<B>(req: &Request<B>) -> bool {
-    req.method() == hyper::Method::GET
-        && req
-            .uri()
-            .path()
-            .trim_start_matches('/')
-            .split_once('/')
-            .is_some_and(|(_, key)| !key.is_empty())
+    req.method() == hyper::Method::GET && object_path(req).is_some()
+}
+
+/// `(bucket, key)` of a path-style object request, the key percent-decoded.
+fn object_path<B>(req: &Request<B>) -> Option<(String, String)> {
+    let (bucket, key) = req.uri().path().trim_start_matches('/').split_once('/')?;
+    let key = percent_encoding::percent_decode_str(key)
+        .decode_utf8()
+        .ok()?;
+    (!key.is_empty()).then(|| (bucket.to_owned(), key.into_owned()))
+}
+
+/// True for a GET or HEAD of a key that s3s-fs holds as a directory (`d` when `d/x` is
+/// stored). s3s-fs answers those with 500; S3 and moto say 404 NoSuchKey, as we do here, so
+/// the suite checks stowage rather than this server's quirk.
+fn is_directory_object<B>(req: &Request<B>, data_root: &std::path::Path) -> bool {
+    matches!(*req.method(), hyper::Method::GET | hyper::Method::HEAD)
+        && object_path(req).is_some_and(|(bucket, key)| {
+            !key.split('/').any(|s| s == ".." || s == ".")
+                && data_root.join(bucket).join(key).is_dir()
+        })
 }
 
 async fn with_faults(
     req: Request<Incoming>,
     service: &s3s::service::S3Service,
     faults: &Faults,
+    data_root: &std::path::Path,
 ) -> Result<Response<RespBody>, std::io::Error> {
     faults.requests.fetch_add(1, Ordering::SeqCst);
     let get_object = is_get_object(&req);
@@ -454,6 +474,9 @@ async fn with_faults(
     }
     if let Some(status) = faults.fail.lock().unwrap().pop_front() {
         return Ok(error_response(status));
+    }
+    if is_directory_object(&req, data_root) {
+        return Ok(error_response(404));
     }
 
     let resp = service
