@@ -8,6 +8,9 @@
 
 mod error;
 pub mod key;
+pub mod report;
+pub mod size;
+pub mod walk;
 
 pub use error::{Error, Result};
 pub use key::{Key, KeyError};
