@@ -8,6 +8,7 @@
 
 mod error;
 pub mod key;
+pub mod ops;
 pub mod report;
 pub mod size;
 pub mod walk;
