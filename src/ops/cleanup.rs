@@ -289,8 +289,12 @@ fn age_pass(
         };
         let depth = entry.depth();
         // Entries at `depth` live in the directory at `depth - 1`; flags deeper than that
-        // belong to subtrees already finished.
-        emptied.truncate(depth);
+        // belong to subtrees already finished, except a post-order directory's own flag.
+        emptied.truncate(if entry.kind() == EntryKind::Dir {
+            depth + 1
+        } else {
+            depth
+        });
         let abs = root.join(entry.path());
         match entry.kind() {
             EntryKind::File => {
@@ -639,7 +643,10 @@ mod tests {
             UNIX_EPOCH + Duration::from_secs(60)
         );
         // Before 1970 is a valid cutoff; an absurd age must not panic either.
-        assert_eq!(age_cutoff(now, Duration::from_secs(1000)), UNIX_EPOCH - Duration::from_secs(900));
+        assert_eq!(
+            age_cutoff(now, Duration::from_secs(1000)),
+            UNIX_EPOCH - Duration::from_secs(900)
+        );
         let _ = age_cutoff(now, Duration::MAX);
     }
 
