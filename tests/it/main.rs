@@ -1,1 +1,3 @@
-mod placeholder {}
+mod cleanup;
+mod disk;
+mod local_tree;
