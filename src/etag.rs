@@ -371,6 +371,46 @@ pub fn check_file(
     check_reader(etag, size, || std::fs::File::open(path))
 }
 
+/// Like [`check_reader`], for a multipart ETag with the part size known to have
+/// reproduced it before (`migrate` records it in an xattr): then a different digest is a
+/// definite [`Verdict::Mismatch`] instead of an unverifiable guess.
+pub fn check_reader_hinted<R: Read>(
+    etag: Option<&str>,
+    size: u64,
+    part_size: Option<u64>,
+    mut open: impl FnMut() -> std::io::Result<R>,
+) -> std::io::Result<Verdict> {
+    match (etag.map(ETag::parse), part_size) {
+        (Some(ETag::Multipart { digest, parts }), Some(p)) if p > 0 => {
+            let mut h = PartHasher::new(p);
+            let mut r = open()?;
+            let mut buf = vec![0u8; 256 << 10];
+            let mut seen = 0u64;
+            loop {
+                let n = r.read(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                seen += n as u64;
+                h.update(&buf[..n]);
+            }
+            if seen != size {
+                return Ok(Verdict::Mismatch { expected: format!("{size} bytes"), actual: format!("{seen} bytes") });
+            }
+            let (d, n) = h.finish();
+            Ok(if d == digest && n == parts {
+                Verdict::Match { part_size: Some(p) }
+            } else {
+                Verdict::Mismatch {
+                    expected: format!("{}-{parts}", hex::encode(digest)),
+                    actual: format!("{}-{n} (with the recorded {p}-byte parts)", hex::encode(d)),
+                }
+            })
+        }
+        _ => check_reader(etag, size, open),
+    }
+}
+
 /// The multipart ETag of `data` split into `part_size` parts (for tests and uploads).
 pub fn multipart_etag(data: &[u8], part_size: usize) -> String {
     let mut h = PartHasher::new(part_size as u64);

@@ -77,6 +77,7 @@ pub mod s3;
 pub mod signing;
 pub mod size;
 pub mod store;
+pub mod walk;
 
 pub use config::{S3Config, StoreConfig};
 pub use error::{Error, Result};

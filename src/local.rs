@@ -141,11 +141,18 @@ pub fn open_beneath(root: &Path, key: &Key) -> io::Result<File> {
 
 /// Reads the Content-Type stored with a file, if any.
 pub fn read_content_type(file: &File) -> Option<String> {
+    read_xattr(file, CONTENT_TYPE_XATTR)
+}
+
+/// Reads the multipart part size `migrate` recorded with a file, if any.
+pub fn read_part_size(file: &File) -> Option<u64> {
+    read_xattr(file, PART_SIZE_XATTR)?.parse().ok()
+}
+
+fn read_xattr(file: &File, name: &str) -> Option<String> {
     let mut buf = [0u8; 256];
-    let n = rfs::fgetxattr(file, CONTENT_TYPE_XATTR, &mut buf).ok()?;
-    String::from_utf8(buf[..n].to_vec())
-        .ok()
-        .filter(|s| !s.is_empty())
+    let n = rfs::fgetxattr(file, name, &mut buf).ok()?;
+    String::from_utf8(buf[..n].to_vec()).ok().filter(|s| !s.is_empty())
 }
 
 /// A file being written under a temporary name next to its final name.

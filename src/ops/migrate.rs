@@ -32,7 +32,7 @@ use crate::local::{self, AtomicFile, PlaceError, StoreLock};
 use crate::report::Reporter;
 use crate::s3::list::ListedObject;
 use crate::size::{human_bytes, SizeSpec};
-use crate::store::BlobStore;
+use crate::store::{BlobStore, ObjectBackend};
 
 pub use crate::ops::KeyReason;
 use crate::ops::source_listing;
@@ -747,6 +747,9 @@ async fn copy_one(ctx: &CopyCtx, p: Planned, reporter: &dyn Reporter) -> Outcome
                 file.set_modified(SystemTime::from(lm))?;
                 if let Some(ct) = ct {
                     file.set_content_type(&ct)?;
+                }
+                if let Some(p) = part_size {
+                    file.set_part_size(p)?;
                 }
                 file.commit()
             })

@@ -1,6 +1,8 @@
 //! The operations behind the CLI commands: each takes options and a
 //! [`crate::Reporter`] and returns a `Serialize` summary.
 
+pub mod cleanup;
+pub mod disk;
 pub mod migrate;
 pub mod verify;
 

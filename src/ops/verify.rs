@@ -149,7 +149,7 @@ pub async fn s3_to_local(
             }
         })
     };
-    let mut results = checks
+    let results = checks
         .flat_map(stream::iter)
         .map(|check| {
             let hashing = Arc::clone(&hashing);
@@ -190,6 +190,7 @@ pub async fn s3_to_local(
             }
         })
         .buffer_unordered(64);
+    let mut results = std::pin::pin!(results);
     loop {
         let next = tokio::select! {
             biased;

@@ -1,8 +1,11 @@
 //! The single integration-test binary: one module per area, shared servers in `support`.
 
+mod cleanup;
 mod config;
 mod conformance;
+mod disk;
 mod http;
+mod local_tree;
 mod migrate;
 mod s3_list;
 mod support;

@@ -1,0 +1,198 @@
+//! `stowage cleanup`: arguments, the call to [`stowage::ops::cleanup`], the cron-mail summary.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use stowage::ops::cleanup::{cleanup, CleanupOptions, CleanupSummary, LOCK_FILE};
+use stowage::report::Reporter;
+use stowage::size::{human_bytes, SizeSpec};
+
+/// Most errors listed in the human summary; `--json` lists them all.
+const ERRORS_SHOWN: usize = 20;
+
+/// Delete old clips from a local store. Meant for cron.
+///
+/// Deletes regular files under --root not modified for --max-age, then, with --max-used,
+/// the oldest remaining files until the store fits. Safe on a live server: symbolic links
+/// are never followed or deleted, other filesystems mounted inside the root are not
+/// entered, the root itself is never deleted, and stowage's own files (writes in progress
+/// `.stowage-tmp.*`, the lock `.stowage.lock`) are skipped. Directories left empty are
+/// removed. A second run while one is going says so and exits 0 without deleting.
+///
+/// Examples:
+///   stowage cleanup --max-age 7d
+///   stowage cleanup --max-age 30d --max-used 50GB --json
+///   stowage cleanup --max-age 24h --dry-run
+///
+/// Exit status: 0 done (or another run holds the lock), 1 some files could not be
+/// deleted (listed), 2 the run could not be done (root missing, bad option).
+#[derive(clap::Args, Debug)]
+#[command(verbatim_doc_comment)]
+pub(crate) struct CleanupArgs {
+    /// Delete files not modified for this long: 90m, 24h, 7d, 2weeks.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub(crate) max_age: Duration,
+
+    /// The store root.
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "LOCAL_STORAGE_PATH",
+        default_value = "/opt/meme-maker/storage"
+    )]
+    pub(crate) root: PathBuf,
+
+    /// Then delete the oldest files until the store (sum of file sizes) is at most SIZE:
+    /// 50GB, 45GiB, or a share of the filesystem such as 80%.
+    #[arg(long, value_name = "SIZE")]
+    pub(crate) max_used: Option<SizeSpec>,
+
+    /// Print what would be deleted and the bytes it would free; delete nothing.
+    #[arg(long)]
+    pub(crate) dry_run: bool,
+
+    /// Print the summary as JSON (deleted, bytes_freed, errors, elapsed_s, ...).
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+impl CleanupArgs {
+    fn to_options(&self) -> CleanupOptions {
+        let mut o = CleanupOptions::new(&self.root, self.max_age);
+        o.max_used = self.max_used;
+        o.dry_run = self.dry_run;
+        o
+    }
+}
+
+/// Prints the dry run's "would delete" lines (to stderr under `--json`, so stdout stays
+/// one JSON document) and other notes to stderr.
+struct NotePrinter {
+    json: bool,
+}
+
+impl Reporter for NotePrinter {
+    fn note(&self, msg: &str) {
+        if msg.starts_with("would delete") && !self.json {
+            println!("{msg}");
+        } else {
+            eprintln!("{msg}");
+        }
+    }
+}
+
+/// Runs the command; returns the process exit status (0, 1 or 2).
+pub(crate) fn run(args: CleanupArgs) -> u8 {
+    let summary = match cleanup(&args.to_options(), &NotePrinter { json: args.json }) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("stowage cleanup: {e}");
+            if !args.root.is_dir() {
+                eprintln!("hint: --root (or LOCAL_STORAGE_PATH) must name the store directory");
+            }
+            return 2;
+        }
+    };
+    if args.json {
+        match serde_json::to_string_pretty(&summary) {
+            Ok(j) => println!("{j}"),
+            Err(e) => {
+                eprintln!("stowage cleanup: cannot encode the summary: {e}");
+                return 2;
+            }
+        }
+    } else {
+        print!("{}", human_summary(&summary));
+    }
+    if summary.errors.is_empty() {
+        0
+    } else {
+        1
+    }
+}
+
+fn human_summary(s: &CleanupSummary) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let root = s.root.display();
+    if s.locked {
+        let _ = writeln!(
+            out,
+            "stowage cleanup {root}: another run holds {}; nothing done",
+            s.root.join(LOCK_FILE).display()
+        );
+        return out;
+    }
+    let age = humantime::format_duration(Duration::from_secs(s.max_age_s));
+    let _ = write!(out, "stowage cleanup {root}: max age {age}");
+    if let Some(m) = s.max_used_bytes {
+        let _ = write!(out, ", max used {}", human_bytes(m));
+    }
+    let _ = writeln!(
+        out,
+        "{}",
+        if s.dry_run {
+            " (dry run: nothing deleted)"
+        } else {
+            ""
+        }
+    );
+    let verb = if s.dry_run { "would delete" } else { "deleted" };
+    let _ = write!(
+        out,
+        "  {verb} {} files ({} for age, {} for size), {} {}",
+        s.deleted,
+        s.deleted_for_age,
+        s.deleted_for_size,
+        if s.dry_run { "would free" } else { "freed" },
+        human_bytes(s.bytes_freed)
+    );
+    if s.dirs_removed > 0 {
+        let _ = write!(out, ", removed {} empty directories", s.dirs_removed);
+    }
+    let _ = writeln!(out, ", in {:.1} s", s.elapsed_s);
+    if let (Some(after), Some(max)) = (s.store_bytes_after, s.max_used_bytes) {
+        let _ = writeln!(
+            out,
+            "  store {} {} (max used {})",
+            if s.dry_run { "would be" } else { "now" },
+            human_bytes(after),
+            human_bytes(max)
+        );
+    }
+    let mut skipped = Vec::new();
+    if s.symlinks_skipped > 0 {
+        skipped.push(format!("{} symlinks (never followed)", s.symlinks_skipped));
+    }
+    if !s.mounts_skipped.is_empty() {
+        let m: Vec<_> = s
+            .mounts_skipped
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        skipped.push(format!("other filesystems at {}", m.join(", ")));
+    }
+    if s.vanished > 0 {
+        skipped.push(format!("{} already gone", s.vanished));
+    }
+    if s.changed > 0 {
+        skipped.push(format!("{} modified or replaced meanwhile", s.changed));
+    }
+    if !skipped.is_empty() {
+        let _ = writeln!(out, "  left alone: {}", skipped.join("; "));
+    }
+    if !s.errors.is_empty() {
+        let _ = writeln!(out, "  {} errors:", s.errors.len());
+        for e in s.errors.iter().take(ERRORS_SHOWN) {
+            let _ = writeln!(out, "    {}: {}", e.path.display(), e.reason);
+        }
+        if s.errors.len() > ERRORS_SHOWN {
+            let _ = writeln!(
+                out,
+                "    ... and {} more (--json lists them all)",
+                s.errors.len() - ERRORS_SHOWN
+            );
+        }
+    }
+    out
+}

@@ -1,0 +1,183 @@
+//! `stowage disk`: arguments, the call to [`stowage::ops::disk`], the report and the
+//! monitoring exit status.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use stowage::ops::disk::{disk, DiskOptions, DiskReport};
+use stowage::report::NoopReporter;
+use stowage::size::{human_bytes, SizeSpec};
+
+/// How full the disk is and what the store holds. Meant for monitoring checks.
+///
+/// Shows the filesystem holding --root (size, used, available to unprivileged users,
+/// percent used as df shows it, inodes) and the store (bytes, bytes on disk as `du -sx`
+/// counts them, files, oldest and newest file, largest top-level prefixes). Symbolic links
+/// are not followed and other filesystems mounted inside the root are not entered.
+///
+/// Examples:
+///   stowage disk
+///   stowage disk --max-age 7d --warn-above 50GB
+///   stowage disk --warn-above 80% --prometheus /var/lib/node_exporter/textfile/stowage.prom
+///
+/// Exit status: 0 all is well, 1 a --warn-above threshold is crossed (a WARNING line
+/// says which), 2 error (root missing, part of the tree unreadable, file not written).
+#[derive(clap::Args, Debug)]
+#[command(verbatim_doc_comment)]
+pub(crate) struct DiskArgs {
+    /// The store root.
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "LOCAL_STORAGE_PATH",
+        default_value = "/opt/meme-maker/storage"
+    )]
+    pub(crate) root: PathBuf,
+
+    /// Also show what `stowage cleanup --max-age DURATION` would free now: 24h, 7d.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub(crate) max_age: Option<Duration>,
+
+    /// Warn and exit 1 above this: a size (50GB, 45GiB) is compared with the store's
+    /// bytes, a percentage (80%) with the filesystem's use.
+    #[arg(long, value_name = "SIZE|PCT")]
+    pub(crate) warn_above: Option<SizeSpec>,
+
+    /// How many of the largest top-level prefixes to show.
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub(crate) top: usize,
+
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+
+    /// Also write the figures in the Prometheus text format to FILE, atomically, for
+    /// node_exporter's textfile collector (name it *.prom).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) prometheus: Option<PathBuf>,
+}
+
+/// Runs the command; returns the process exit status (0, 1 or 2).
+pub(crate) fn run(args: DiskArgs) -> u8 {
+    let mut o = DiskOptions::new(&args.root);
+    o.max_age = args.max_age;
+    o.warn_above = args.warn_above;
+    o.top_prefixes = args.top;
+    let report = match disk(&o, &NoopReporter) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("stowage disk: {e}");
+            if !args.root.is_dir() {
+                eprintln!("hint: --root (or LOCAL_STORAGE_PATH) must name the store directory");
+            }
+            return 2;
+        }
+    };
+    let mut status = if !report.errors.is_empty() {
+        2
+    } else if !report.warnings.is_empty() {
+        1
+    } else {
+        0
+    };
+    if let Some(path) = &args.prometheus {
+        if let Err(e) = report.write_prometheus(path) {
+            eprintln!("stowage disk: {e}");
+            status = 2;
+        }
+    }
+    if args.json {
+        match serde_json::to_string_pretty(&report) {
+            Ok(j) => println!("{j}"),
+            Err(e) => {
+                eprintln!("stowage disk: cannot encode the report: {e}");
+                return 2;
+            }
+        }
+    } else {
+        print!("{}", human_report(&report));
+    }
+    for w in &report.warnings {
+        eprintln!("WARNING: {w}");
+    }
+    status
+}
+
+fn human_report(r: &DiskReport) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let f = &r.filesystem;
+    let s = &r.store;
+    let _ = writeln!(out, "filesystem holding {}", r.root.display());
+    let _ = writeln!(
+        out,
+        "  size {}, used {} ({:.1}%), available {}; inodes {} used, {} free",
+        human_bytes(f.size_bytes),
+        human_bytes(f.used_bytes),
+        f.used_percent,
+        human_bytes(f.avail_bytes),
+        f.inodes_used,
+        f.inodes_free
+    );
+    let _ = writeln!(out, "store");
+    let _ = writeln!(
+        out,
+        "  {} in {} files ({} on disk), {} directories, {} symlinks",
+        human_bytes(s.apparent_bytes),
+        s.files,
+        human_bytes(s.allocated_bytes),
+        s.dirs,
+        s.symlinks
+    );
+    if let (Some(o), Some(n)) = (&s.oldest, &s.newest) {
+        let _ = writeln!(
+            out,
+            "  oldest {} ({}), newest {} ({})",
+            o.path.display(),
+            o.mtime,
+            n.path.display(),
+            n.mtime
+        );
+    }
+    if !s.top_prefixes.is_empty() {
+        let _ = writeln!(out, "  largest prefixes:");
+        for p in &s.top_prefixes {
+            let name = if p.prefix.is_empty() {
+                "(files in the root)"
+            } else {
+                p.prefix.as_str()
+            };
+            let _ = writeln!(
+                out,
+                "    {:>10}  {:>9} files  {}",
+                human_bytes(p.bytes),
+                p.files,
+                name.escape_debug()
+            );
+        }
+    }
+    for m in &s.mounts_skipped {
+        let _ = writeln!(out, "  not entered (another filesystem): {}", m.display());
+    }
+    if let Some(c) = &r.cleanup {
+        let _ = writeln!(
+            out,
+            "  cleanup --max-age {} would free {} ({} files)",
+            humantime::format_duration(Duration::from_secs(c.max_age_s)),
+            human_bytes(c.bytes),
+            c.files
+        );
+    }
+    if !r.errors.is_empty() {
+        let _ = writeln!(
+            out,
+            "  {} parts of the tree could not be read (figures are too low):",
+            r.errors.len()
+        );
+        for e in r.errors.iter().take(20) {
+            let _ = writeln!(out, "    {}", e.reason);
+        }
+    }
+    let _ = writeln!(out, "  walked in {:.2} s", r.elapsed_s);
+    out
+}

@@ -1,0 +1,667 @@
+//! `cleanup`: delete old clips from a local store, and evict the oldest when it is too big.
+//!
+//! It runs from cron on the production server, unattended, against a tree it did not
+//! create, so it is written to be safe first:
+//!
+//! - files are found by [`crate::walk::Walker`] (no-follow, one filesystem, stowage's own
+//!   `.stowage*` files skipped) and deleted with `unlinkat(parent_fd, name)` only after a
+//!   fresh `statat(AT_SYMLINK_NOFOLLOW)` shows the name still holds the same regular file
+//!   (same device and inode) and that it is still eligible (still old; for eviction,
+//!   unmodified). Symbolic links, FIFOs and the like are never deleted; a link's target is
+//!   never looked at.
+//! - an exclusive, non-blocking `flock` on `<root>/.stowage.lock` keeps two runs apart:
+//!   the second returns at once with [`CleanupSummary::locked`] set. A dry run takes no
+//!   lock and creates no file, so it never makes a real run skip.
+//! - a file that cannot be deleted is recorded in [`CleanupSummary::errors`] and the run
+//!   goes on; one that vanished or changed meanwhile is counted, not an error.
+//! - directories left empty are removed (never the root). A directory is only removed if
+//!   this run emptied it or it was already older than `max_age`, so a directory the
+//!   service has just created for a new clip is left alone.
+//!
+//! # Memory
+//!
+//! The age pass streams the walk: O(depth), whatever the number of files.
+//!
+//! The `max_used` pass needs the oldest files first. It keeps at most
+//! [`MAX_EVICTION_CANDIDATES`] (65,536) candidates — a bounded max-heap on
+//! `(mtime, path)` holding the oldest seen so far, a few MB of paths — then deletes them
+//! oldest first until the store fits. If that was not enough, it walks again and takes
+//! the next 65,536 older than none already handled (a watermark on `(mtime, path)`).
+//! Video clips are large, so one round frees tens of GB; a store of tiny files needs a
+//! walk per 65,536 evictions, trading time for memory on a 2 GB server.
+
+use std::collections::BinaryHeap;
+use std::ffi::{CStr, CString, OsStr};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rustix::fs::{AtFlags, FileType, FlockOperation, Mode, OFlags, Stat};
+use rustix::io::Errno;
+
+use crate::report::Reporter;
+use crate::size::{human_bytes, SizeSpec};
+use crate::walk::{system_time, EntryKind, WalkOptions, Walker};
+use crate::{Error, Result};
+
+/// Name of the lock file in the store root (starts with [`crate::key::RESERVED_PREFIX`]).
+pub const LOCK_FILE: &str = ".stowage.lock";
+
+/// Most eviction candidates held in memory at once by the `max_used` pass.
+pub const MAX_EVICTION_CANDIDATES: usize = 65_536;
+
+/// A hook called with the relative path of each file just before it is re-checked and
+/// deleted. Only for tests that need to change the tree at that exact moment.
+#[doc(hidden)]
+pub type BeforeDelete = Arc<dyn Fn(&Path) + Send + Sync>;
+
+/// What to clean up.
+#[derive(Clone)]
+pub struct CleanupOptions {
+    /// The store root. Never deleted itself.
+    pub root: PathBuf,
+    /// Regular files whose mtime is older than this are deleted.
+    pub max_age: Duration,
+    /// After the age pass, if the store (sum of file sizes) is larger than this, the
+    /// oldest files are deleted until it fits. A percentage is of the filesystem's size.
+    pub max_used: Option<SizeSpec>,
+    /// Report what would be deleted (through [`Reporter::note`]) and delete nothing.
+    pub dry_run: bool,
+    #[doc(hidden)]
+    pub before_delete: Option<BeforeDelete>,
+}
+
+impl CleanupOptions {
+    /// Options deleting files under `root` older than `max_age`, no size limit, for real.
+    pub fn new(root: impl Into<PathBuf>, max_age: Duration) -> Self {
+        CleanupOptions {
+            root: root.into(),
+            max_age,
+            max_used: None,
+            dry_run: false,
+            before_delete: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for CleanupOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CleanupOptions")
+            .field("root", &self.root)
+            .field("max_age", &self.max_age)
+            .field("max_used", &self.max_used)
+            .field("dry_run", &self.dry_run)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One path that could not be handled, and why.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PathError {
+    /// Absolute path.
+    pub path: PathBuf,
+    /// What went wrong, with a hint when there is one.
+    pub reason: String,
+}
+
+/// What a cleanup run did (or, with `dry_run`, would do).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CleanupSummary {
+    /// The store root.
+    pub root: PathBuf,
+    /// Nothing was deleted: the figures are what a real run would do now.
+    pub dry_run: bool,
+    /// Another run held the lock; this one did nothing and all counts are zero.
+    pub locked: bool,
+    /// The `max_age` used, in seconds.
+    pub max_age_s: u64,
+    /// Files deleted (age and size passes together).
+    pub deleted: u64,
+    /// Bytes freed (sum of the deleted files' sizes).
+    pub bytes_freed: u64,
+    /// Of `deleted`, files deleted because they were older than `max_age`.
+    pub deleted_for_age: u64,
+    /// Of `deleted`, files deleted oldest-first to bring the store under `max_used`.
+    pub deleted_for_size: u64,
+    /// Directories removed because they were left empty.
+    pub dirs_removed: u64,
+    /// The `max_used` limit in bytes, when one was given.
+    pub max_used_bytes: Option<u64>,
+    /// Store size (sum of file sizes) after the size pass, when `max_used` was given.
+    pub store_bytes_after: Option<u64>,
+    /// Files that disappeared before we deleted them (someone else did).
+    pub vanished: u64,
+    /// Files left alone because they were modified or replaced after being listed.
+    pub changed: u64,
+    /// Symbolic links seen and left alone (never followed, never deleted).
+    pub symlinks_skipped: u64,
+    /// Other filesystems mounted inside the root, not entered (relative paths).
+    pub mounts_skipped: Vec<PathBuf>,
+    /// Files and directories that could not be read or deleted.
+    pub errors: Vec<PathError>,
+    /// Wall-clock duration of the run.
+    pub elapsed_s: f64,
+}
+
+impl CleanupSummary {
+    fn new(opts: &CleanupOptions) -> Self {
+        CleanupSummary {
+            root: opts.root.clone(),
+            dry_run: opts.dry_run,
+            locked: false,
+            max_age_s: opts.max_age.as_secs(),
+            deleted: 0,
+            bytes_freed: 0,
+            deleted_for_age: 0,
+            deleted_for_size: 0,
+            dirs_removed: 0,
+            max_used_bytes: None,
+            store_bytes_after: None,
+            vanished: 0,
+            changed: 0,
+            symlinks_skipped: 0,
+            mounts_skipped: Vec::new(),
+            errors: Vec::new(),
+            elapsed_s: 0.0,
+        }
+    }
+
+    fn error(&mut self, path: PathBuf, reason: impl Into<String>) {
+        self.errors.push(PathError {
+            path,
+            reason: reason.into(),
+        });
+    }
+}
+
+/// Deletes regular files under `opts.root` older than `opts.max_age`, then, with
+/// `opts.max_used`, the oldest files until the store fits. Blocking; call it from a
+/// blocking thread in async code.
+///
+/// `Err` only when the run cannot start or go on at all (root missing or unreadable, lock
+/// file cannot be created); per-file failures are in [`CleanupSummary::errors`].
+pub fn cleanup(opts: &CleanupOptions, reporter: &dyn Reporter) -> Result<CleanupSummary> {
+    let started = Instant::now();
+    if opts.max_age.is_zero() {
+        // Zero would mean "delete every file"; that is never what a cron line means.
+        return Err(Error::config(
+            "max_age",
+            "must be more than zero, e.g. 7d or 24h",
+        ));
+    }
+    let mut summary = CleanupSummary::new(opts);
+    let root = &opts.root;
+    let walker = Walker::new(root, WalkOptions::default().dirs_post_order(true))?;
+    let root_fd = walker.root_fd();
+
+    let _lock = if opts.dry_run {
+        None
+    } else {
+        match take_lock(&root_fd, root)? {
+            Some(lock) => Some(lock),
+            None => {
+                summary.locked = true;
+                reporter.note(&format!(
+                    "another stowage cleanup holds {}; nothing done",
+                    root.join(LOCK_FILE).display()
+                ));
+                summary.elapsed_s = started.elapsed().as_secs_f64();
+                return Ok(summary);
+            }
+        }
+    };
+
+    let cutoff = age_cutoff(SystemTime::now(), opts.max_age);
+    age_pass(opts, walker, cutoff, &mut summary, reporter);
+
+    if let Some(spec) = opts.max_used {
+        let vfs =
+            rustix::fs::fstatvfs(&*root_fd).map_err(|e| Error::io("statvfs", root, e.into()))?;
+        let limit = spec.resolve(vfs.f_blocks.saturating_mul(vfs.f_frsize));
+        summary.max_used_bytes = Some(limit);
+        size_pass(opts, &root_fd, cutoff, limit, &mut summary, reporter)?;
+    }
+
+    summary.elapsed_s = started.elapsed().as_secs_f64();
+    Ok(summary)
+}
+
+/// Files with an mtime strictly before this are "older than `max_age`".
+pub(crate) fn age_cutoff(now: SystemTime, max_age: Duration) -> SystemTime {
+    now.checked_sub(max_age).unwrap_or(UNIX_EPOCH)
+}
+
+/// `Some(lock)` when we hold the lock, `None` when another run does.
+fn take_lock(root_fd: &OwnedFd, root: &Path) -> Result<Option<OwnedFd>> {
+    let path = root.join(LOCK_FILE);
+    let flags = OFlags::CREATE | OFlags::RDWR | OFlags::CLOEXEC | OFlags::NOFOLLOW | OFlags::NOCTTY;
+    let fd =
+        rustix::fs::openat(root_fd, LOCK_FILE, flags, Mode::from_raw_mode(0o644)).map_err(|e| {
+            Error::io(
+                "open lock file (is the store root writable by this user?)",
+                &path,
+                e.into(),
+            )
+        })?;
+    match rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(Some(fd)),
+        Err(Errno::WOULDBLOCK) => Ok(None),
+        Err(e) => Err(Error::io("lock", &path, e.into())),
+    }
+}
+
+fn age_pass(
+    opts: &CleanupOptions,
+    walker: Walker,
+    cutoff: SystemTime,
+    summary: &mut CleanupSummary,
+    reporter: &dyn Reporter,
+) {
+    reporter.phase(
+        if opts.dry_run {
+            "listing old files"
+        } else {
+            "deleting old files"
+        },
+        None,
+        None,
+    );
+    let root = opts.root.clone();
+    // emptied[d]: this run deleted something in the directory currently open at depth d
+    // (the root is depth 0). Walk order is depth-first, so one flag per level suffices.
+    let mut emptied: Vec<bool> = vec![false];
+    fn mark(emptied: &mut Vec<bool>, depth: usize) {
+        if emptied.len() <= depth {
+            emptied.resize(depth + 1, false);
+        }
+        emptied[depth] = true;
+    }
+    for item in walker {
+        let entry = match item {
+            Ok(entry) => entry,
+            Err(e) => {
+                reporter.item_done(&e.path.to_string_lossy(), false);
+                summary.error(e.path.clone(), e.to_string());
+                continue;
+            }
+        };
+        let depth = entry.depth();
+        // Entries at `depth` live in the directory at `depth - 1`; flags deeper than that
+        // belong to subtrees already finished, except a post-order directory's own flag.
+        emptied.truncate(if entry.kind() == EntryKind::Dir {
+            depth + 1
+        } else {
+            depth
+        });
+        let abs = root.join(entry.path());
+        match entry.kind() {
+            EntryKind::File => {
+                reporter.items_found(1);
+                if entry.mtime() >= cutoff {
+                    continue;
+                }
+                if opts.dry_run {
+                    reporter.note(&format!(
+                        "would delete {} ({}, modified {})",
+                        abs.display(),
+                        human_bytes(entry.size()),
+                        humantime::format_rfc3339_seconds(entry.mtime())
+                    ));
+                    summary.deleted += 1;
+                    summary.deleted_for_age += 1;
+                    summary.bytes_freed += entry.size();
+                    continue;
+                }
+                if let Some(hook) = &opts.before_delete {
+                    hook(entry.path());
+                }
+                let eligible =
+                    |st: &Stat| system_time(st.st_mtime, st.st_mtime_nsec as i64) < cutoff;
+                match delete_file(
+                    entry.parent_fd(),
+                    entry.file_name_c(),
+                    entry.stat(),
+                    eligible,
+                ) {
+                    Outcome::Deleted => {
+                        summary.deleted += 1;
+                        summary.deleted_for_age += 1;
+                        summary.bytes_freed += entry.size();
+                        reporter.bytes_done(entry.size());
+                        reporter.item_done(&abs.to_string_lossy(), true);
+                        mark(&mut emptied, depth - 1);
+                    }
+                    Outcome::Vanished => summary.vanished += 1,
+                    Outcome::Changed => summary.changed += 1,
+                    Outcome::Failed(e) => {
+                        reporter.item_done(&abs.to_string_lossy(), false);
+                        summary.error(abs, delete_reason(&e));
+                    }
+                }
+            }
+            EntryKind::Dir => {
+                let emptied_here = emptied.get(depth).copied().unwrap_or(false);
+                emptied.truncate(depth);
+                if opts.dry_run || !(emptied_here || entry.mtime() < cutoff) {
+                    continue;
+                }
+                let same_dir = matches!(entry.stat_again(), Ok(st) if entry.is_same_file(&st));
+                if !same_dir {
+                    continue; // replaced (by a symlink, say) since listed: not ours to remove
+                }
+                match rustix::fs::unlinkat(
+                    entry.parent_fd(),
+                    entry.file_name_c(),
+                    AtFlags::REMOVEDIR,
+                ) {
+                    Ok(()) => {
+                        summary.dirs_removed += 1;
+                        mark(&mut emptied, depth - 1);
+                    }
+                    // Not empty (files kept, or new ones), or gone: both fine.
+                    Err(Errno::NOTEMPTY | Errno::EXIST | Errno::NOENT) => {}
+                    Err(e) => summary.error(
+                        abs,
+                        format!("cannot remove empty directory: {}", std::io::Error::from(e)),
+                    ),
+                }
+            }
+            EntryKind::Symlink => summary.symlinks_skipped += 1,
+            EntryKind::MountPoint => {
+                reporter.note(&format!(
+                    "not entering {}: another filesystem is mounted there",
+                    abs.display()
+                ));
+                summary.mounts_skipped.push(entry.path().to_path_buf());
+            }
+            EntryKind::Other => {}
+        }
+    }
+}
+
+/// How one delete attempt ended.
+enum Outcome {
+    Deleted,
+    Vanished,
+    Changed,
+    Failed(std::io::Error),
+}
+
+/// Deletes `name` in `parent` if it is still the regular file `listed` and `eligible`
+/// accepts its fresh `stat`.
+fn delete_file(
+    parent: BorrowedFd<'_>,
+    name: &CStr,
+    listed: &Stat,
+    eligible: impl Fn(&Stat) -> bool,
+) -> Outcome {
+    let st = match rustix::fs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) => st,
+        Err(Errno::NOENT) => return Outcome::Vanished,
+        Err(e) => return Outcome::Failed(e.into()),
+    };
+    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile
+        || st.st_ino != listed.st_ino
+        || st.st_dev != listed.st_dev
+        || !eligible(&st)
+    {
+        return Outcome::Changed;
+    }
+    match rustix::fs::unlinkat(parent, name, AtFlags::empty()) {
+        Ok(()) => Outcome::Deleted,
+        Err(Errno::NOENT) => Outcome::Vanished,
+        Err(e) => Outcome::Failed(e.into()),
+    }
+}
+
+fn delete_reason(e: &std::io::Error) -> String {
+    let hint = match e.raw_os_error() {
+        Some(c) if c == Errno::ACCESS.raw_os_error() || c == Errno::PERM.raw_os_error() => {
+            "; check the owner and mode of the file's directory (or an immutable attribute), or run as the store's owner"
+        }
+        Some(c) if c == Errno::ROFS.raw_os_error() => "; the filesystem is read-only",
+        _ => "",
+    };
+    format!("cannot delete: {e}{hint}")
+}
+
+/// A file that may be evicted by the size pass. Ordered by `(mtime, path)`: oldest first.
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+struct Candidate {
+    mtime: SystemTime,
+    path: PathBuf,
+    size: u64,
+    ino: u64,
+    dev: u64,
+}
+
+fn size_pass(
+    opts: &CleanupOptions,
+    root_fd: &Arc<OwnedFd>,
+    cutoff: SystemTime,
+    limit: u64,
+    summary: &mut CleanupSummary,
+    reporter: &dyn Reporter,
+) -> Result<()> {
+    // Every candidate with a key <= watermark has been handled (deleted, or tried).
+    let mut watermark: Option<(SystemTime, PathBuf)> = None;
+    let handled = |w: &Option<(SystemTime, PathBuf)>, mtime: SystemTime, path: &Path| {
+        w.as_ref()
+            .is_some_and(|(wm, wp)| (mtime, path) <= (*wm, wp.as_path()))
+    };
+    loop {
+        reporter.phase("measuring the store", None, None);
+        let mut total: u64 = 0;
+        let mut heap: BinaryHeap<Candidate> = BinaryHeap::new();
+        for item in Walker::new(&opts.root, WalkOptions::default())? {
+            // Errors were already recorded by the age pass over the same tree.
+            let Ok(entry) = item else { continue };
+            if entry.kind() != EntryKind::File {
+                continue;
+            }
+            let mtime = entry.mtime();
+            // A dry run pretends the files it would have deleted are gone.
+            if opts.dry_run && (mtime < cutoff || handled(&watermark, mtime, entry.path())) {
+                continue;
+            }
+            total += entry.size();
+            if handled(&watermark, mtime, entry.path()) {
+                continue; // could not be deleted in an earlier round; still takes space
+            }
+            heap.push(Candidate {
+                mtime,
+                path: entry.path().to_path_buf(),
+                size: entry.size(),
+                ino: entry.ino(),
+                dev: entry.dev(),
+            });
+            if heap.len() > MAX_EVICTION_CANDIDATES {
+                heap.pop(); // the newest of those kept
+            }
+        }
+        if total <= limit {
+            summary.store_bytes_after = Some(total);
+            return Ok(());
+        }
+        let excess = total - limit;
+        let full_round = heap.len() == MAX_EVICTION_CANDIDATES;
+        reporter.phase(
+            if opts.dry_run {
+                "listing oldest files over max-used"
+            } else {
+                "evicting oldest files"
+            },
+            None,
+            Some(excess),
+        );
+        let mut freed = 0u64;
+        let mut progressed = false;
+        for c in heap.into_sorted_vec() {
+            if freed >= excess {
+                break;
+            }
+            progressed = true;
+            let abs = opts.root.join(&c.path);
+            if opts.dry_run {
+                reporter.note(&format!(
+                    "would delete {} ({}, modified {}) to get under max-used",
+                    abs.display(),
+                    human_bytes(c.size),
+                    humantime::format_rfc3339_seconds(c.mtime)
+                ));
+                freed += c.size;
+                summary.deleted += 1;
+                summary.deleted_for_size += 1;
+                summary.bytes_freed += c.size;
+            } else {
+                if let Some(hook) = &opts.before_delete {
+                    hook(&c.path);
+                }
+                match evict(root_fd, &c) {
+                    Ok(Outcome::Deleted) => {
+                        freed += c.size;
+                        summary.deleted += 1;
+                        summary.deleted_for_size += 1;
+                        summary.bytes_freed += c.size;
+                        summary.dirs_removed += remove_empty_parents(root_fd, &c.path);
+                        reporter.bytes_done(c.size);
+                        reporter.item_done(&abs.to_string_lossy(), true);
+                    }
+                    Ok(Outcome::Vanished) => summary.vanished += 1,
+                    Ok(Outcome::Changed) => summary.changed += 1,
+                    Ok(Outcome::Failed(e)) | Err(e) => {
+                        reporter.item_done(&abs.to_string_lossy(), false);
+                        summary.error(abs, delete_reason(&e));
+                    }
+                }
+            }
+            watermark = Some((c.mtime, c.path));
+        }
+        if freed >= excess || !full_round || !progressed {
+            summary.store_bytes_after = Some(total - freed.min(total));
+            if freed < excess {
+                reporter.note(&format!(
+                    "the store under {} is still {} over max-used: the remaining files could not be deleted",
+                    opts.root.display(),
+                    human_bytes(excess - freed)
+                ));
+            }
+            return Ok(());
+        }
+    }
+}
+
+/// Opens the directories of `rel`'s parent one by one from the root, no-follow and
+/// staying on the root's filesystem. Returns the chain of handles, root first.
+fn open_parents(
+    root_fd: &Arc<OwnedFd>,
+    rel: &Path,
+) -> std::io::Result<Vec<(Arc<OwnedFd>, CString)>> {
+    let root_dev = rustix::fs::fstat(&**root_fd)?.st_dev;
+    let mut chain: Vec<(Arc<OwnedFd>, CString)> = Vec::new();
+    let mut dir = Arc::clone(root_fd);
+    let parent = rel.parent().unwrap_or(Path::new(""));
+    for comp in parent.components() {
+        let Component::Normal(name) = comp else {
+            return Err(std::io::Error::other("unexpected path component"));
+        };
+        let cname = CString::new(name.as_bytes()).map_err(std::io::Error::other)?;
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let next = rustix::fs::openat(&*dir, &*cname, flags, Mode::empty())?;
+        if rustix::fs::fstat(&next)?.st_dev != root_dev {
+            return Err(std::io::Error::other(
+                "another filesystem is now mounted on its directory",
+            ));
+        }
+        chain.push((dir, cname));
+        dir = Arc::new(next);
+    }
+    chain.push((dir, CString::default()));
+    Ok(chain)
+}
+
+fn evict(root_fd: &Arc<OwnedFd>, c: &Candidate) -> std::io::Result<Outcome> {
+    let chain = match open_parents(root_fd, &c.path) {
+        Ok(chain) => chain,
+        Err(e) if e.raw_os_error() == Some(Errno::NOENT.raw_os_error()) => {
+            return Ok(Outcome::Vanished)
+        }
+        // A directory on the way became a symlink or a file: what we listed is gone.
+        Err(e)
+            if e.raw_os_error() == Some(Errno::LOOP.raw_os_error())
+                || e.raw_os_error() == Some(Errno::NOTDIR.raw_os_error()) =>
+        {
+            return Ok(Outcome::Changed)
+        }
+        Err(e) => return Err(e),
+    };
+    let (dir, _) = chain.last().expect("chain holds at least the root");
+    let name = CString::new(c.path.file_name().unwrap_or(OsStr::new("")).as_bytes())
+        .map_err(std::io::Error::other)?;
+    let listed = (c.ino, c.dev, c.mtime);
+    let st_listed = rustix::fs::statat(dir.as_fd(), &*name, AtFlags::SYMLINK_NOFOLLOW);
+    let st = match st_listed {
+        Ok(st) => st,
+        Err(Errno::NOENT) => return Ok(Outcome::Vanished),
+        Err(e) => return Err(e.into()),
+    };
+    if (st.st_ino as u64, st.st_dev as u64) != (listed.0, listed.1) {
+        return Ok(Outcome::Changed);
+    }
+    let unchanged = |s: &Stat| system_time(s.st_mtime, s.st_mtime_nsec as i64) == listed.2;
+    Ok(delete_file(dir.as_fd(), &name, &st, unchanged))
+}
+
+/// After an eviction, removes the file's parent directories that are now empty, deepest
+/// first, stopping at the first that is not (never the root). Returns how many.
+fn remove_empty_parents(root_fd: &Arc<OwnedFd>, rel: &Path) -> u64 {
+    let Ok(chain) = open_parents(root_fd, rel) else {
+        return 0;
+    };
+    let mut removed = 0;
+    // chain[i] = (dir_i, name of dir_{i+1} in dir_i); the last element is the file's dir.
+    for (dir, child) in chain.iter().rev().skip(1) {
+        if rustix::fs::unlinkat(dir.as_fd(), &**child, AtFlags::REMOVEDIR).is_err() {
+            break;
+        }
+        removed += 1;
+    }
+    removed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cutoff_never_underflows() {
+        let now = UNIX_EPOCH + Duration::from_secs(100);
+        assert_eq!(
+            age_cutoff(now, Duration::from_secs(40)),
+            UNIX_EPOCH + Duration::from_secs(60)
+        );
+        // Before 1970 is a valid cutoff; an absurd age must not panic either.
+        assert_eq!(
+            age_cutoff(now, Duration::from_secs(1000)),
+            UNIX_EPOCH - Duration::from_secs(900)
+        );
+        let _ = age_cutoff(now, Duration::MAX);
+    }
+
+    #[test]
+    fn candidates_order_oldest_first_then_by_path() {
+        let c = |s: u64, p: &str| Candidate {
+            mtime: UNIX_EPOCH + Duration::from_secs(s),
+            path: p.into(),
+            size: 0,
+            ino: 0,
+            dev: 0,
+        };
+        let mut v = [c(5, "a"), c(1, "z"), c(1, "b")];
+        v.sort();
+        let order: Vec<_> = v.iter().map(|c| c.path.to_str().unwrap()).collect();
+        assert_eq!(order, ["b", "z", "a"]);
+    }
+}

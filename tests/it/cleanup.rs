@@ -1,0 +1,412 @@
+//! `ops::cleanup` against real directory trees.
+
+use std::fs;
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use stowage::ops::cleanup::{cleanup, CleanupOptions, CleanupSummary};
+use stowage::report::NoopReporter;
+use stowage::size::SizeSpec;
+
+use crate::local_tree::{file, set_age, without_permission_bypass, Notes, TmpfsMount, DAY};
+
+fn opts(root: &Path) -> CleanupOptions {
+    CleanupOptions::new(root, 7 * DAY)
+}
+
+fn run(o: &CleanupOptions) -> CleanupSummary {
+    cleanup(o, &NoopReporter).unwrap()
+}
+
+#[test]
+fn deletes_old_files_keeps_new_ones_and_stowage_files_and_prunes_emptied_dirs() {
+    let t = tempfile::tempdir().unwrap();
+    let r = t.path();
+    file(r, "clips/1/old.mp4", 1000, 10 * DAY);
+    file(r, "clips/1/old.jpg", 24, 8 * DAY);
+    file(r, "clips/2/old.mp4", 500, 30 * DAY);
+    file(r, "clips/2/new.mp4", 700, Duration::from_secs(3600));
+    file(r, "top-old", 1, 9 * DAY);
+    // A write in progress and the lock file: never touched, however old.
+    file(r, "clips/2/.stowage-tmp.00c0ffee", 5, 40 * DAY);
+    file(r, ".stowage.lock", 0, 40 * DAY);
+    fs::create_dir(r.join("fresh-empty")).unwrap(); // the service may be about to write here
+    fs::create_dir(r.join("stale-empty")).unwrap();
+    filetime_dir(&r.join("stale-empty"), 20 * DAY);
+
+    let s = run(&opts(r));
+    assert_eq!(
+        (s.deleted, s.deleted_for_age, s.bytes_freed),
+        (4, 4, 1525),
+        "{s:#?}"
+    );
+    assert!(s.errors.is_empty(), "{:?}", s.errors);
+    assert!(!s.locked && !s.dry_run);
+    for gone in [
+        "clips/1/old.mp4",
+        "clips/1/old.jpg",
+        "clips/1",
+        "clips/2/old.mp4",
+        "top-old",
+        "stale-empty",
+    ] {
+        assert!(!r.join(gone).exists(), "{gone} should be gone");
+    }
+    for kept in [
+        "clips/2/new.mp4",
+        "clips/2/.stowage-tmp.00c0ffee",
+        ".stowage.lock",
+        "fresh-empty",
+    ] {
+        assert!(r.join(kept).exists(), "{kept} should be kept");
+    }
+    assert_eq!(s.dirs_removed, 2, "clips/1 and stale-empty");
+    assert!(r.is_dir(), "the root itself is never removed");
+
+    // Nothing old is left: a second run deletes nothing.
+    let again = run(&opts(r));
+    assert_eq!((again.deleted, again.dirs_removed), (0, 0));
+}
+
+#[test]
+fn root_emptied_entirely_is_kept() {
+    let t = tempfile::tempdir().unwrap();
+    file(t.path(), "a/b/c", 1, 10 * DAY);
+    let s = run(&opts(t.path()));
+    assert_eq!((s.deleted, s.dirs_removed), (1, 2));
+    assert!(t.path().is_dir());
+}
+
+#[test]
+fn symlinks_are_not_followed_and_their_targets_survive() {
+    let outside = tempfile::tempdir().unwrap();
+    let target = file(outside.path(), "precious.mp4", 10, 100 * DAY);
+    file(outside.path(), "dir/also-precious", 10, 100 * DAY);
+    let t = tempfile::tempdir().unwrap();
+    let r = t.path();
+    file(r, "clips/old", 3, 10 * DAY);
+    symlink(&target, r.join("clips/link-to-file")).unwrap();
+    symlink(outside.path().join("dir"), r.join("link-to-dir")).unwrap();
+
+    let s = run(&opts(r));
+    assert_eq!(s.deleted, 1);
+    assert_eq!(s.symlinks_skipped, 2);
+    assert!(target.exists() && outside.path().join("dir/also-precious").exists());
+    // Documented behaviour: links themselves are left in place (only regular files go),
+    // so their directory is not empty and stays.
+    assert!(r
+        .join("clips/link-to-file")
+        .symlink_metadata()
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert!(r
+        .join("link-to-dir")
+        .symlink_metadata()
+        .unwrap()
+        .file_type()
+        .is_symlink());
+}
+
+/// The walker has listed `sub/` (and holds it open); before the first delete in it, `sub`
+/// is moved away and replaced by a symlink to a directory outside the root holding files
+/// of the same names. The hook in the options runs at exactly that moment, so the race is
+/// deterministic.
+#[test]
+fn directory_swapped_for_a_symlink_during_the_run_does_not_redirect_deletes() {
+    let outside = tempfile::tempdir().unwrap();
+    let decoy_a = file(outside.path(), "a.mp4", 10, 100 * DAY);
+    let decoy_b = file(outside.path(), "b.mp4", 10, 100 * DAY);
+    let t = tempfile::tempdir().unwrap();
+    let r = t.path().to_owned();
+    file(&r, "sub/a.mp4", 10, 10 * DAY);
+    file(&r, "sub/b.mp4", 10, 10 * DAY);
+
+    let swapped = Arc::new(AtomicBool::new(false));
+    let mut o = opts(&r);
+    let (root, out, flag) = (r.clone(), outside.path().to_owned(), Arc::clone(&swapped));
+    o.before_delete = Some(Arc::new(move |rel: &Path| {
+        if rel.starts_with("sub") && !flag.swap(true, Ordering::SeqCst) {
+            fs::rename(root.join("sub"), root.join("sub.moved")).unwrap();
+            symlink(&out, root.join("sub")).unwrap();
+        }
+    }));
+    let s = run(&o);
+    assert!(swapped.load(Ordering::SeqCst), "the hook ran");
+    assert!(
+        decoy_a.exists() && decoy_b.exists(),
+        "nothing outside the root was deleted"
+    );
+    assert!(
+        r.join("sub")
+            .symlink_metadata()
+            .unwrap()
+            .file_type()
+            .is_symlink(),
+        "the link is left alone"
+    );
+    // The deletes went to the directory that was listed, through its open handle: the
+    // listed files (now under sub.moved) are the ones deleted. The emptied directory is
+    // not removed: under the name it was listed by there is now a symlink, left alone.
+    assert_eq!(s.deleted, 2, "{s:#?}");
+    assert!(!r.join("sub.moved/a.mp4").exists() && !r.join("sub.moved/b.mp4").exists());
+    assert!(r.join("sub.moved").is_dir());
+    assert!(s.errors.is_empty(), "{:?}", s.errors);
+}
+
+#[test]
+fn directory_swapped_for_a_symlink_before_an_eviction_is_not_followed() {
+    let outside = tempfile::tempdir().unwrap();
+    let decoy = file(outside.path(), "oldest.mp4", 100, 100 * DAY);
+    let t = tempfile::tempdir().unwrap();
+    let r = t.path().to_owned();
+    file(&r, "sub/oldest.mp4", 100, 5 * DAY);
+    file(&r, "newer.mp4", 100, DAY);
+
+    let mut o = CleanupOptions::new(&r, 30 * DAY);
+    o.max_used = Some(SizeSpec::Bytes(150));
+    let (root, out) = (r.clone(), outside.path().to_owned());
+    o.before_delete = Some(Arc::new(move |rel: &Path| {
+        if rel == Path::new("sub/oldest.mp4") {
+            fs::rename(root.join("sub"), root.join("sub.moved")).unwrap();
+            symlink(&out, root.join("sub")).unwrap();
+        }
+    }));
+    let s = run(&o);
+    assert!(decoy.exists(), "the file behind the symlink survives");
+    assert!(
+        r.join("sub.moved/oldest.mp4").exists(),
+        "the listed path no longer leads to it"
+    );
+    assert_eq!(s.changed, 1, "{s:#?}");
+    // With the oldest out of reach, eviction goes on to the next oldest.
+    assert!(!r.join("newer.mp4").exists());
+    assert_eq!(s.deleted_for_size, 1);
+}
+
+#[test]
+fn another_filesystem_mounted_inside_the_root_is_not_entered() {
+    let t = tempfile::tempdir().unwrap();
+    let r = t.path();
+    let Some(_mount) = TmpfsMount::new(&r.join("mnt")) else {
+        return;
+    };
+    let inside = file(r, "mnt/old-on-tmpfs", 10, 100 * DAY);
+    file(r, "old-here", 10, 100 * DAY);
+    let s = run(&opts(r));
+    assert!(
+        inside.exists(),
+        "files on the other filesystem are untouched"
+    );
+    assert!(!r.join("old-here").exists());
+    assert_eq!(s.mounts_skipped, [Path::new("mnt")]);
+    assert_eq!(s.deleted, 1);
+    assert!(s.errors.is_empty(), "{:?}", s.errors);
+}
+
+#[test]
+fn a_second_run_while_one_is_going_reports_the_lock_and_deletes_nothing() {
+    let t = tempfile::tempdir().unwrap();
+    let r = t.path().to_owned();
+    for i in 0..5 {
+        file(&r, &format!("clips/{i}.mp4"), 10, 10 * DAY);
+    }
+    let second: Arc<Mutex<Option<(CleanupSummary, usize)>>> = Arc::default();
+    let mut first = opts(&r);
+    let (root, slot) = (r.clone(), Arc::clone(&second));
+    first.before_delete = Some(Arc::new(move |_: &Path| {
+        let mut slot = slot.lock().unwrap();
+        if slot.is_none() {
+            // cron fires again while the first run is in the middle of deleting
+            let root2 = root.clone();
+            let s = std::thread::spawn(move || cleanup(&opts(&root2), &NoopReporter).unwrap())
+                .join()
+                .unwrap();
+            let left = fs::read_dir(root.join("clips")).unwrap().count();
+            *slot = Some((s, left));
+        }
+    }));
+    let s1 = run(&first);
+    let (s2, left_after_second) = second.lock().unwrap().take().expect("second run happened");
+    assert!(s2.locked, "{s2:#?}");
+    assert_eq!((s2.deleted, s2.bytes_freed), (0, 0));
+    assert_eq!(left_after_second, 5, "the second run deleted nothing");
+    assert!(!s1.locked);
+    assert_eq!(s1.deleted, 5);
+    // Lock released when the first run ended: a third run gets it.
+    assert!(!run(&opts(&r)).locked);
+}
+
+#[test]
+fn dry_run_lists_what_it_would_delete_and_deletes_nothing() {
+    let t = tempfile::tempdir().unwrap();
+    let r = t.path();
+    file(r, "a/old1", 100, 10 * DAY);
+    file(r, "a/old2", 50, 20 * DAY);
+    file(r, "b/new", 70, DAY);
+    file(r, "c/older-but-over-size", 30, 6 * DAY);
+    let mut o = opts(r);
+    o.dry_run = true;
+    o.max_used = Some(SizeSpec::Bytes(80));
+    let notes = Notes::default();
+    let s = cleanup(&o, &notes).unwrap();
+    assert!(s.dry_run);
+    // Age: old1 + old2 (150 B). Size: 100 B left > 80, the oldest remaining goes (30 B).
+    assert_eq!(
+        (
+            s.deleted,
+            s.deleted_for_age,
+            s.deleted_for_size,
+            s.bytes_freed
+        ),
+        (3, 2, 1, 180),
+        "{s:#?}"
+    );
+    assert_eq!(s.store_bytes_after, Some(70));
+    for f in ["a/old1", "a/old2", "b/new", "c/older-but-over-size"] {
+        assert!(r.join(f).exists(), "{f} must survive a dry run");
+    }
+    assert!(
+        !r.join(".stowage.lock").exists(),
+        "a dry run creates nothing"
+    );
+    let notes = notes.0.into_inner().unwrap();
+    let would: Vec<_> = notes
+        .iter()
+        .filter(|n| n.starts_with("would delete"))
+        .collect();
+    assert_eq!(would.len(), 3, "{notes:#?}");
+    assert!(would
+        .iter()
+        .any(|n| n.contains(&*r.join("a/old1").to_string_lossy())));
+}
+
+#[test]
+fn unreadable_directory_and_undeletable_file_are_reported_and_the_rest_is_cleaned() {
+    let t = tempfile::tempdir().unwrap();
+    let r = t.path();
+    file(r, "locked/old", 10, 10 * DAY);
+    file(r, "readonly/old", 10, 10 * DAY);
+    file(r, "ok/old", 10, 10 * DAY);
+    file(r, "zz/old", 10, 10 * DAY);
+    fs::set_permissions(r.join("locked"), fs::Permissions::from_mode(0o000)).unwrap();
+    fs::set_permissions(r.join("readonly"), fs::Permissions::from_mode(0o555)).unwrap();
+
+    let s = without_permission_bypass(|| run(&opts(r)));
+
+    fs::set_permissions(r.join("locked"), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::set_permissions(r.join("readonly"), fs::Permissions::from_mode(0o755)).unwrap();
+    assert_eq!(s.deleted, 2, "{s:#?}");
+    assert!(!r.join("ok/old").exists() && !r.join("zz/old").exists());
+    assert!(r.join("locked/old").exists() && r.join("readonly/old").exists());
+    let mut paths: Vec<_> = s
+        .errors
+        .iter()
+        .map(|e| e.path.strip_prefix(r).unwrap().to_owned())
+        .collect();
+    paths.sort();
+    assert_eq!(
+        paths,
+        [Path::new("locked"), Path::new("readonly/old")],
+        "{:#?}",
+        s.errors
+    );
+    for e in &s.errors {
+        assert!(e.reason.contains("ermission denied"), "{}", e.reason);
+        assert!(e.reason.contains("owner"), "says what to do: {}", e.reason);
+    }
+}
+
+#[test]
+fn a_file_that_vanishes_before_its_delete_is_counted_not_an_error() {
+    let t = tempfile::tempdir().unwrap();
+    let r = t.path().to_owned();
+    file(&r, "x/old", 10, 10 * DAY);
+    let mut o = opts(&r);
+    let root = r.clone();
+    o.before_delete = Some(Arc::new(move |rel: &Path| {
+        fs::remove_file(root.join(rel)).unwrap()
+    }));
+    let s = run(&o);
+    assert_eq!((s.deleted, s.vanished), (0, 1));
+    assert!(s.errors.is_empty());
+}
+
+#[test]
+fn a_file_modified_after_listing_is_kept() {
+    let t = tempfile::tempdir().unwrap();
+    let r = t.path().to_owned();
+    file(&r, "x/old", 10, 10 * DAY);
+    let mut o = opts(&r);
+    let root = r.clone();
+    o.before_delete = Some(Arc::new(move |rel: &Path| {
+        set_age(&root.join(rel), Duration::ZERO)
+    }));
+    let s = run(&o);
+    assert_eq!((s.deleted, s.changed), (0, 1));
+    assert!(r.join("x/old").exists());
+}
+
+#[test]
+fn max_used_evicts_the_oldest_first_until_the_store_fits() {
+    let t = tempfile::tempdir().unwrap();
+    let r = t.path();
+    file(r, "p/a", 100, 5 * DAY);
+    file(r, "q/b", 100, 4 * DAY);
+    file(r, "p/c", 100, 3 * DAY);
+    file(r, "q/d", 100, DAY);
+    file(r, "e", 100, 2 * DAY);
+    let mut o = CleanupOptions::new(r, 30 * DAY);
+    o.max_used = Some(SizeSpec::Bytes(250));
+    let s = run(&o);
+    // 500 B > 250 B: evict a (5d), b (4d), c (3d) -> 200 B left.
+    assert_eq!(
+        (
+            s.deleted,
+            s.deleted_for_age,
+            s.deleted_for_size,
+            s.bytes_freed
+        ),
+        (3, 0, 3, 300),
+        "{s:#?}"
+    );
+    assert_eq!(s.store_bytes_after, Some(200));
+    assert_eq!(s.max_used_bytes, Some(250));
+    assert!(!r.join("p/a").exists() && !r.join("q/b").exists() && !r.join("p/c").exists());
+    assert!(r.join("q/d").exists() && r.join("e").exists());
+    assert!(
+        !r.join("p").exists(),
+        "p/ was emptied by eviction and removed"
+    );
+}
+
+#[test]
+fn max_used_already_met_deletes_nothing() {
+    let t = tempfile::tempdir().unwrap();
+    file(t.path(), "a", 100, 5 * DAY);
+    let mut o = CleanupOptions::new(t.path(), 30 * DAY);
+    o.max_used = Some(SizeSpec::Bytes(100));
+    let s = run(&o);
+    assert_eq!((s.deleted, s.store_bytes_after), (0, Some(100)));
+}
+
+#[test]
+fn zero_max_age_and_missing_root_are_errors_that_say_what_to_do() {
+    let t = tempfile::tempdir().unwrap();
+    let e = cleanup(
+        &CleanupOptions::new(t.path(), Duration::ZERO),
+        &NoopReporter,
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("more than zero"), "{e}");
+    let e = cleanup(&opts(&t.path().join("nope")), &NoopReporter).unwrap_err();
+    assert!(e.to_string().contains("nope"), "{e}");
+}
+
+fn filetime_dir(p: &Path, age: Duration) {
+    let d = fs::File::open(p).unwrap();
+    d.set_modified(std::time::SystemTime::now() - age).unwrap();
+}
