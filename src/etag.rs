@@ -395,7 +395,10 @@ pub fn check_reader_hinted<R: Read>(
                 h.update(&buf[..n]);
             }
             if seen != size {
-                return Ok(Verdict::Mismatch { expected: format!("{size} bytes"), actual: format!("{seen} bytes") });
+                return Ok(Verdict::Mismatch {
+                    expected: format!("{size} bytes"),
+                    actual: format!("{seen} bytes"),
+                });
             }
             let (d, n) = h.finish();
             Ok(if d == digest && n == parts {

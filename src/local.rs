@@ -152,7 +152,9 @@ pub fn read_part_size(file: &File) -> Option<u64> {
 fn read_xattr(file: &File, name: &str) -> Option<String> {
     let mut buf = [0u8; 256];
     let n = rfs::fgetxattr(file, name, &mut buf).ok()?;
-    String::from_utf8(buf[..n].to_vec()).ok().filter(|s| !s.is_empty())
+    String::from_utf8(buf[..n].to_vec())
+        .ok()
+        .filter(|s| !s.is_empty())
 }
 
 /// A file being written under a temporary name next to its final name.
@@ -244,7 +246,12 @@ impl AtomicFile {
     }
 
     fn set_xattr(&mut self, name: &str, value: &str) -> io::Result<()> {
-        match rfs::fsetxattr(self.file(), name, value.as_bytes(), rfs::XattrFlags::empty()) {
+        match rfs::fsetxattr(
+            self.file(),
+            name,
+            value.as_bytes(),
+            rfs::XattrFlags::empty(),
+        ) {
             Ok(()) | Err(Errno::NOTSUP) | Err(Errno::PERM) => Ok(()),
             Err(e) => Err(e.into()),
         }

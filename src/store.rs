@@ -768,15 +768,25 @@ fn local_open(root: &Path, key: &Key) -> Result<(std::fs::File, Meta)> {
 pub(crate) fn local_meta(key: Key, md: &std::fs::Metadata, content_type: Option<String>) -> Meta {
     use std::os::unix::fs::MetadataExt;
     let mtime = md.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+    meta_from_stat(key, md.len(), mtime, md.ino(), content_type)
+}
+
+fn meta_from_stat(
+    key: Key,
+    size: u64,
+    mtime: SystemTime,
+    ino: u64,
+    content_type: Option<String>,
+) -> Meta {
     let nanos = mtime
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or(0);
     Meta {
         key,
-        size: md.len(),
+        size,
         last_modified: DateTime::<Utc>::from(mtime),
-        etag: Some(format!("\"{:x}-{:x}-{:x}\"", md.ino(), nanos, md.len())),
+        etag: Some(format!("\"{ino:x}-{nanos:x}-{size:x}\"")),
         content_type,
     }
 }
@@ -803,35 +813,29 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
 fn local_list(root: PathBuf, prefix: String) -> BoxStream<'static, Result<Meta>> {
     let (tx, rx) = tokio::sync::mpsc::channel(256);
     tokio::task::spawn_blocking(move || {
-        // Interim walker (replaced by crate::walk): depth-first, no symlinks followed.
-        let mut stack = vec![PathBuf::new()];
-        while let Some(rel_dir) = stack.pop() {
-            let Ok(rd) = std::fs::read_dir(root.join(&rel_dir)) else {
-                continue;
+        let walker = match crate::walk::Walker::new(&root, crate::walk::WalkOptions::default()) {
+            Ok(w) => w,
+            Err(e) => {
+                let _ = tx.blocking_send(Err(e));
+                return;
+            }
+        };
+        // The whole tree is walked and filtered by the key prefix: starting below the
+        // root would mean resolving the prefix's directories by path.
+        for entry in walker {
+            let msg = match entry {
+                Ok(e) if e.kind() == crate::walk::EntryKind::File => {
+                    if !e.path().to_string_lossy().starts_with(prefix.as_str()) {
+                        continue;
+                    }
+                    Key::from_relative_path(e.path())
+                        .map(|key| meta_from_stat(key, e.size(), e.mtime(), e.ino(), None))
+                }
+                Ok(_) => continue,
+                Err(e) => Err(Error::from(e)),
             };
-            for de in rd.flatten() {
-                let name = de.file_name();
-                if local::is_stowage_name(&name) {
-                    continue;
-                }
-                let rel = rel_dir.join(&name);
-                let Ok(ft) = de.file_type() else { continue };
-                if ft.is_dir() {
-                    stack.push(rel);
-                    continue;
-                }
-                if !ft.is_file() || !rel.to_string_lossy().starts_with(prefix.as_str()) {
-                    continue;
-                }
-                let msg = Key::from_relative_path(&rel).and_then(|key| {
-                    let md = de
-                        .metadata()
-                        .map_err(|e| Error::io("stat", root.join(&rel), e))?;
-                    Ok(local_meta(key, &md, None))
-                });
-                if tx.blocking_send(msg).is_err() {
-                    return;
-                }
+            if tx.blocking_send(msg).is_err() {
+                return;
             }
         }
     });

@@ -33,9 +33,10 @@ use crate::report::Reporter;
 use crate::s3::list::ListedObject;
 use crate::size::{human_bytes, SizeSpec};
 use crate::store::{BlobStore, ObjectBackend};
+use crate::walk::{EntryKind, WalkOptions, Walker};
 
-pub use crate::ops::KeyReason;
 use crate::ops::source_listing;
+pub use crate::ops::KeyReason;
 
 /// To-copy records kept from the planning pass; a bigger plan is listed again instead.
 pub const PLAN_BUFFER_LIMIT: usize = 20_000;
@@ -148,6 +149,8 @@ enum Outcome {
     Failed(String),
     Rejected(String),
     Fatal(Error),
+    /// Stopped by an interruption or a fatal error elsewhere; nothing left behind.
+    Cancelled,
 }
 
 /// Copies every object of the S3 (or memory) store `src` under `opts.prefix` into the
@@ -297,11 +300,16 @@ pub async fn s3_to_local(
             .boxed()
         }
     };
+    let stop = opts.cancel.child_token();
     let ctx = Arc::new(CopyCtx {
         backend_store: src.clone(),
         root: dest.to_path_buf(),
+        stop: stop.clone(),
     });
+    // No new copies once stopped; the loop below drains the ones in flight, so the
+    // summary counts exactly the files that were put in place.
     let mut running = work
+        .take_until(Box::pin(stop.clone().cancelled_owned()))
         .map(|p| {
             let ctx = Arc::clone(&ctx);
             async move {
@@ -315,17 +323,9 @@ pub async fn s3_to_local(
             }
         })
         .buffer_unordered(opts.concurrency.max(1));
-    loop {
-        let next = tokio::select! {
-            biased;
-            _ = opts.cancel.cancelled() => {
-                summary.interrupted = true;
-                break;
-            }
-            n = running.next() => n,
-        };
-        let Some((key, outcome)) = next else { break };
+    while let Some((key, outcome)) = running.next().await {
         match outcome {
+            Outcome::Cancelled => {}
             Outcome::Copied { bytes, unverified } => {
                 summary.copied += 1;
                 summary.bytes_copied += bytes;
@@ -356,23 +356,16 @@ pub async fn s3_to_local(
                 reporter.item_done(&key, false);
             }
             Outcome::Fatal(e) => {
-                if matches!(
-                    e,
-                    Error::NoSpace { .. }
-                        | Error::Io { .. }
-                        | Error::AccessDenied { .. }
-                        | Error::NoSuchBucket { .. }
-                ) || !key.is_empty()
-                {
+                // Disk full, access revoked, listing lost: stop, drain, report.
+                if summary.aborted.is_none() {
                     summary.aborted = Some(e.to_string());
-                    break;
                 }
-                return Err(e);
+                stop.cancel();
             }
         }
     }
-    // Dropping the in-flight copies drops their AtomicFiles, which removes the temp files.
     drop(running);
+    summary.interrupted = opts.cancel.is_cancelled();
     summary.elapsed_s = started.elapsed().as_secs_f64();
     Ok(summary)
 }
@@ -380,6 +373,9 @@ pub async fn s3_to_local(
 struct CopyCtx {
     backend_store: BlobStore,
     root: PathBuf,
+    /// Cancelled on interruption or a fatal error: copies in flight stop at their next
+    /// chunk and remove their temp file; copies already committing finish and are counted.
+    stop: CancellationToken,
 }
 
 /// Finds keys that need a directory where an earlier key is a file (`x` then `x/y`).
@@ -544,7 +540,7 @@ async fn preflight(dest: &Path, needs: Needs, opts: &MigrateOptions) -> Result<(
         let root = dest.to_path_buf();
         let used = tokio::task::spawn_blocking(move || store_bytes(&root))
             .await
-            .expect("walk does not panic");
+            .expect("walk does not panic")?;
         if used + needs.bytes > limit {
             return Err(Error::NoSpace {
                 path: dest.to_path_buf(),
@@ -562,23 +558,18 @@ async fn preflight(dest: &Path, needs: Needs, opts: &MigrateOptions) -> Result<(
     Ok(())
 }
 
-/// Apparent bytes of the regular files under `root` (no symlinks followed).
-fn store_bytes(root: &Path) -> u64 {
+/// Apparent bytes of the regular files under `root` (no symlinks followed, no other
+/// filesystems entered), as `disk` counts the store.
+fn store_bytes(root: &Path) -> Result<u64> {
     let mut total = 0;
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for de in rd.flatten() {
-            match de.file_type() {
-                Ok(t) if t.is_dir() => stack.push(de.path()),
-                Ok(t) if t.is_file() => total += de.metadata().map(|m| m.len()).unwrap_or(0),
-                _ => {}
-            }
+    for entry in Walker::new(root, WalkOptions::default())? {
+        match entry {
+            Ok(e) if e.kind() == EntryKind::File => total += e.size(),
+            Ok(_) => {}
+            Err(e) => return Err(e.into()),
         }
     }
-    total
+    Ok(total)
 }
 
 /// Removes `.stowage-tmp.*` files left by a killed run. Returns how many.
@@ -586,24 +577,14 @@ async fn remove_leftover_temp_files(root: &Path) -> Result<u64> {
     let root = root.to_path_buf();
     tokio::task::spawn_blocking(move || {
         let mut removed = 0;
-        let mut stack = vec![root];
-        while let Some(dir) = stack.pop() {
-            let Ok(rd) = std::fs::read_dir(&dir) else {
-                continue;
-            };
-            for de in rd.flatten() {
-                let name = de.file_name();
-                match de.file_type() {
-                    Ok(t) if t.is_dir() => stack.push(de.path()),
-                    Ok(t)
-                        if t.is_file()
-                            && local::is_temp_name(&name)
-                            && std::fs::remove_file(de.path()).is_ok() =>
-                    {
-                        removed += 1;
-                    }
-                    _ => {}
-                }
+        for entry in Walker::new(&root, WalkOptions::default().include_reserved(true))? {
+            let Ok(e) = entry else { continue };
+            if e.kind() == EntryKind::File
+                && local::is_temp_name(e.file_name())
+                && rustix::fs::unlinkat(e.parent_fd(), e.file_name(), rustix::fs::AtFlags::empty())
+                    .is_ok()
+            {
+                removed += 1;
             }
         }
         Ok(removed)
@@ -641,6 +622,9 @@ async fn copy_one(ctx: &CopyCtx, p: Planned, reporter: &dyn Reporter) -> Outcome
     let mut content_type: Option<String> = None;
     let mut buf: Vec<u8> = Vec::with_capacity(WRITE_BUFFER.min(size as usize + 1));
     loop {
+        if ctx.stop.is_cancelled() {
+            return Outcome::Cancelled;
+        }
         if attempt > 0 {
             if attempt >= MAX_ATTEMPTS {
                 return Outcome::Failed(format!(
@@ -675,7 +659,15 @@ async fn copy_one(ctx: &CopyCtx, p: Planned, reporter: &dyn Reporter) -> Outcome
                 Err(OpenError::Permanent(r)) => return Outcome::Failed(r),
             };
             let mut broken = None;
-            while let Some(chunk) = body.next().await {
+            loop {
+                let chunk = tokio::select! {
+                    biased;
+                    _ = ctx.stop.cancelled() => return Outcome::Cancelled,
+                    c = body.next() => match c {
+                        Some(c) => c,
+                        None => break,
+                    },
+                };
                 match chunk {
                     Ok(c) => {
                         reporter.bytes_done(c.len() as u64);
@@ -915,19 +907,25 @@ pub async fn local_to_s3(
         None,
     );
     let existing = Arc::new(existing);
+    // Uploads are atomic on S3: once stopped, no new ones start and those in flight
+    // finish, so the summary counts exactly what is in the bucket.
     let mut running = files
+        .take_until(Box::pin(opts.cancel.clone().cancelled_owned()))
         .map(|f| {
             let existing = Arc::clone(&existing);
-            async move { upload_one(dst, f, &existing, opts.dry_run, reporter).await }
+            async move {
+                match f {
+                    Ok(f) => upload_one(dst, f, &existing, opts.dry_run, reporter).await,
+                    // An unreadable directory is one failure, not the end of the run.
+                    Err(e) => (
+                        String::new(),
+                        UploadOutcome::Done(Outcome::Failed(e.to_string())),
+                    ),
+                }
+            }
         })
         .buffer_unordered(opts.concurrency.max(1));
-    loop {
-        let next = tokio::select! {
-            biased;
-            _ = opts.cancel.cancelled() => { summary.interrupted = true; break; }
-            n = running.next() => n,
-        };
-        let Some((key, outcome)) = next else { break };
+    while let Some((key, outcome)) = running.next().await {
         summary.listed += 1;
         match outcome {
             UploadOutcome::Skipped => summary.skipped += 1,
@@ -964,9 +962,11 @@ pub async fn local_to_s3(
                 summary.aborted = Some(e.to_string());
                 break;
             }
+            UploadOutcome::Done(Outcome::Cancelled) => {}
         }
     }
     drop(running);
+    summary.interrupted = opts.cancel.is_cancelled();
     summary.elapsed_s = started.elapsed().as_secs_f64();
     Ok(summary)
 }
@@ -1081,70 +1081,48 @@ async fn upload_one(
     (name, UploadOutcome::Done(outcome))
 }
 
-/// Streams the regular files under `root` whose key starts with `prefix`.
-fn local_files(root: PathBuf, prefix: String) -> BoxStream<'static, LocalFile> {
+/// Streams the regular files under `root` whose key starts with `prefix` (symlinks and
+/// stowage's own files are never uploaded). A directory that cannot be read is an error
+/// item, and the walk goes on.
+fn local_files(root: PathBuf, prefix: String) -> BoxStream<'static, Result<LocalFile>> {
     let (tx, mut rx) = tokio::sync::mpsc::channel(256);
     tokio::task::spawn_blocking(move || {
-        let mut stack = vec![PathBuf::new()];
-        while let Some(rel_dir) = stack.pop() {
-            let Ok(rd) = std::fs::read_dir(root.join(&rel_dir)) else {
-                continue;
+        let walker = match Walker::new(&root, WalkOptions::default()) {
+            Ok(w) => w,
+            Err(e) => {
+                let _ = tx.blocking_send(Err(e));
+                return;
+            }
+        };
+        for entry in walker {
+            let e = match entry {
+                Ok(e) if e.kind() == EntryKind::File => e,
+                Ok(_) => continue,
+                Err(err) => {
+                    if tx.blocking_send(Err(err.into())).is_err() {
+                        return;
+                    }
+                    continue;
+                }
             };
-            for de in rd.flatten() {
-                let name = de.file_name();
-                if local::is_stowage_name(&name) {
-                    continue;
-                }
-                let rel = rel_dir.join(&name);
-                let Ok(ft) = de.file_type() else { continue };
-                if ft.is_dir() {
-                    stack.push(rel);
-                    continue;
-                }
-                if !ft.is_file() {
-                    continue;
-                }
-                let rel_s = rel.to_string_lossy().into_owned();
-                if !rel_s.starts_with(prefix.as_str()) {
-                    continue;
-                }
-                let key = Key::from_relative_path(&rel).map_err(|e| match e {
-                    Error::InvalidKey { reason, .. } => reason.to_string(),
-                    e => e.to_string(),
-                });
-                let size = de.metadata().map(|m| m.len()).unwrap_or(0);
-                if tx
-                    .blocking_send(LocalFile {
-                        rel: rel_s,
-                        key,
-                        path: root.join(&rel),
-                        size,
-                    })
-                    .is_err()
-                {
-                    return;
-                }
+            let rel_s = e.path().to_string_lossy().into_owned();
+            if !rel_s.starts_with(prefix.as_str()) {
+                continue;
+            }
+            let key = Key::from_relative_path(e.path()).map_err(|err| match err {
+                Error::InvalidKey { reason, .. } => reason.to_string(),
+                err => err.to_string(),
+            });
+            let file = LocalFile {
+                rel: rel_s,
+                key,
+                path: root.join(e.path()),
+                size: e.size(),
+            };
+            if tx.blocking_send(Ok(file)).is_err() {
+                return;
             }
         }
     });
     stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn clash_guard_rejects_keys_under_an_earlier_file_key() {
-        let mut g = ClashGuard::default();
-        let keys = [
-            "a", "a-1", "a.txt", "a/b", "a/c/d", "b", "b/", "c", "c0", "c0/x", "d/e", "d/e/f",
-        ];
-        let got: Vec<bool> = keys.iter().map(|k| g.clashes(k)).collect();
-        assert_eq!(
-            got,
-            [false, false, false, true, true, false, true, false, false, true, false, true]
-        );
-        assert!(g.open.len() <= 3, "memory stays bounded: {:?}", g.open);
-    }
 }

@@ -29,7 +29,9 @@ pub(crate) fn source_listing<'a>(
     prefix: &str,
 ) -> BoxStream<'a, Result<ListedObject>> {
     match &backend.s3 {
-        Some(s3) => s3.lister.list(&format!("{}{}", backend.prefix, prefix), &backend.prefix),
+        Some(s3) => s3
+            .lister
+            .list(&format!("{}{}", backend.prefix, prefix), &backend.prefix),
         None => src
             .list(prefix)
             .map(|r| {

@@ -40,7 +40,9 @@ impl Default for VerifyOptions {
     fn default() -> Self {
         VerifyOptions {
             prefix: String::new(),
-            hash_concurrency: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+            hash_concurrency: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2),
             cancel: CancellationToken::new(),
         }
     }
@@ -102,7 +104,12 @@ enum Finding {
 
 enum Check {
     Done(Finding),
-    Hash { key: Key, root: PathBuf, size: u64, etag: Option<String> },
+    Hash {
+        key: Key,
+        root: PathBuf,
+        size: u64,
+        etag: Option<String>,
+    },
 }
 
 /// Compares the objects of `src` under `opts.prefix` with the files under `dest`.
@@ -113,13 +120,19 @@ pub async fn s3_to_local(
     reporter: &dyn Reporter,
 ) -> Result<VerifySummary> {
     let started = Instant::now();
-    let backend = src
-        .object_backend()
-        .ok_or_else(|| Error::config("source", "verify needs an S3 (or memory) store as its source"))?;
+    let backend = src.object_backend().ok_or_else(|| {
+        Error::config(
+            "source",
+            "verify needs an S3 (or memory) store as its source",
+        )
+    })?;
     if !dest.is_dir() {
         return Err(Error::config(
             "--dest",
-            format!("{} is not a directory; point --dest (or LOCAL_STORAGE_PATH) at the migrated store", dest.display()),
+            format!(
+                "{} is not a directory; point --dest (or LOCAL_STORAGE_PATH) at the migrated store",
+                dest.display()
+            ),
         ));
     }
     let mut summary = VerifySummary {
@@ -133,23 +146,27 @@ pub async fn s3_to_local(
     let root = dest.to_path_buf();
     let checks = {
         let listed_keys = Arc::clone(&listed_keys);
-        source_listing(src, backend, &opts.prefix).ready_chunks(1000).then(move |page| {
-            let (root, listed_keys) = (root.clone(), Arc::clone(&listed_keys));
-            async move {
-                let page: Vec<ListedObject> = match page.into_iter().collect::<Result<_>>() {
-                    Ok(p) => p,
-                    Err(e) => return vec![Check::Done(Finding::Fatal(e))],
-                };
-                tokio::task::spawn_blocking(move || {
-                    let mut keys = listed_keys.lock().expect("not poisoned");
-                    page.into_iter().map(|o| classify(&root, o, &mut keys)).collect::<Vec<_>>()
-                })
-                .await
-                .expect("classify does not panic")
-            }
-        })
+        source_listing(src, backend, &opts.prefix)
+            .ready_chunks(1000)
+            .then(move |page| {
+                let (root, listed_keys) = (root.clone(), Arc::clone(&listed_keys));
+                async move {
+                    let page: Vec<ListedObject> = match page.into_iter().collect::<Result<_>>() {
+                        Ok(p) => p,
+                        Err(e) => return vec![Check::Done(Finding::Fatal(e))],
+                    };
+                    tokio::task::spawn_blocking(move || {
+                        let mut keys = listed_keys.lock().expect("not poisoned");
+                        page.into_iter()
+                            .map(|o| classify(&root, o, &mut keys))
+                            .collect::<Vec<_>>()
+                    })
+                    .await
+                    .expect("classify does not panic")
+                }
+            })
     };
-    let results = checks
+    let mut results = checks
         .flat_map(stream::iter)
         .map(|check| {
             let hashing = Arc::clone(&hashing);
@@ -189,8 +206,8 @@ pub async fn s3_to_local(
                 }
             }
         })
-        .buffer_unordered(64);
-    let mut results = std::pin::pin!(results);
+        .buffer_unordered(64)
+        .boxed();
     loop {
         let next = tokio::select! {
             biased;
@@ -205,7 +222,10 @@ pub async fn s3_to_local(
                 summary.identical += 1;
                 summary.bytes_hashed += n;
             }
-            Finding::Missing(key) => summary.missing.push(KeyReason { key, reason: "not on disk".into() }),
+            Finding::Missing(key) => summary.missing.push(KeyReason {
+                key,
+                reason: "not on disk".into(),
+            }),
             Finding::SizeDiffers(kr) => summary.size_differs.push(kr),
             Finding::ContentDiffers(kr, n) => {
                 summary.bytes_hashed += n;
@@ -246,7 +266,10 @@ fn classify(root: &Path, o: ListedObject, keys: &mut HashSet<Box<str>>) -> Check
         if o.size == 0 {
             // A folder marker: nothing to compare.
             return match Key::new(dir) {
-                Err(e) if !dir.is_empty() => Check::Done(Finding::Rejected(KeyReason { key: o.key, reason: e.to_string() })),
+                Err(e) if !dir.is_empty() => Check::Done(Finding::Rejected(KeyReason {
+                    key: o.key,
+                    reason: e.to_string(),
+                })),
                 _ => Check::Done(Finding::Identical(0)),
             };
         }
@@ -267,9 +290,17 @@ fn classify(root: &Path, o: ListedObject, keys: &mut HashSet<Box<str>>) -> Check
             key: o.key,
             reason: format!("{} bytes in the bucket, {size} on disk", o.size),
         })),
-        Ok(Some(_)) => Check::Hash { root: root.to_path_buf(), key, size: o.size, etag: o.etag },
+        Ok(Some(_)) => Check::Hash {
+            root: root.to_path_buf(),
+            key,
+            size: o.size,
+            etag: o.etag,
+        },
         Err(e) => Check::Done(Finding::Unverifiable(
-            KeyReason { key: o.key, reason: format!("cannot stat the local file: {e}") },
+            KeyReason {
+                key: o.key,
+                reason: format!("cannot stat the local file: {e}"),
+            },
             0,
         )),
     }
@@ -282,7 +313,10 @@ fn extra_files(root: &Path, prefix: &str, keys: &HashSet<Box<str>>) -> Result<Ve
         let entry = match entry {
             Ok(e) => e,
             Err(e) => {
-                out.push(KeyReason { key: e.path.display().to_string(), reason: e.to_string() });
+                out.push(KeyReason {
+                    key: e.path.display().to_string(),
+                    reason: e.to_string(),
+                });
                 continue;
             }
         };
@@ -291,9 +325,10 @@ fn extra_files(root: &Path, prefix: &str, keys: &HashSet<Box<str>>) -> Result<Ve
             continue;
         }
         match entry.kind() {
-            EntryKind::File if !keys.contains(rel.as_ref()) => {
-                out.push(KeyReason { key: rel.into_owned(), reason: "on disk, not in the bucket".into() })
-            }
+            EntryKind::File if !keys.contains(rel.as_ref()) => out.push(KeyReason {
+                key: rel.into_owned(),
+                reason: "on disk, not in the bucket".into(),
+            }),
             EntryKind::Symlink => out.push(KeyReason {
                 key: rel.into_owned(),
                 reason: "a symbolic link in the store (never created by migrate)".into(),

@@ -745,4 +745,9 @@ async fn a_disk_filling_up_mid_run_stops_cleanly() {
         assert_eq!(Some(v), want.get(k), "{k} is complete");
     }
     assert!((now.len() as u64) < 40);
+    assert_eq!(
+        now.len() as u64,
+        j["copied"].as_u64().unwrap(),
+        "the summary counts exactly what is in place"
+    );
 }

@@ -361,8 +361,14 @@ async fn test_server_env_and_put_raw_reach_the_same_bucket() {
     // The variables a child process gets, read the way stowage reads them.
     let mut vars: std::collections::HashMap<String, String> = s3.env().into_iter().collect();
     vars.insert("STORAGE_TYPE".into(), "s3".into());
-    let store = stowage::StoreConfig::from_env_map(&vars).unwrap().open().unwrap();
-    let got = store.get(&stowage::Key::new("raw key+plus").unwrap()).await.unwrap();
+    let store = stowage::StoreConfig::from_env_map(&vars)
+        .unwrap()
+        .open()
+        .unwrap();
+    let got = store
+        .get(&stowage::Key::new("raw key+plus").unwrap())
+        .await
+        .unwrap();
     assert_eq!(got.as_ref(), b"raw");
     assert_eq!(
         (s3.access_key(), s3.region()),

@@ -36,4 +36,6 @@ pub(crate) enum Command {
     /// Prove a local copy matches its bucket (sizes and ETags), downloading nothing.
     #[command(subcommand)]
     Verify(commands::verify::VerifyCommand),
+    Cleanup(commands::cleanup::CleanupArgs),
+    Disk(commands::disk::DiskArgs),
 }

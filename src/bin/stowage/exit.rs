@@ -23,6 +23,16 @@ impl Exit {
         }
     }
 
+    /// The exit for a status 0/1/2 computed by a command (anything else is an error).
+    pub(crate) fn from_status(status: u8) -> Exit {
+        match status {
+            0 => Exit::Success,
+            1 => Exit::Problems,
+            130 => Exit::Interrupted,
+            _ => Exit::Error,
+        }
+    }
+
     /// `Success` when nothing went wrong, `Problems` otherwise.
     pub(crate) fn from_problems(any: bool) -> Exit {
         if any {
@@ -51,5 +61,14 @@ mod tests {
         assert_eq!(Exit::Interrupted.code(), 130);
         assert_eq!(Exit::from_problems(false), Exit::Success);
         assert_eq!(Exit::from_problems(true), Exit::Problems);
+        for e in [
+            Exit::Success,
+            Exit::Problems,
+            Exit::Error,
+            Exit::Interrupted,
+        ] {
+            assert_eq!(Exit::from_status(e.code()), e);
+        }
+        assert_eq!(Exit::from_status(7), Exit::Error);
     }
 }

@@ -28,6 +28,8 @@ fn main() -> std::process::ExitCode {
             cli::Command::Migrate(cmd) => commands::migrate::run(cmd).await,
             cli::Command::Serve(args) => commands::serve::run(args).await,
             cli::Command::Verify(cmd) => commands::verify::run(cmd).await,
+            cli::Command::Cleanup(args) => Exit::from_status(commands::cleanup::run(args)),
+            cli::Command::Disk(args) => Exit::from_status(commands::disk::run(args)),
         }
     });
     exit.into()

@@ -55,7 +55,11 @@ pub(crate) async fn run(cmd: VerifyCommand) -> Exit {
             name: "--dest".into(),
             reason: format!("{}: {e}", a.dest.display()),
         })?;
-        let opts = VerifyOptions { prefix: a.s3.prefix.clone(), cancel, ..Default::default() };
+        let opts = VerifyOptions {
+            prefix: a.s3.prefix.clone(),
+            cancel,
+            ..Default::default()
+        };
         verify::s3_to_local(&src, &dest, &opts, &progress).await
     }
     .await;
@@ -65,7 +69,10 @@ pub(crate) async fn run(cmd: VerifyCommand) -> Exit {
         Err(e) => return crate::fatal(&e),
     };
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&s).expect("summary serializes"));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&s).expect("summary serializes")
+        );
     } else {
         print_human(&s);
     }
@@ -94,7 +101,10 @@ fn print_human(s: &VerifySummary) {
             println!("      {:?}: {}", kr.key, kr.reason);
         }
         if items.len() > 100 {
-            println!("      ... and {} more (--json lists all)", items.len() - 100);
+            println!(
+                "      ... and {} more (--json lists all)",
+                items.len() - 100
+            );
         }
     };
     list("missing locally", &s.missing);
