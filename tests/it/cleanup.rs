@@ -410,3 +410,88 @@ fn filetime_dir(p: &Path, age: Duration) {
     let d = fs::File::open(p).unwrap();
     d.set_modified(std::time::SystemTime::now() - age).unwrap();
 }
+
+/// The binary as cron runs it: JSON summary, exit codes, the lock seen from a second process.
+#[test]
+fn the_cron_command_deletes_reports_and_respects_the_lock() {
+    use crate::support::cli::run as stowage;
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    crate::local_tree::file(
+        root,
+        "clips/old/video.mp4",
+        1000,
+        Duration::from_secs(3 * 86400),
+    );
+    crate::local_tree::file(root, "clips/new/video.mp4", 1000, Duration::from_secs(60));
+    let r = stowage(
+        None,
+        &[
+            "cleanup",
+            "--max-age",
+            "24h",
+            "--root",
+            root.to_str().unwrap(),
+            "--dry-run",
+            "--json",
+        ],
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        root.join("clips/old/video.mp4").exists(),
+        "dry run deletes nothing"
+    );
+
+    // A second process holding the lock: the run says so and exits 0 without deleting.
+    let lock = stowage::local::StoreLock::try_acquire(root)
+        .unwrap()
+        .expect("lock free");
+    let r = stowage(
+        None,
+        &[
+            "cleanup",
+            "--max-age",
+            "24h",
+            "--root",
+            root.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("another run"), "{r:?}");
+    assert!(root.join("clips/old/video.mp4").exists());
+    drop(lock);
+
+    let r = stowage(
+        None,
+        &[
+            "cleanup",
+            "--max-age",
+            "24h",
+            "--root",
+            root.to_str().unwrap(),
+            "--json",
+        ],
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    let j = r.json();
+    assert_eq!(j["deleted"], 1);
+    assert_eq!(j["bytes_freed"], 1000);
+    assert!(j["elapsed_s"].is_number() && j["errors"].as_array().unwrap().is_empty());
+    assert!(
+        !root.join("clips/old").exists(),
+        "emptied directory removed"
+    );
+    assert!(root.join("clips/new/video.mp4").exists());
+
+    let r = stowage(
+        None,
+        &[
+            "cleanup",
+            "--max-age",
+            "soon",
+            "--root",
+            root.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(r.code, 2, "{r:?}");
+}

@@ -326,3 +326,43 @@ fn parse_prometheus(text: &str) -> Samples {
     }
     samples
 }
+
+/// The binary as monitoring runs it: thresholds set the exit code; Prometheus file written.
+#[test]
+fn the_monitoring_command_warns_with_exit_1_and_writes_prometheus() {
+    use crate::support::cli::run as stowage;
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("store");
+    std::fs::create_dir(&root).unwrap();
+    crate::local_tree::file(
+        &root,
+        "clips/a/video.mp4",
+        5000,
+        std::time::Duration::from_secs(60),
+    );
+    let root_s = root.to_str().unwrap();
+    let r = stowage(
+        None,
+        &["disk", "--root", root_s, "--warn-above", "1GB", "--json"],
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.json().is_object());
+    let prom = tmp.path().join("stowage.prom");
+    let r = stowage(
+        None,
+        &[
+            "disk",
+            "--root",
+            root_s,
+            "--warn-above",
+            "4kB",
+            "--prometheus",
+            prom.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(r.code, 1, "{r:?}");
+    let text = std::fs::read_to_string(&prom).unwrap();
+    assert!(text.contains("# TYPE stowage_store_bytes gauge"), "{text}");
+    let r = stowage(None, &["disk", "--root", "/no/such/dir"]);
+    assert_eq!(r.code, 2, "{r:?}");
+}
