@@ -403,11 +403,15 @@ pub struct StoreLock {
 impl StoreLock {
     /// Takes the lock without waiting: `Ok(None)` when another process holds it.
     pub fn try_acquire(root: &Path) -> io::Result<Option<StoreLock>> {
-        let dir = open_root(root)?;
+        StoreLock::try_acquire_at(&open_root(root)?)
+    }
+
+    /// Like [`StoreLock::try_acquire`], for a root already open as `root_dir`.
+    pub fn try_acquire_at(root_dir: &impl AsFd) -> io::Result<Option<StoreLock>> {
         let fd = rfs::openat(
-            &dir,
+            root_dir,
             LOCK_FILE_NAME,
-            OFlags::RDWR | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            OFlags::RDWR | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NOCTTY,
             Mode::from_raw_mode(0o644),
         )?;
         match rfs::flock(&fd, rfs::FlockOperation::NonBlockingLockExclusive) {

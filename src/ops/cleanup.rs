@@ -38,16 +38,17 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use rustix::fs::{AtFlags, FileType, FlockOperation, Mode, OFlags, Stat};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat};
 use rustix::io::Errno;
 
+use crate::local::StoreLock;
 use crate::report::Reporter;
 use crate::size::{human_bytes, SizeSpec};
 use crate::walk::{system_time, EntryKind, WalkOptions, Walker};
 use crate::{Error, Result};
 
 /// Name of the lock file in the store root (starts with [`crate::key::RESERVED_PREFIX`]).
-pub const LOCK_FILE: &str = ".stowage.lock";
+pub const LOCK_FILE: &str = crate::local::LOCK_FILE_NAME;
 
 /// Most eviction candidates held in memory at once by the `max_used` pass.
 pub const MAX_EVICTION_CANDIDATES: usize = 65_536;
@@ -204,7 +205,7 @@ pub fn cleanup(opts: &CleanupOptions, reporter: &dyn Reporter) -> Result<Cleanup
             None => {
                 summary.locked = true;
                 reporter.note(&format!(
-                    "another stowage cleanup holds {}; nothing done",
+                    "another stowage run (cleanup or migrate) holds {}; nothing done",
                     root.join(LOCK_FILE).display()
                 ));
                 summary.elapsed_s = started.elapsed().as_secs_f64();
@@ -233,23 +234,15 @@ pub(crate) fn age_cutoff(now: SystemTime, max_age: Duration) -> SystemTime {
     now.checked_sub(max_age).unwrap_or(UNIX_EPOCH)
 }
 
-/// `Some(lock)` when we hold the lock, `None` when another run does.
-fn take_lock(root_fd: &OwnedFd, root: &Path) -> Result<Option<OwnedFd>> {
-    let path = root.join(LOCK_FILE);
-    let flags = OFlags::CREATE | OFlags::RDWR | OFlags::CLOEXEC | OFlags::NOFOLLOW | OFlags::NOCTTY;
-    let fd =
-        rustix::fs::openat(root_fd, LOCK_FILE, flags, Mode::from_raw_mode(0o644)).map_err(|e| {
-            Error::io(
-                "open lock file (is the store root writable by this user?)",
-                &path,
-                e.into(),
-            )
-        })?;
-    match rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive) {
-        Ok(()) => Ok(Some(fd)),
-        Err(Errno::WOULDBLOCK) => Ok(None),
-        Err(e) => Err(Error::io("lock", &path, e.into())),
-    }
+/// `Some(lock)` when we hold the lock, `None` when another run (cleanup or migrate) does.
+fn take_lock(root_fd: &OwnedFd, root: &Path) -> Result<Option<StoreLock>> {
+    StoreLock::try_acquire_at(root_fd).map_err(|e| {
+        Error::io(
+            "lock (is the store root writable by this user?)",
+            root.join(LOCK_FILE),
+            e,
+        )
+    })
 }
 
 fn age_pass(
