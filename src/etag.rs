@@ -302,6 +302,27 @@ fn no_part_size_matched(tried: usize) -> Verdict {
     }
 }
 
+/// Feeds everything `r` yields to `f` in 256 KiB chunks; returns the byte count.
+fn read_through(mut r: impl Read, mut f: impl FnMut(&[u8])) -> std::io::Result<u64> {
+    let mut buf = vec![0u8; 256 << 10];
+    let mut seen = 0u64;
+    loop {
+        let n = r.read(&mut buf)?;
+        if n == 0 {
+            return Ok(seen);
+        }
+        seen += n as u64;
+        f(&buf[..n]);
+    }
+}
+
+fn size_mismatch(size: u64, seen: u64) -> Verdict {
+    Verdict::Mismatch {
+        expected: format!("{size} bytes"),
+        actual: format!("{seen} bytes"),
+    }
+}
+
 /// Checks content read from `open()` (called once per pass) against `etag`, trying every
 /// candidate part size for a multipart ETag. `open` must yield the same bytes each time.
 pub fn check_reader<R: Read>(
@@ -309,31 +330,16 @@ pub fn check_reader<R: Read>(
     size: u64,
     mut open: impl FnMut() -> std::io::Result<R>,
 ) -> std::io::Result<Verdict> {
-    let parsed = etag.map(ETag::parse);
-    match parsed {
+    match etag.map(ETag::parse) {
         Some(ETag::Multipart { digest, parts }) => {
             let cands = candidate_part_sizes(size, parts);
-            let mut buf = vec![0u8; 256 << 10];
+            // A few part sizes per pass over the file.
             for chunk in cands.chunks(4) {
                 let mut hashers: Vec<PartHasher> =
                     chunk.iter().map(|&p| PartHasher::new(p)).collect();
-                let mut r = open()?;
-                let mut seen = 0u64;
-                loop {
-                    let n = r.read(&mut buf)?;
-                    if n == 0 {
-                        break;
-                    }
-                    seen += n as u64;
-                    for h in &mut hashers {
-                        h.update(&buf[..n]);
-                    }
-                }
+                let seen = read_through(open()?, |b| hashers.iter_mut().for_each(|h| h.update(b)))?;
                 if seen != size {
-                    return Ok(Verdict::Mismatch {
-                        expected: format!("{size} bytes"),
-                        actual: format!("{seen} bytes"),
-                    });
+                    return Ok(size_mismatch(size, seen));
                 }
                 for h in hashers {
                     let p = h.part_size;
@@ -347,15 +353,7 @@ pub fn check_reader<R: Read>(
         }
         _ => {
             let mut h = ContentHasher::new(etag, size);
-            let mut r = open()?;
-            let mut buf = vec![0u8; 256 << 10];
-            loop {
-                let n = r.read(&mut buf)?;
-                if n == 0 {
-                    break;
-                }
-                h.update(&buf[..n]);
-            }
+            read_through(open()?, |b| h.update(b))?;
             Ok(h.finish()
                 .expect("non-multipart verdicts come from the stream"))
         }
@@ -383,22 +381,9 @@ pub fn check_reader_hinted<R: Read>(
     match (etag.map(ETag::parse), part_size) {
         (Some(ETag::Multipart { digest, parts }), Some(p)) if p > 0 => {
             let mut h = PartHasher::new(p);
-            let mut r = open()?;
-            let mut buf = vec![0u8; 256 << 10];
-            let mut seen = 0u64;
-            loop {
-                let n = r.read(&mut buf)?;
-                if n == 0 {
-                    break;
-                }
-                seen += n as u64;
-                h.update(&buf[..n]);
-            }
+            let seen = read_through(open()?, |b| h.update(b))?;
             if seen != size {
-                return Ok(Verdict::Mismatch {
-                    expected: format!("{size} bytes"),
-                    actual: format!("{seen} bytes"),
-                });
+                return Ok(size_mismatch(size, seen));
             }
             let (d, n) = h.finish();
             Ok(if d == digest && n == parts {
@@ -529,6 +514,27 @@ mod tests {
         })
         .unwrap();
         assert!(matches!(v, Verdict::Unverifiable { .. }), "{v:?}");
+    }
+
+    #[test]
+    fn a_recorded_part_size_turns_a_multipart_guess_into_a_verdict() {
+        let d = data(11 * MIB as usize);
+        let etag = multipart_etag(&d, 5 << 20);
+        let ok = check_reader_hinted(Some(&etag), d.len() as u64, Some(5 * MIB), || {
+            Ok(std::io::Cursor::new(&d))
+        });
+        assert_eq!(
+            ok.unwrap(),
+            Verdict::Match {
+                part_size: Some(5 * MIB)
+            }
+        );
+        let mut bad = d.clone();
+        bad[6 << 20] ^= 1;
+        let v = check_reader_hinted(Some(&etag), d.len() as u64, Some(5 * MIB), || {
+            Ok(std::io::Cursor::new(&bad))
+        });
+        assert!(matches!(v.unwrap(), Verdict::Mismatch { .. }));
     }
 
     #[test]

@@ -139,44 +139,27 @@ impl RunArgs {
 
 pub(crate) async fn run(cmd: MigrateCommand) -> Exit {
     let cancel = crate::interrupt::cancel_on_signals();
-    let (run, result) = match &cmd {
-        MigrateCommand::S3ToLocal(a) => {
-            let progress = Progress::new(a.run.quiet);
-            let r = async {
-                let src = a.s3.config()?.open()?;
-                let dest = absolute(&a.dest)?;
-                let r = migrate::s3_to_local(
-                    &src,
-                    &dest,
-                    &a.run.options(&a.s3.prefix, cancel.clone()),
-                    &progress,
-                )
-                .await;
-                progress.finish();
-                r
-            }
-            .await;
-            (&a.run, r)
-        }
-        MigrateCommand::LocalToS3(a) => {
-            let progress = Progress::new(a.run.quiet);
-            let r = async {
-                let dst = a.s3.config()?.open()?;
-                let source = absolute(&a.source)?;
-                let r = migrate::local_to_s3(
-                    &source,
-                    &dst,
-                    &a.run.options(&a.s3.prefix, cancel.clone()),
-                    &progress,
-                )
-                .await;
-                progress.finish();
-                r
-            }
-            .await;
-            (&a.run, r)
-        }
+    let run = match &cmd {
+        MigrateCommand::S3ToLocal(a) => &a.run,
+        MigrateCommand::LocalToS3(a) => &a.run,
     };
+    let progress = Progress::new(run.quiet);
+    let result = async {
+        match &cmd {
+            MigrateCommand::S3ToLocal(a) => {
+                let src = a.s3.config()?.open()?;
+                let opts = a.run.options(&a.s3.prefix, cancel.clone());
+                migrate::s3_to_local(&src, &absolute(&a.dest)?, &opts, &progress).await
+            }
+            MigrateCommand::LocalToS3(a) => {
+                let dst = a.s3.config()?.open()?;
+                let opts = a.run.options(&a.s3.prefix, cancel.clone());
+                migrate::local_to_s3(&absolute(&a.source)?, &dst, &opts, &progress).await
+            }
+        }
+    }
+    .await;
+    progress.finish();
     let summary = match result {
         Ok(s) => s,
         Err(e) => return crate::fatal(&e),
@@ -245,21 +228,14 @@ fn print_human(s: &MigrateSummary) {
     if s.folders > 0 {
         println!("  folders     {:>8} folder markers", s.folders);
     }
-    let list = |title: &str, items: &[migrate::KeyReason]| {
+    for (title, items) in [
+        ("rejected", &s.rejected),
+        ("failed", &s.failed),
+        ("unverified", &s.unverified_reasons),
+    ] {
         println!("  {title:<10}  {:>8}", items.len());
-        for kr in items.iter().take(100) {
-            println!("      {:?}: {}", kr.key, kr.reason);
-        }
-        if items.len() > 100 {
-            println!(
-                "      ... and {} more (--json lists all)",
-                items.len() - 100
-            );
-        }
-    };
-    list("rejected", &s.rejected);
-    list("failed", &s.failed);
-    list("unverified", &s.unverified_reasons);
+        super::print_key_reasons(items);
+    }
     if let Some(a) = &s.aborted {
         println!("  STOPPED: {a}");
     }

@@ -93,18 +93,9 @@ fn print_human(s: &VerifySummary) {
         s.elapsed_s
     );
     let list = |title: &str, items: &[KeyReason]| {
-        if items.is_empty() {
-            return;
-        }
-        println!("  {title}: {}", items.len());
-        for kr in items.iter().take(100) {
-            println!("      {:?}: {}", kr.key, kr.reason);
-        }
-        if items.len() > 100 {
-            println!(
-                "      ... and {} more (--json lists all)",
-                items.len() - 100
-            );
+        if !items.is_empty() {
+            println!("  {title}: {}", items.len());
+            super::print_key_reasons(items);
         }
     };
     list("missing locally", &s.missing);
