@@ -8,7 +8,7 @@ use futures::StreamExt;
 use object_store::path::Path as ObjPath;
 use object_store::{Attribute, Attributes, ObjectStore, ObjectStoreExt, PutOptions};
 
-use crate::support::cli::{digest, run, stowage, tree};
+use crate::support::cli::{digest, run, stowage, tree, xattrs_supported};
 use crate::support::s3::TestS3;
 
 fn body(key: &str, len: usize) -> Vec<u8> {
@@ -259,15 +259,6 @@ async fn content_type_folder_markers_and_dry_run() {
     {
         assert!(dest.join("empty-folder").is_dir());
     }
-}
-
-fn xattrs_supported(dir: &std::path::Path) -> bool {
-    let p = dir.join("xattr-probe");
-    std::fs::write(&p, b"").unwrap();
-    let f = std::fs::File::open(&p).unwrap();
-    let ok = rustix::fs::fsetxattr(&f, "user.probe", b"1", rustix::fs::XattrFlags::empty()).is_ok();
-    std::fs::remove_file(&p).unwrap();
-    ok
 }
 
 #[tokio::test(flavor = "multi_thread")]

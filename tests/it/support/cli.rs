@@ -109,3 +109,13 @@ pub fn digest(data: &[u8]) -> String {
     use md5::Digest;
     hex::encode(md5::Md5::digest(data))
 }
+
+/// Whether files under `dir` can carry user extended attributes.
+pub fn xattrs_supported(dir: &std::path::Path) -> bool {
+    let p = dir.join("xattr-probe");
+    std::fs::write(&p, b"").unwrap();
+    let f = std::fs::File::open(&p).unwrap();
+    let ok = rustix::fs::fsetxattr(&f, "user.probe", b"1", rustix::fs::XattrFlags::empty()).is_ok();
+    std::fs::remove_file(&p).unwrap();
+    ok
+}
