@@ -64,7 +64,8 @@ pub(crate) fn open(cfg: &S3Config) -> Result<BlobStore> {
                 name.clone(),
                 cfg.bucket.clone(),
             )
-            .with_url_encoding(cfg.url_encoded_listing),
+            .with_url_encoding(cfg.url_encoded_listing)
+            .with_ambient_credentials(cfg.access_key_id.is_none()),
         }),
     }))
 }

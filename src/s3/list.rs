@@ -84,6 +84,7 @@ struct Inner {
     bucket: String,
     retry: Retry,
     url_encoding: bool,
+    ambient_credentials: bool,
 }
 
 impl RawLister {
@@ -107,6 +108,7 @@ impl RawLister {
                     max_delay: Duration::from_secs(5),
                 },
                 url_encoding: true,
+                ambient_credentials: false,
             }),
         }
     }
@@ -129,6 +131,14 @@ impl RawLister {
     /// s3s-fs 0.14.1: with it on, their `a+b` and `%2e` keys would be decoded wrongly.
     pub fn with_url_encoding(mut self, on: bool) -> Self {
         Arc::make_mut(&mut self.inner).url_encoding = on;
+        self
+    }
+
+    /// Says that no static credentials were configured, so the signer looks for them in
+    /// the environment of the machine (EC2 instance metadata, ...). When that fails, the
+    /// error then says where to put credentials instead of naming a metadata endpoint.
+    pub fn with_ambient_credentials(mut self, on: bool) -> Self {
+        Arc::make_mut(&mut self.inner).ambient_credentials = on;
         self
     }
 
@@ -256,9 +266,15 @@ impl Inner {
             )
             .await
             .map_err(|e| {
-                AttemptError::Fatal(Error::Backend {
-                    store: self.endpoint_desc.clone(),
-                    source: Box::new(e),
+                AttemptError::Fatal(if self.ambient_credentials {
+                    Error::AccessDenied {
+                        store: self.endpoint_desc.clone(),
+                        detail: format!(
+                            "no credentials were found (none in the environment or ~/.aws/credentials, and the machine provided none: {e})"
+                        ),
+                    }
+                } else {
+                    Error::Backend { store: self.endpoint_desc.clone(), source: Box::new(e) }
                 })
             })?;
 

@@ -356,6 +356,27 @@ async fn bad_credentials_and_missing_bucket_stop_before_copying() {
     );
     assert_eq!(r.code, 2, "{r:?}");
     assert!(r.stderr.contains("does not exist"), "{r:?}");
+    // No credentials anywhere (HOME has no ~/.aws): the message says where to put them.
+    let mut cmd = stowage(
+        None,
+        &[
+            "migrate",
+            "s3-to-local",
+            "--bucket",
+            s3.bucket(),
+            "--endpoint",
+            &s3.endpoint(),
+            "--dest",
+            &dest_arg(&dest),
+        ],
+    );
+    cmd.env("S3_URL_ENCODED_LISTING", "false");
+    let r = crate::support::cli::output(cmd.output().unwrap());
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(
+        r.stderr.contains("no credentials") && r.stderr.contains("AWS_ACCESS_KEY_ID"),
+        "{r:?}"
+    );
     assert!(!dest.exists());
 }
 
