@@ -152,7 +152,9 @@ pub fn read_part_size(file: &File) -> Option<u64> {
 fn read_xattr(file: &File, name: &str) -> Option<String> {
     let mut buf = [0u8; 256];
     let n = rfs::fgetxattr(file, name, &mut buf).ok()?;
-    String::from_utf8(buf[..n].to_vec()).ok().filter(|s| !s.is_empty())
+    String::from_utf8(buf[..n].to_vec())
+        .ok()
+        .filter(|s| !s.is_empty())
 }
 
 /// A file being written under a temporary name next to its final name.
@@ -219,6 +221,23 @@ impl AtomicFile {
         self.file().write_all(buf)
     }
 
+    /// Appends every buffer in `bufs`, with as few `writev` calls as it takes.
+    pub fn write_all_vectored(&mut self, mut bufs: &mut [io::IoSlice<'_>]) -> io::Result<()> {
+        /// Linux refuses more buffers than this in one call.
+        const IOV_MAX: usize = 1024;
+        let f = self.file();
+        io::IoSlice::advance_slices(&mut bufs, 0);
+        while !bufs.is_empty() {
+            match f.write_vectored(&bufs[..bufs.len().min(IOV_MAX)]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => io::IoSlice::advance_slices(&mut bufs, n),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
     /// Sets the modification time the committed file will carry.
     pub fn set_modified(&mut self, t: SystemTime) -> io::Result<()> {
         let ts = to_timespec(t);
@@ -244,7 +263,12 @@ impl AtomicFile {
     }
 
     fn set_xattr(&mut self, name: &str, value: &str) -> io::Result<()> {
-        match rfs::fsetxattr(self.file(), name, value.as_bytes(), rfs::XattrFlags::empty()) {
+        match rfs::fsetxattr(
+            self.file(),
+            name,
+            value.as_bytes(),
+            rfs::XattrFlags::empty(),
+        ) {
             Ok(()) | Err(Errno::NOTSUP) | Err(Errno::PERM) => Ok(()),
             Err(e) => Err(e.into()),
         }
