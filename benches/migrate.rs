@@ -18,6 +18,9 @@
 //!   the target directory); seeded buckets are kept there and reused by the next run.
 //! - `STOWAGE_BENCH_OUT=/path/file.md` also write the tables there.
 //!
+//! `<bench binary> --serve <dir>/server` serves seeded buckets for profiling a tool by hand
+//! (it prints the endpoint; keys as in this file).
+//!
 //! rclone is installed with `apt-get install -y rclone` when missing (and possible); a peer
 //! that cannot be had is skipped with a message. This is a benchmark, not a test: nothing
 //! here asserts a timing.
@@ -146,6 +149,13 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("--ceiling-reader") {
         ceiling_reader(&args[2], &args[3], args[4].parse().expect("concurrency"));
+        return;
+    }
+    if args.get(1).map(String::as_str) == Some("--serve") {
+        // For profiling a tool by hand against the seeded buckets.
+        let server = Server::start(Path::new(&args[2]));
+        println!("{}", server.endpoint);
+        std::thread::park();
         return;
     }
     if args.get(1).map(String::as_str) == Some("--measure") {
