@@ -221,6 +221,23 @@ impl AtomicFile {
         self.file().write_all(buf)
     }
 
+    /// Appends every buffer in `bufs`, with as few `writev` calls as it takes.
+    pub fn write_all_vectored(&mut self, mut bufs: &mut [io::IoSlice<'_>]) -> io::Result<()> {
+        /// Linux refuses more buffers than this in one call.
+        const IOV_MAX: usize = 1024;
+        let f = self.file();
+        io::IoSlice::advance_slices(&mut bufs, 0);
+        while !bufs.is_empty() {
+            match f.write_vectored(&bufs[..bufs.len().min(IOV_MAX)]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => io::IoSlice::advance_slices(&mut bufs, n),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
     /// Sets the modification time the committed file will carry.
     pub fn set_modified(&mut self, t: SystemTime) -> io::Result<()> {
         let ts = to_timespec(t);

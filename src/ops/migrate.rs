@@ -45,6 +45,11 @@ pub const PLAN_BUFFER_LIMIT: usize = 20_000;
 pub const DEFAULT_CONCURRENCY: usize = 64;
 /// Bytes buffered per object before a write to disk.
 const WRITE_BUFFER: usize = 256 << 10;
+/// Objects bigger than one write buffer streamed at once. Bandwidth, not latency, bounds
+/// them, and measured on loopback 16 streams move 2 MiB clips as fast as 64 while each
+/// stream holds up to a write buffer plus the HTTP client's read buffer: this cap, not
+/// `concurrency`, keeps peak RSS flat whatever the object size.
+const MAX_STREAMS: usize = 16;
 /// Attempts per object for broken or corrupt bodies.
 const MAX_ATTEMPTS: u32 = 6;
 
@@ -305,6 +310,7 @@ pub async fn s3_to_local(
         backend_store: src.clone(),
         root: dest.to_path_buf(),
         stop: stop.clone(),
+        streams: tokio::sync::Semaphore::new(opts.concurrency.clamp(1, MAX_STREAMS)),
     });
     // No new copies once stopped; the loop below drains the ones in flight, so the
     // summary counts exactly the files that were put in place.
@@ -376,6 +382,8 @@ struct CopyCtx {
     /// Cancelled on interruption or a fatal error: copies in flight stop at their next
     /// chunk and remove their temp file; copies already committing finish and are counted.
     stop: CancellationToken,
+    /// Permits for objects bigger than one write buffer ([`MAX_STREAMS`]).
+    streams: tokio::sync::Semaphore,
 }
 
 /// Finds keys that need a directory where an earlier key is a file (`x` then `x/y`).
@@ -602,25 +610,35 @@ enum OpenError {
 }
 
 async fn copy_one(ctx: &CopyCtx, p: Planned, reporter: &dyn Reporter) -> Outcome {
-    let (root, key) = (ctx.root.clone(), p.key.clone());
-    let created = tokio::task::spawn_blocking(move || AtomicFile::create(&root, &key)).await;
-    let mut file = match created.expect("create does not panic") {
-        Ok(f) => f,
-        Err(e) => return place_outcome(&ctx.root, &p.key, e),
-    };
+    let size = p.raw.size;
+    // A big object gets its temp file first, so a key that cannot be placed (its name is a
+    // directory) is refused before its body is fetched. A small one (one write buffer) is
+    // created, written, checked and committed in a single blocking task once its body is
+    // in memory: one hand-off to the blocking pool per object instead of four.
+    let mut file = None;
+    let mut _stream = None;
+    if size as usize > WRITE_BUFFER {
+        _stream = Some(ctx.streams.acquire().await.expect("semaphore never closed"));
+        let (root, key) = (ctx.root.clone(), p.key.clone());
+        let created = tokio::task::spawn_blocking(move || AtomicFile::create(&root, &key)).await;
+        match created.expect("create does not panic") {
+            Ok(f) => file = Some(f),
+            Err(e) => return place_outcome(&ctx.root, &p.key, e),
+        }
+    }
     let backend = ctx.backend_store.object_backend().expect("object backend");
     let path = match backend.path(&p.key) {
         Ok(path) => path,
         Err(e) => return Outcome::Failed(e.to_string()),
     };
-    let size = p.raw.size;
     let mut attempt = 0u32;
     let mut last_reason = String::new();
     // Some servers list without ETags (s3s-fs); the first GET then supplies it.
     let mut etag = p.raw.etag.clone();
     let mut hasher = ContentHasher::new(etag.as_deref(), size);
     let mut content_type: Option<String> = None;
-    let mut buf: Vec<u8> = Vec::with_capacity(WRITE_BUFFER.min(size as usize + 1));
+    // Body chunks as received (no copy); written out once WRITE_BUFFER bytes are held.
+    let mut buf = Chunks::default();
     loop {
         if ctx.stop.is_cancelled() {
             return Outcome::Cancelled;
@@ -634,14 +652,14 @@ async fn copy_one(ctx: &CopyCtx, p: Planned, reporter: &dyn Reporter) -> Outcome
             reporter.note(&format!(
                 "retrying {:?} from byte {} ({last_reason})",
                 p.raw.key,
-                hasher.bytes()
+                hasher.bytes() + buf.len
             ));
             backoff(attempt).await;
         }
         attempt += 1;
         // Resume where the last attempt stopped; every request is pinned to the listed
         // ETag, so a replaced object fails with 412 instead of mixing two versions.
-        let offset = hasher.bytes();
+        let offset = hasher.bytes() + buf.len;
         if offset < size || size == 0 {
             let mut body = match open_get(backend, &path, &p, etag.as_deref(), offset).await {
                 Ok((body, ct, got_etag)) => {
@@ -671,11 +689,12 @@ async fn copy_one(ctx: &CopyCtx, p: Planned, reporter: &dyn Reporter) -> Outcome
                 match chunk {
                     Ok(c) => {
                         reporter.bytes_done(c.len() as u64);
-                        buf.extend_from_slice(&c);
-                        if buf.len() >= WRITE_BUFFER {
-                            match flush(file, hasher, std::mem::take(&mut buf)).await {
-                                Ok(x) => (file, hasher, buf) = x,
-                                Err(e) => return io_outcome(&ctx.root, &p.key, e),
+                        buf.push(c);
+                        if buf.len >= WRITE_BUFFER as u64 {
+                            let x = flush(ctx, &p.key, file, hasher, std::mem::take(&mut buf));
+                            match x.await {
+                                Ok((f, h)) => (file, hasher) = (Some(f), h),
+                                Err(e) => return place_outcome(&ctx.root, &p.key, e),
                             }
                         }
                     }
@@ -685,11 +704,7 @@ async fn copy_one(ctx: &CopyCtx, p: Planned, reporter: &dyn Reporter) -> Outcome
                     }
                 }
             }
-            match flush(file, hasher, std::mem::take(&mut buf)).await {
-                Ok(x) => (file, hasher, buf) = x,
-                Err(e) => return io_outcome(&ctx.root, &p.key, e),
-            }
-            let got = hasher.bytes();
+            let got = hasher.bytes() + buf.len;
             if got < size {
                 last_reason = match broken {
                     Some(e) => format!("body broke off at byte {got}: {e}"),
@@ -698,44 +713,40 @@ async fn copy_one(ctx: &CopyCtx, p: Planned, reporter: &dyn Reporter) -> Outcome
                 continue;
             }
         }
-        // The body is complete: check it, then place it.
-        let (etag2, lm) = (etag.clone(), p.raw.last_modified);
-        let checked =
-            tokio::task::spawn_blocking(move || -> std::io::Result<(AtomicFile, Verdict)> {
+        // The body is complete: write what is held, check it, then place it, in one
+        // blocking task.
+        let (root, key, etag2, lm) = (
+            ctx.root.clone(),
+            p.key.clone(),
+            etag.clone(),
+            p.raw.last_modified,
+        );
+        let ct = content_type.clone();
+        let rest = std::mem::take(&mut buf);
+        let finished =
+            tokio::task::spawn_blocking(move || -> std::result::Result<Finished, PlaceError> {
+                let mut file = match file {
+                    Some(f) => f,
+                    None => AtomicFile::create(&root, &key)?,
+                };
+                rest.write_to(&mut file, &mut hasher)?;
                 let verdict = match hasher.finish() {
                     Some(v) => v,
                     None => etag::check_reader(etag2.as_deref(), size, || file.reopen_read())?,
                 };
-                Ok((file, verdict))
-            })
-            .await
-            .expect("verify does not panic");
-        let verdict;
-        (file, verdict) = match checked {
-            Ok(x) => x,
-            Err(e) => return io_outcome(&ctx.root, &p.key, e),
-        };
-        hasher = ContentHasher::new(etag.as_deref(), size);
-        let part_size = match verdict {
-            Verdict::Match { part_size } => part_size,
-            _ => None,
-        };
-        let unverified = match verdict {
-            Verdict::Match { .. } => None,
-            Verdict::Mismatch { expected, actual } => {
-                // Corrupt or overlong body: fetch the whole object again.
-                last_reason = format!("content does not match: expected {expected}, got {actual}");
-                match truncate(file).await {
-                    Ok(f) => file = f,
-                    Err(e) => return io_outcome(&ctx.root, &p.key, e),
-                }
-                continue;
-            }
-            Verdict::Unverifiable { reason } => Some(reason),
-        };
-        let ct = content_type.clone();
-        let committed =
-            tokio::task::spawn_blocking(move || -> std::result::Result<(), PlaceError> {
+                let (part_size, unverified) = match verdict {
+                    Verdict::Match { part_size } => (part_size, None),
+                    Verdict::Unverifiable { reason } => (None, Some(reason)),
+                    Verdict::Mismatch { expected, actual } => {
+                        // Corrupt or overlong body: start again from an empty file.
+                        file.truncate()?;
+                        return Ok(Finished::Mismatch {
+                            file,
+                            expected,
+                            actual,
+                        });
+                    }
+                };
                 file.set_modified(SystemTime::from(lm))?;
                 if let Some(ct) = ct {
                     file.set_content_type(&ct)?;
@@ -743,17 +754,68 @@ async fn copy_one(ctx: &CopyCtx, p: Planned, reporter: &dyn Reporter) -> Outcome
                 if let Some(p) = part_size {
                     file.set_part_size(p)?;
                 }
-                file.commit()
+                file.commit()?;
+                Ok(Finished::Committed { unverified })
             })
             .await
-            .expect("commit does not panic");
-        return match committed {
-            Ok(()) => Outcome::Copied {
+            .expect("verify and commit do not panic");
+        hasher = ContentHasher::new(etag.as_deref(), size);
+        return match finished {
+            Ok(Finished::Committed { unverified }) => Outcome::Copied {
                 bytes: size,
                 unverified,
             },
+            Ok(Finished::Mismatch {
+                file: f,
+                expected,
+                actual,
+            }) => {
+                // Fetch the whole object again.
+                last_reason = format!("content does not match: expected {expected}, got {actual}");
+                file = Some(f);
+                continue;
+            }
             Err(e) => place_outcome(&ctx.root, &p.key, e),
         };
+    }
+}
+
+/// How the last step of a copy ended.
+enum Finished {
+    Committed {
+        unverified: Option<String>,
+    },
+    Mismatch {
+        file: AtomicFile,
+        expected: String,
+        actual: String,
+    },
+}
+
+/// Body chunks held between writes, kept as the HTTP client handed them over.
+#[derive(Default)]
+struct Chunks {
+    chunks: Vec<Bytes>,
+    len: u64,
+}
+
+impl Chunks {
+    fn push(&mut self, c: Bytes) {
+        self.len += c.len() as u64;
+        self.chunks.push(c);
+    }
+
+    /// Hashes and appends every chunk to `file` (vectored writes, no copy in user space).
+    fn write_to(self, file: &mut AtomicFile, hasher: &mut ContentHasher) -> std::io::Result<()> {
+        for c in &self.chunks {
+            hasher.update(c);
+        }
+        let mut slices: Vec<std::io::IoSlice<'_>> = self
+            .chunks
+            .iter()
+            .map(|c| std::io::IoSlice::new(c))
+            .collect();
+        file.write_all_vectored(&mut slices)
     }
 }
 
@@ -806,25 +868,22 @@ async fn open_get(
     Ok((res.into_stream(), ct, etag))
 }
 
-async fn truncate(mut file: AtomicFile) -> std::io::Result<AtomicFile> {
-    tokio::task::spawn_blocking(move || file.truncate().map(|()| file))
-        .await
-        .expect("truncate does not panic")
-}
-
+/// Hashes and writes the held chunks to the temp file (created first if need be).
 async fn flush(
-    mut file: AtomicFile,
+    ctx: &CopyCtx,
+    key: &Key,
+    file: Option<AtomicFile>,
     mut hasher: ContentHasher,
-    mut buf: Vec<u8>,
-) -> std::io::Result<(AtomicFile, ContentHasher, Vec<u8>)> {
-    if buf.is_empty() {
-        return Ok((file, hasher, buf));
-    }
+    chunks: Chunks,
+) -> std::result::Result<(AtomicFile, ContentHasher), PlaceError> {
+    let (root, key) = (ctx.root.clone(), key.clone());
     tokio::task::spawn_blocking(move || {
-        hasher.update(&buf);
-        file.write_all(&buf)?;
-        buf.clear();
-        Ok((file, hasher, buf))
+        let mut file = match file {
+            Some(f) => f,
+            None => AtomicFile::create(&root, &key)?,
+        };
+        chunks.write_to(&mut file, &mut hasher)?;
+        Ok((file, hasher))
     })
     .await
     .expect("write does not panic")
