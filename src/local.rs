@@ -221,6 +221,19 @@ impl AtomicFile {
         self.file().write_all(buf)
     }
 
+    /// Asks the kernel to start writing what was appended so far to disk, without waiting.
+    /// Called as a download streams in, it spreads the disk writes over the transfer, so
+    /// the fsync in [`AtomicFile::commit`] has little left to do.
+    pub fn start_writeback(&mut self) {
+        use std::os::fd::AsRawFd;
+        let fd = self.file().as_raw_fd();
+        // SAFETY: `fd` is an open descriptor owned by `self.file` for the whole call;
+        // sync_file_range only reads it. Failure is harmless: commit fsyncs anyway.
+        unsafe {
+            libc::sync_file_range(fd, 0, 0, libc::SYNC_FILE_RANGE_WRITE);
+        }
+    }
+
     /// Appends every buffer in `bufs`, with as few `writev` calls as it takes.
     pub fn write_all_vectored(&mut self, mut bufs: &mut [io::IoSlice<'_>]) -> io::Result<()> {
         /// Linux refuses more buffers than this in one call.

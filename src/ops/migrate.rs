@@ -883,6 +883,7 @@ async fn flush(
             None => AtomicFile::create(&root, &key)?,
         };
         chunks.write_to(&mut file, &mut hasher)?;
+        file.start_writeback();
         Ok((file, hasher))
     })
     .await
