@@ -308,20 +308,24 @@ impl AtomicFile {
     }
 
     /// Makes the content durable and visible under the final name.
-    pub fn commit(mut self) -> Result<(), PlaceError> {
+    pub fn commit(self) -> Result<(), PlaceError> {
+        let dir = self.commit_unsynced_dir()?;
+        rfs::fsync(&dir).map_err(io::Error::from)?;
+        Ok(())
+    }
+
+    /// Like [`AtomicFile::commit`] — the data is fsynced before the rename, so the final
+    /// name only ever holds complete content — but leaves the rename itself to be made
+    /// durable by the caller, who must fsync the returned directory (or `syncfs`) before
+    /// reporting the file as stored. Lets a bulk copy sync once instead of per file.
+    pub fn commit_unsynced_dir(mut self) -> Result<OwnedFd, PlaceError> {
         let file = self.file.take().expect("file present until commit");
         file.sync_all()?;
         drop(file);
-        rfs::renameat(
-            &self.dir,
-            self.temp_name.as_str(),
-            &self.dir,
-            self.final_name.as_str(),
-        )
-        .map_err(PlaceError::from_errno)?;
+        rfs::renameat(&self.dir, self.temp_name.as_str(), &self.dir, self.final_name.as_str())
+            .map_err(PlaceError::from_errno)?;
         self.temp_name.clear();
-        rfs::fsync(&self.dir).map_err(io::Error::from)?;
-        Ok(())
+        Ok(self.dir.try_clone()?)
     }
 }
 
@@ -452,4 +456,12 @@ impl StoreLock {
             Err(e) => Err(e.into()),
         }
     }
+}
+
+/// Flushes everything written to the filesystem holding `root` (`syncfs`): makes the
+/// renames of [`AtomicFile::commit_unsynced_dir`] durable in one call.
+pub fn sync_filesystem(root: &Path) -> io::Result<()> {
+    let dir = open_root(root)?;
+    rfs::syncfs(&dir)?;
+    Ok(())
 }

@@ -372,6 +372,14 @@ pub async fn s3_to_local(
     }
     drop(running);
     summary.interrupted = opts.cancel.is_cancelled();
+    // Make every rename of this run durable before reporting it.
+    let root = dest.to_path_buf();
+    let synced = tokio::task::spawn_blocking(move || local::sync_filesystem(&root))
+        .await
+        .expect("syncfs does not panic");
+    if let Err(e) = synced {
+        summary.aborted.get_or_insert_with(|| format!("flushing {} to disk failed: {e}", dest.display()));
+    }
     summary.elapsed_s = started.elapsed().as_secs_f64();
     Ok(summary)
 }
@@ -754,7 +762,9 @@ async fn copy_one(ctx: &CopyCtx, p: Planned, reporter: &dyn Reporter) -> Outcome
                 if let Some(p) = part_size {
                     file.set_part_size(p)?;
                 }
-                file.commit()?;
+                // The data is fsynced before the rename; the renames of the whole run are
+                // made durable by one syncfs before the summary is returned.
+                file.commit_unsynced_dir()?;
                 Ok(Finished::Committed { unverified })
             })
             .await
