@@ -322,8 +322,13 @@ impl AtomicFile {
         let file = self.file.take().expect("file present until commit");
         file.sync_all()?;
         drop(file);
-        rfs::renameat(&self.dir, self.temp_name.as_str(), &self.dir, self.final_name.as_str())
-            .map_err(PlaceError::from_errno)?;
+        rfs::renameat(
+            &self.dir,
+            self.temp_name.as_str(),
+            &self.dir,
+            self.final_name.as_str(),
+        )
+        .map_err(PlaceError::from_errno)?;
         self.temp_name.clear();
         Ok(self.dir.try_clone()?)
     }

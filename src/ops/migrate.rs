@@ -378,7 +378,9 @@ pub async fn s3_to_local(
         .await
         .expect("syncfs does not panic");
     if let Err(e) = synced {
-        summary.aborted.get_or_insert_with(|| format!("flushing {} to disk failed: {e}", dest.display()));
+        summary
+            .aborted
+            .get_or_insert_with(|| format!("flushing {} to disk failed: {e}", dest.display()));
     }
     summary.elapsed_s = started.elapsed().as_secs_f64();
     Ok(summary)

@@ -31,7 +31,7 @@ pub(crate) fn source_listing<'a>(
     match &backend.s3 {
         Some(s3) => s3
             .lister
-            .list(&format!("{}{}", backend.prefix, prefix), &backend.prefix),
+            .list_parallel(&format!("{}{}", backend.prefix, prefix), &backend.prefix),
         None => src
             .list(prefix)
             .map(|r| {

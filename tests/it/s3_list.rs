@@ -408,3 +408,30 @@ async fn connection_errors_are_retried_then_reported_as_backend() {
     assert!(matches!(err, Error::Backend { .. }), "{err:?}");
     assert!(err.to_string().contains("after 2 attempts"), "{err}");
 }
+
+/// The fanned-out listing yields exactly what the sequential one does, in the same order:
+/// objects at the top level interleaved with the contents of each prefix.
+#[tokio::test]
+async fn the_parallel_listing_matches_the_sequential_one() {
+    let s3 = TestS3::start();
+    let mut all: Vec<String> = Vec::new();
+    for p in ["a", "a-b", "b", "c.d", "zz"] {
+        all.extend(numbered(&format!("{p}/"), 30));
+    }
+    // Top-level objects that sort between, before and after the prefixes.
+    all.extend(["a0", "a-a", "a.0", "b0", "0first", "~last"].map(String::from));
+    all.extend(numbered("deep/er/still/", 5));
+    seed(&s3, &all).await;
+    let l = lister(&s3);
+    let sequential = list_all(&l, "", "").await;
+    let parallel: Vec<ListedObject> = l.list_parallel("", "").try_collect().await.unwrap();
+    assert_eq!(sequential.len(), all.len());
+    assert_eq!(keys(&parallel), keys(&sequential));
+    // Under a prefix, and with a prefix stripped.
+    let seq = list_all(&l, "a", "a").await;
+    let par: Vec<ListedObject> = l.list_parallel("a", "a").try_collect().await.unwrap();
+    assert_eq!(keys(&par), keys(&seq));
+    // A level with a single prefix falls back to the plain listing.
+    let par: Vec<ListedObject> = l.list_parallel("deep/", "").try_collect().await.unwrap();
+    assert_eq!(par.len(), 5);
+}
