@@ -44,7 +44,7 @@ impl Progress {
             let items = multi.add(ProgressBar::new_spinner());
             items.set_style(
                 ProgressStyle::with_template(
-                    "{spinner} {prefix:>9} {pos}/{len} objects  {per_sec}  eta {eta}  {msg}",
+                    "{spinner} {prefix:>9} {pos}/{len} objects  eta {eta}  {msg}",
                 )
                 .expect("valid template"),
             );
