@@ -174,17 +174,38 @@ async fn serve(State(sh): State<Arc<Shared>>, req: Request) -> Response {
     let Some(key) = key_from_path(req.uri().path()) else {
         return not_found();
     };
+    let mut signed_until = None;
     if let Some(secret) = &sh.secret {
-        if let Err(e) = signing::verify(secret, &key, req.uri().query(), SystemTime::now()) {
+        let now = SystemTime::now();
+        if let Err(e) = signing::verify(secret, &key, req.uri().query(), now) {
             return forbidden(e);
         }
+        signed_until = query_expires(req.uri().query())
+            .map(|exp| exp.saturating_sub(unix_secs(now).max(0) as u64));
     }
     let headers = req.headers();
-    match sh.store.kind() {
+    let mut resp = match sh.store.kind() {
         BackendKind::Local => serve_local(&sh, key, headers, head).await,
         BackendKind::S3 if sh.opts.s3 == S3Delivery::Redirect => redirect(&sh, &key).await,
         BackendKind::S3 | BackendKind::Memory => serve_proxied(&sh, key, headers, head).await,
+    };
+    // A signed URL must not outlive its expiry in a shared cache: keep the response
+    // private and cacheable only until the signature expires.
+    if let (Some(left), Some(configured)) = (signed_until, &sh.opts.cache_control) {
+        if resp.headers().get(header::CACHE_CONTROL) == Some(configured) {
+            let v = HeaderValue::try_from(format!("private, max-age={left}")).expect("ASCII");
+            resp.headers_mut().insert(header::CACHE_CONTROL, v);
+        }
     }
+    resp
+}
+
+/// The `expires` parameter of a (verified) signed URL's query.
+fn query_expires(query: Option<&str>) -> Option<u64> {
+    query?
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("expires="))
+        .and_then(|v| v.parse().ok())
 }
 
 /// The key a request path names, or `None` (a 404) when it is not a valid [`Key`].

@@ -451,8 +451,16 @@ async fn signed_urls_accepted_expired_tampered() {
         query.starts_with("expires=") && query.contains("&sig="),
         "{url}"
     );
-    let (s, _, body) = get(&url, &[]).await;
+    let (s, h, body) = get(&url, &[]).await;
     assert_eq!((s.as_u16(), &body[..]), (200, &b"signed"[..]));
+    // Cacheable privately, and only until the signature expires (default lifetime 1 h).
+    let cc = h.get("cache-control").unwrap().to_str().unwrap().to_owned();
+    let left: u64 = cc
+        .strip_prefix("private, max-age=")
+        .unwrap_or_else(|| panic!("{cc}"))
+        .parse()
+        .unwrap();
+    assert!((3500..=3600).contains(&left), "{cc}");
     let (s, _, _) = get(&url, &[("range", "bytes=0-1")]).await;
     assert_eq!(s, 206);
     let (s, _, _) = get_with(&client(), reqwest::Method::HEAD, &url, &[]).await;
