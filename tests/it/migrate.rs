@@ -397,29 +397,8 @@ async fn resumes_after_kill_9_without_partial_files() {
     let want = seed(&s3, &objects).await;
     let tmp = tempfile::tempdir().unwrap();
     let dest = tmp.path().join("store");
-    let mut child = stowage(
-        Some(&s3),
-        &[
-            "migrate",
-            "s3-to-local",
-            "--dest",
-            &dest_arg(&dest),
-            "--concurrency",
-            "2",
-            "--quiet",
-        ],
-    )
-    .stdout(std::process::Stdio::null())
-    .stderr(std::process::Stdio::null())
-    .spawn()
-    .unwrap();
     // Wait until the copy is under way, then kill it without warning.
-    for _ in 0..400 {
-        if dest.exists() && tree(&dest).len() >= 10 {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let mut child = migrate_under_way(&s3, &dest, "--quiet", 10);
     child.kill().unwrap();
     child.wait().unwrap();
     let partial = tree(&dest);
@@ -621,28 +600,7 @@ async fn ctrl_c_stops_cleanly_and_a_rerun_finishes() {
     let want = seed(&s3, &objects).await;
     let tmp = tempfile::tempdir().unwrap();
     let dest = tmp.path().join("store");
-    let child = stowage(
-        Some(&s3),
-        &[
-            "migrate",
-            "s3-to-local",
-            "--dest",
-            &dest_arg(&dest),
-            "--concurrency",
-            "2",
-            "--json",
-        ],
-    )
-    .stdout(std::process::Stdio::piped())
-    .stderr(std::process::Stdio::piped())
-    .spawn()
-    .unwrap();
-    for _ in 0..500 {
-        if dest.exists() && tree(&dest).len() >= 5 {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let child = migrate_under_way(&s3, &dest, "--json", 5);
     let pid = rustix::process::Pid::from_child(&child);
     rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();
     let r = crate::support::cli::output(child.wait_with_output().unwrap());
@@ -762,4 +720,37 @@ async fn a_disk_filling_up_mid_run_stops_cleanly() {
         j["copied"].as_u64().unwrap(),
         "the summary counts exactly what is in place"
     );
+}
+
+/// Starts a slow migration (two objects at a time) into `dest` as a child process and
+/// returns once at least `files` files are there, so it can be interrupted mid-run.
+fn migrate_under_way(
+    s3: &TestS3,
+    dest: &std::path::Path,
+    output: &str,
+    files: usize,
+) -> std::process::Child {
+    let child = stowage(
+        Some(s3),
+        &[
+            "migrate",
+            "s3-to-local",
+            "--dest",
+            &dest_arg(dest),
+            "--concurrency",
+            "2",
+            output,
+        ],
+    )
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    for _ in 0..500 {
+        if dest.exists() && tree(dest).len() >= files {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child
 }
