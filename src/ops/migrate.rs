@@ -1,19 +1,25 @@
 //! `migrate`: copy a whole bucket to a local directory (and back), verified and resumable.
 //!
 //! The flow is plan → preflight → copy:
-//! 1. **Plan**: stream the listing; classify each object as rejected (unsafe key),
-//!    folder marker, already present (same size and mtime as the object's LastModified),
-//!    or to copy. Only the to-copy records are kept, and only up to
-//!    [`PLAN_BUFFER_LIMIT`]; beyond that the copy pass lists again, so memory stays flat.
-//! 2. **Preflight**: the bytes to copy must fit in the destination's free space minus
-//!    `min_free` (and under `max_used`) before the first byte is written.
+//! 1. **Plan**: stream the listing (fanned out over top-level prefixes); classify each
+//!    object as rejected (unsafe key, or a key under another key's file — see
+//!    `ClashGuard`), folder marker, already present (same size and mtime as the object's
+//!    LastModified), or to copy. Only the to-copy records are kept, and only up to
+//!    [`PLAN_BUFFER_LIMIT`]; beyond that the copy pass lists again and copies as it
+//!    lists, so memory stays flat however big the bucket.
+//! 2. **Preflight**: the bytes to copy (rounded up to the block size) and the files to
+//!    create must fit in the destination's free space minus `min_free` (and the store
+//!    under `max_used`) before the first byte is written.
 //! 3. **Copy**: up to `concurrency` objects at once, each streamed into an [`AtomicFile`]
 //!    while hashed, checked against its size and ETag, given the object's mtime and
 //!    Content-Type, fsynced and renamed into place. A broken body resumes with a Range
-//!    request pinned to the ETag; a corrupt one is fetched again.
+//!    request pinned to the ETag; a corrupt one is fetched again. One `syncfs` makes the
+//!    run's renames durable before the summary is returned.
 //!
-//! A failed object is recorded and the run goes on; a full disk, revoked credentials or
-//! an interruption stop it, with every temp file removed.
+//! A failed object is recorded and the run goes on. A full disk, revoked credentials or
+//! an interruption stop it: no new copy starts, the ones in flight stop at their next
+//! chunk (removing their temp file) or finish committing, and the summary counts exactly
+//! what was put in place.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
