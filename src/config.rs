@@ -257,50 +257,7 @@ impl StoreConfig {
                         format!("{:?} is relative; expected an absolute directory such as {DEFAULT_LOCAL_PATH}", root),
                     ));
                 }
-                let mut urls = LocalUrls::default();
-                if let Some(b) = v.get("BASE_URL") {
-                    let u = url::Url::parse(&b).map_err(|e| {
-                        Error::config(
-                            "BASE_URL",
-                            format!(
-                                "{b:?} is not a URL ({e}); expected e.g. https://clips.example.com"
-                            ),
-                        )
-                    })?;
-                    if !matches!(u.scheme(), "http" | "https") {
-                        return Err(Error::config(
-                            "BASE_URL",
-                            format!("{b:?}: expected an http:// or https:// URL"),
-                        ));
-                    }
-                    urls.base_url = b;
-                }
-                if let Some(p) = v.get("FILES_PATH") {
-                    if !p.starts_with('/') {
-                        return Err(Error::config(
-                            "FILES_PATH",
-                            format!("{p:?}: expected a path starting with '/', like /api/files"),
-                        ));
-                    }
-                    urls.files_path = p;
-                }
-                if let Some(secret) = v.get("STORAGE_URL_SECRET") {
-                    if secret.len() < crate::signing::MIN_SECRET_LEN {
-                        return Err(Error::config(
-                            "STORAGE_URL_SECRET",
-                            format!("is {} bytes; use at least {} random bytes, e.g. the output of `openssl rand -hex 32`", secret.len(), crate::signing::MIN_SECRET_LEN),
-                        ));
-                    }
-                    urls.secret = Some(secret);
-                }
-                if let Some(t) = v.get("STORAGE_URL_TTL") {
-                    urls.ttl = humantime::parse_duration(&t).map_err(|e| {
-                        Error::config(
-                            "STORAGE_URL_TTL",
-                            format!("{t:?}: {e}; expected a duration like 1h or 15m"),
-                        )
-                    })?;
-                }
+                let urls = LocalUrls::from_vars(v)?;
                 Ok(StoreConfig::Local(LocalConfig { root, urls }))
             }
             "s3" => {
@@ -335,10 +292,8 @@ impl StoreConfig {
                         format!("{s:?}: expected file:///absolute/path"),
                     )
                 })?;
-                let mut urls = LocalUrls::default();
-                if let Some(b) = std::env::var("BASE_URL").ok().filter(|b| !b.is_empty()) {
-                    urls.base_url = b;
-                }
+                // URLs and their signing come from the environment, as with from_env.
+                let urls = LocalUrls::from_vars(&Vars::process())?;
                 Ok(StoreConfig::Local(LocalConfig { root, urls }))
             }
             "memory" => Ok(StoreConfig::Memory),
@@ -364,6 +319,55 @@ impl StoreConfig {
             StoreConfig::S3(c) => crate::s3::open(c),
             StoreConfig::Memory => Ok(BlobStore::memory()),
         }
+    }
+}
+
+impl LocalUrls {
+    /// `BASE_URL`, `FILES_PATH`, `STORAGE_URL_SECRET` and `STORAGE_URL_TTL`, checked.
+    fn from_vars(v: &Vars) -> Result<LocalUrls> {
+        let mut urls = LocalUrls::default();
+        if let Some(b) = v.get("BASE_URL") {
+            let u = url::Url::parse(&b).map_err(|e| {
+                Error::config(
+                    "BASE_URL",
+                    format!("{b:?} is not a URL ({e}); expected e.g. https://clips.example.com"),
+                )
+            })?;
+            if !matches!(u.scheme(), "http" | "https") {
+                return Err(Error::config(
+                    "BASE_URL",
+                    format!("{b:?}: expected an http:// or https:// URL"),
+                ));
+            }
+            urls.base_url = b;
+        }
+        if let Some(p) = v.get("FILES_PATH") {
+            if !p.starts_with('/') {
+                return Err(Error::config(
+                    "FILES_PATH",
+                    format!("{p:?}: expected a path starting with '/', like /api/files"),
+                ));
+            }
+            urls.files_path = p;
+        }
+        if let Some(secret) = v.get("STORAGE_URL_SECRET") {
+            if secret.len() < crate::signing::MIN_SECRET_LEN {
+                return Err(Error::config(
+                    "STORAGE_URL_SECRET",
+                    format!("is {} bytes; use at least {} random bytes, e.g. the output of `openssl rand -hex 32`", secret.len(), crate::signing::MIN_SECRET_LEN),
+                ));
+            }
+            urls.secret = Some(secret);
+        }
+        if let Some(t) = v.get("STORAGE_URL_TTL") {
+            urls.ttl = humantime::parse_duration(&t).map_err(|e| {
+                Error::config(
+                    "STORAGE_URL_TTL",
+                    format!("{t:?}: {e}; expected a duration like 1h or 15m"),
+                )
+            })?;
+        }
+        Ok(urls)
     }
 }
 
