@@ -214,13 +214,16 @@ impl BlobStore {
     pub fn from_object_store(store: Arc<dyn ObjectStore>, prefix: &str, name: &str) -> BlobStore {
         BlobStore::from_backend(ObjectBackend {
             store,
-            prefix: normalize_prefix(prefix),
+            prefix: prefix.to_owned(),
             name: name.to_owned(),
             s3: None,
         })
     }
 
-    pub(crate) fn from_backend(b: ObjectBackend) -> BlobStore {
+    /// Every object-store backend is built here, so its key prefix is normalized once:
+    /// empty, or ending in exactly one `/`.
+    pub(crate) fn from_backend(mut b: ObjectBackend) -> BlobStore {
+        b.prefix = normalize_prefix(&b.prefix);
         BlobStore {
             inner: Arc::new(Inner::Object(b)),
         }

@@ -52,7 +52,7 @@ pub(crate) fn open(cfg: &S3Config) -> Result<BlobStore> {
     let name = format!("s3://{}/", cfg.bucket);
     Ok(BlobStore::from_backend(ObjectBackend {
         store: s3.clone(),
-        prefix: normalize(&cfg.prefix),
+        prefix: cfg.prefix.clone(),
         name: name.clone(),
         s3: Some(S3Extras {
             signer: s3.clone(),
@@ -68,15 +68,6 @@ pub(crate) fn open(cfg: &S3Config) -> Result<BlobStore> {
             .with_ambient_credentials(cfg.access_key_id.is_none()),
         }),
     }))
-}
-
-fn normalize(p: &str) -> String {
-    let p = p.trim_matches('/');
-    if p.is_empty() {
-        String::new()
-    } else {
-        format!("{p}/")
-    }
 }
 
 /// The HTTP client for listing pages (object_store does not lend its own).
