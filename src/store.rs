@@ -811,42 +811,15 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
         .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
 }
 
-/// Lists a local store: a blocking walk on its own thread feeding a bounded channel, so
-/// memory stays flat however many files there are.
+/// Lists a local store through the shared walk ([`crate::walk::files_stream`]).
 fn local_list(root: PathBuf, prefix: String) -> BoxStream<'static, Result<Meta>> {
-    let (tx, rx) = tokio::sync::mpsc::channel(256);
-    tokio::task::spawn_blocking(move || {
-        let walker = match crate::walk::Walker::new(&root, crate::walk::WalkOptions::default()) {
-            Ok(w) => w,
-            Err(e) => {
-                let _ = tx.blocking_send(Err(e));
-                return;
-            }
-        };
-        // The whole tree is walked and filtered by the key prefix: starting below the
-        // root would mean resolving the prefix's directories by path.
-        for entry in walker {
-            let msg = match entry {
-                Ok(e) if e.kind() == crate::walk::EntryKind::File => {
-                    if !e.path().to_string_lossy().starts_with(prefix.as_str()) {
-                        continue;
-                    }
-                    Key::from_relative_path(e.path())
-                        .map(|key| meta_from_stat(key, e.size(), e.mtime(), e.ino(), None))
-                }
-                Ok(_) => continue,
-                Err(e) => Err(Error::from(e)),
-            };
-            if tx.blocking_send(msg).is_err() {
-                return;
-            }
-        }
-    });
-    tokio_stream_from(rx)
-}
-
-fn tokio_stream_from<T: Send + 'static>(
-    mut rx: tokio::sync::mpsc::Receiver<T>,
-) -> BoxStream<'static, T> {
-    futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed()
+    // The whole tree is walked and filtered by the key prefix: starting below the root
+    // would mean resolving the prefix's directories by path.
+    crate::walk::files_stream(root, prefix)
+        .map(|entry| {
+            let e = entry?;
+            let key = Key::from_relative_path(e.path())?;
+            Ok(meta_from_stat(key, e.size(), e.mtime(), e.ino(), None))
+        })
+        .boxed()
 }

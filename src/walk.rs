@@ -457,6 +457,44 @@ pub(crate) fn system_time(secs: i64, nsecs: i64) -> SystemTime {
     }
 }
 
+/// The regular files under `root` whose path relative to it starts with `prefix`, for
+/// async callers: the walk runs on a blocking thread and hands entries over through a
+/// bounded channel, so memory stays flat however many files there are. A root that cannot
+/// be opened, or a directory that cannot be read, is an `Err` item; the walk goes on after
+/// a directory error. Dropping the stream stops the walk.
+pub fn files_stream(
+    root: PathBuf,
+    prefix: String,
+) -> futures::stream::BoxStream<'static, Result<Entry>> {
+    use futures::StreamExt;
+    let (tx, mut rx) = tokio::sync::mpsc::channel(256);
+    tokio::task::spawn_blocking(move || {
+        let walker = match Walker::new(&root, WalkOptions::default()) {
+            Ok(w) => w,
+            Err(e) => {
+                let _ = tx.blocking_send(Err(e));
+                return;
+            }
+        };
+        for entry in walker {
+            let item = match entry {
+                Ok(e)
+                    if e.kind() == EntryKind::File
+                        && e.path().to_string_lossy().starts_with(prefix.as_str()) =>
+                {
+                    Ok(e)
+                }
+                Ok(_) => continue,
+                Err(e) => Err(Error::from(e)),
+            };
+            if tx.blocking_send(item).is_err() {
+                return;
+            }
+        }
+    });
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1163,44 +1163,19 @@ async fn upload_one(
 /// stowage's own files are never uploaded). A directory that cannot be read is an error
 /// item, and the walk goes on.
 fn local_files(root: PathBuf, prefix: String) -> BoxStream<'static, Result<LocalFile>> {
-    let (tx, mut rx) = tokio::sync::mpsc::channel(256);
-    tokio::task::spawn_blocking(move || {
-        let walker = match Walker::new(&root, WalkOptions::default()) {
-            Ok(w) => w,
-            Err(e) => {
-                let _ = tx.blocking_send(Err(e));
-                return;
-            }
-        };
-        for entry in walker {
-            let e = match entry {
-                Ok(e) if e.kind() == EntryKind::File => e,
-                Ok(_) => continue,
-                Err(err) => {
-                    if tx.blocking_send(Err(err.into())).is_err() {
-                        return;
-                    }
-                    continue;
-                }
-            };
-            let rel_s = e.path().to_string_lossy().into_owned();
-            if !rel_s.starts_with(prefix.as_str()) {
-                continue;
-            }
+    crate::walk::files_stream(root.clone(), prefix)
+        .map(move |entry| {
+            let e = entry?;
             let key = Key::from_relative_path(e.path()).map_err(|err| match err {
                 Error::InvalidKey { reason, .. } => reason.to_string(),
                 err => err.to_string(),
             });
-            let file = LocalFile {
-                rel: rel_s,
+            Ok(LocalFile {
+                rel: e.path().to_string_lossy().into_owned(),
                 key,
                 path: root.join(e.path()),
                 size: e.size(),
-            };
-            if tx.blocking_send(Ok(file)).is_err() {
-                return;
-            }
-        }
-    });
-    stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed()
+            })
+        })
+        .boxed()
 }
