@@ -41,8 +41,8 @@ use crate::size::{human_bytes, SizeSpec};
 use crate::store::{BlobStore, ObjectBackend};
 use crate::walk::{EntryKind, WalkOptions, Walker};
 
-use crate::ops::source_listing;
 pub use crate::ops::KeyReason;
+use crate::ops::{source_listing, Placement};
 
 /// To-copy records kept from the planning pass; a bigger plan is listed again instead.
 pub const PLAN_BUFFER_LIMIT: usize = 20_000;
@@ -466,28 +466,15 @@ async fn classify_page(
 }
 
 fn classify(root: &Path, o: ListedObject) -> Class {
-    if let Some(dir) = o.key.strip_suffix('/') {
-        if o.size == 0 {
-            if dir.is_empty() {
-                return Class::Folder(None);
-            }
-            return match Key::new(dir) {
-                Ok(k) => Class::Folder(Some(k)),
-                Err(e) => Class::Rejected(KeyReason {
-                    key: o.key,
-                    reason: e.to_string(),
-                }),
-            };
-        }
-    }
-    let key = match Key::new(o.key.as_str()) {
-        Ok(k) => k,
-        Err(e) => {
+    let key = match Placement::of(&o) {
+        Placement::Folder(dir) => return Class::Folder(dir),
+        Placement::Unsafe { reason, .. } => {
             return Class::Rejected(KeyReason {
                 key: o.key,
-                reason: e.to_string(),
+                reason: reason.to_string(),
             })
         }
+        Placement::File(k) => k,
     };
     match local::stat_file(root, &key) {
         Ok(Some((size, mtime))) if size == o.size && same_time(mtime, o.last_modified) => {

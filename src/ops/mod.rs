@@ -9,6 +9,7 @@ pub mod verify;
 use futures::stream::{BoxStream, StreamExt};
 
 use crate::error::Result;
+use crate::key::{Key, KeyError};
 use crate::s3::ListedObject;
 use crate::store::{BlobStore, ObjectBackend};
 
@@ -43,5 +44,37 @@ pub(crate) fn source_listing<'a>(
                 })
             })
             .boxed(),
+    }
+}
+
+/// What a listed object becomes on disk: the one place `migrate` and `verify` decide it.
+pub(crate) enum Placement {
+    /// A folder marker (a size-0 key ending in `/`): a directory, `None` for the root.
+    Folder(Option<Key>),
+    /// A regular file.
+    File(Key),
+    /// A key that cannot be stored safely; `folder` when it was a folder marker.
+    Unsafe { reason: KeyError, folder: bool },
+}
+
+impl Placement {
+    pub(crate) fn of(o: &ListedObject) -> Placement {
+        match o.key.strip_suffix('/') {
+            Some("") if o.size == 0 => Placement::Folder(None),
+            Some(dir) if o.size == 0 => match Key::new(dir) {
+                Ok(k) => Placement::Folder(Some(k)),
+                Err(reason) => Placement::Unsafe {
+                    reason,
+                    folder: true,
+                },
+            },
+            _ => match Key::new(o.key.as_str()) {
+                Ok(k) => Placement::File(k),
+                Err(reason) => Placement::Unsafe {
+                    reason,
+                    folder: false,
+                },
+            },
+        }
     }
 }

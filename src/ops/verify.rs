@@ -19,7 +19,7 @@ use crate::error::{Error, Result};
 use crate::etag::{self, Verdict};
 use crate::key::Key;
 use crate::local;
-use crate::ops::{source_listing, KeyReason};
+use crate::ops::{source_listing, KeyReason, Placement};
 use crate::report::Reporter;
 use crate::s3::ListedObject;
 use crate::store::BlobStore;
@@ -262,26 +262,18 @@ pub async fn s3_to_local(
 }
 
 fn classify(root: &Path, o: ListedObject, keys: &mut HashSet<Box<str>>) -> Check {
-    if let Some(dir) = o.key.strip_suffix('/') {
-        if o.size == 0 {
-            // A folder marker: nothing to compare.
-            return match Key::new(dir) {
-                Err(e) if !dir.is_empty() => Check::Done(Finding::Rejected(KeyReason {
-                    key: o.key,
-                    reason: e.to_string(),
-                })),
-                _ => Check::Done(Finding::Identical(0)),
+    let key = match Placement::of(&o) {
+        // A folder marker: nothing to compare.
+        Placement::Folder(_) => return Check::Done(Finding::Identical(0)),
+        Placement::Unsafe { reason, folder } => {
+            let reason = if folder {
+                reason.to_string()
+            } else {
+                format!("{reason}: cannot be stored on disk")
             };
+            return Check::Done(Finding::Rejected(KeyReason { key: o.key, reason }));
         }
-    }
-    let key = match Key::new(o.key.as_str()) {
-        Ok(k) => k,
-        Err(e) => {
-            return Check::Done(Finding::Rejected(KeyReason {
-                key: o.key,
-                reason: format!("{e}: cannot be stored on disk"),
-            }))
-        }
+        Placement::File(k) => k,
     };
     keys.insert(key.as_str().into());
     match local::stat_file(root, &key) {
