@@ -149,12 +149,19 @@ pub(crate) async fn run(cmd: MigrateCommand) -> Exit {
             MigrateCommand::S3ToLocal(a) => {
                 let src = a.s3.config()?.open()?;
                 let opts = a.run.options(&a.s3.prefix, cancel.clone());
-                migrate::s3_to_local(&src, &absolute(&a.dest)?, &opts, &progress).await
+                migrate::s3_to_local(&src, &super::absolute("--dest", &a.dest)?, &opts, &progress)
+                    .await
             }
             MigrateCommand::LocalToS3(a) => {
                 let dst = a.s3.config()?.open()?;
                 let opts = a.run.options(&a.s3.prefix, cancel.clone());
-                migrate::local_to_s3(&absolute(&a.source)?, &dst, &opts, &progress).await
+                migrate::local_to_s3(
+                    &super::absolute("--source", &a.source)?,
+                    &dst,
+                    &opts,
+                    &progress,
+                )
+                .await
             }
         }
     }
@@ -179,13 +186,6 @@ pub(crate) async fn run(cmd: MigrateCommand) -> Exit {
     } else {
         Exit::from_problems(summary.has_problems())
     }
-}
-
-fn absolute(p: &std::path::Path) -> stowage::Result<PathBuf> {
-    std::path::absolute(p).map_err(|e| stowage::Error::Config {
-        name: "path".into(),
-        reason: format!("{}: {e}", p.display()),
-    })
 }
 
 fn print_human(s: &MigrateSummary) {

@@ -73,8 +73,7 @@ impl ServeArgs {
             name: name.into(),
             reason,
         };
-        let root = std::path::absolute(&self.root)
-            .map_err(|e| config_err("--root", format!("{}: {e}", self.root.display())))?;
+        let root = super::absolute("--root", &self.root)?;
         let base_path = self.base_path.trim_end_matches('/');
         if !self.base_path.starts_with('/') {
             return Err(config_err(

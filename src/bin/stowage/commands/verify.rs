@@ -51,10 +51,7 @@ pub(crate) async fn run(cmd: VerifyCommand) -> Exit {
     let progress = Progress::new(a.quiet);
     let result = async {
         let src = a.s3.config()?.open()?;
-        let dest = std::path::absolute(&a.dest).map_err(|e| stowage::Error::Config {
-            name: "--dest".into(),
-            reason: format!("{}: {e}", a.dest.display()),
-        })?;
+        let dest = super::absolute("--dest", &a.dest)?;
         let opts = VerifyOptions {
             prefix: a.s3.prefix.clone(),
             cancel,
