@@ -48,13 +48,13 @@ fn open_root(root: &Path) -> io::Result<OwnedFd> {
     )?)
 }
 
-fn open_subdir(dir: &impl AsFd, name: &str) -> io::Result<OwnedFd> {
-    Ok(rfs::openat(
+fn open_subdir(dir: &impl AsFd, name: &str) -> rustix::io::Result<OwnedFd> {
+    rfs::openat(
         dir,
         name,
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
         Mode::empty(),
-    )?)
+    )
 }
 
 /// Why a key cannot be placed on disk, beyond [`Key`]'s own rules.
@@ -94,22 +94,14 @@ pub fn open_parent_dir(root: &Path, key: &Key, create: bool) -> Result<OwnedFd, 
     for seg in &segs[..segs.len() - 1] {
         dir = match open_subdir(&dir, seg) {
             Ok(d) => d,
-            Err(e) if create && e.kind() == io::ErrorKind::NotFound => {
+            Err(Errno::NOENT) if create => {
                 match rfs::mkdirat(&dir, *seg, Mode::from_raw_mode(0o755)) {
                     Ok(()) | Err(Errno::EXIST) => {}
                     Err(e) => return Err(PlaceError::from_errno(e)),
                 }
-                open_subdir(&dir, seg).map_err(|e| match e.raw_os_error() {
-                    Some(c) => PlaceError::from_errno(Errno::from_raw_os_error(c)),
-                    None => PlaceError::Io(e),
-                })?
+                open_subdir(&dir, seg).map_err(PlaceError::from_errno)?
             }
-            Err(e) => {
-                return Err(match e.raw_os_error() {
-                    Some(c) => PlaceError::from_errno(Errno::from_raw_os_error(c)),
-                    None => PlaceError::Io(e),
-                })
-            }
+            Err(e) => return Err(PlaceError::from_errno(e)),
         };
     }
     Ok(dir)
