@@ -45,6 +45,14 @@ fn dest_arg(dir: &std::path::Path) -> String {
     dir.to_str().unwrap().to_owned()
 }
 
+/// `stowage migrate s3-to-local --dest <dest> <extra...>` against `s3`, to completion.
+fn migrate(s3: &TestS3, dest: &std::path::Path, extra: &[&str]) -> crate::support::cli::Run {
+    let dest = dest_arg(dest);
+    let mut args = vec!["migrate", "s3-to-local", "--dest", &dest];
+    args.extend_from_slice(extra);
+    run(Some(s3), &args)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn copies_more_than_1000_objects_then_a_rerun_downloads_nothing() {
     let s3 = TestS3::start();
@@ -55,16 +63,7 @@ async fn copies_more_than_1000_objects_then_a_rerun_downloads_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let dest = tmp.path().join("store");
 
-    let r = run(
-        Some(&s3),
-        &[
-            "migrate",
-            "s3-to-local",
-            "--dest",
-            &dest_arg(&dest),
-            "--json",
-        ],
-    );
+    let r = migrate(&s3, &dest, &["--json"]);
     assert_eq!(r.code, 0, "{r:?}");
     let j = r.json();
     assert_eq!(j["listed"], 1100);
@@ -87,16 +86,7 @@ async fn copies_more_than_1000_objects_then_a_rerun_downloads_nothing() {
     assert_eq!(md.mtime(), meta.last_modified.timestamp());
 
     let gets_before = s3.faults().gets();
-    let r = run(
-        Some(&s3),
-        &[
-            "migrate",
-            "s3-to-local",
-            "--dest",
-            &dest_arg(&dest),
-            "--json",
-        ],
-    );
+    let r = migrate(&s3, &dest, &["--json"]);
     assert_eq!(r.code, 0, "{r:?}");
     let j = r.json();
     assert_eq!(
@@ -125,16 +115,7 @@ async fn multipart_objects_are_verified_through_their_etag() {
     assert!(etag.contains('-'), "expected a multipart ETag, got {etag}");
 
     let tmp = tempfile::tempdir().unwrap();
-    let r = run(
-        Some(&s3),
-        &[
-            "migrate",
-            "s3-to-local",
-            "--dest",
-            &dest_arg(tmp.path()),
-            "--json",
-        ],
-    );
+    let r = migrate(&s3, tmp.path(), &["--json"]);
     assert_eq!(r.code, 0, "{r:?}");
     let j = r.json();
     assert_eq!(j["copied"], 1);
@@ -160,18 +141,7 @@ async fn broken_corrupt_and_refused_responses_are_retried() {
     s3.faults().truncate_next_gets(2, 100_000);
     s3.faults().corrupt_next_gets(1);
     let tmp = tempfile::tempdir().unwrap();
-    let r = run(
-        Some(&s3),
-        &[
-            "migrate",
-            "s3-to-local",
-            "--dest",
-            &dest_arg(tmp.path()),
-            "--json",
-            "--concurrency",
-            "1",
-        ],
-    );
+    let r = migrate(&s3, tmp.path(), &["--json", "--concurrency", "1"]);
     assert_eq!(r.code, 0, "{r:?}");
     assert_eq!(r.json()["copied"], 3);
     assert_eq!(tree(tmp.path()), want);
@@ -184,16 +154,7 @@ async fn broken_corrupt_and_refused_responses_are_retried() {
     // A burst of 503 SlowDown on the next requests (listing included).
     let tmp2 = tempfile::tempdir().unwrap();
     s3.faults().fail_next(4, 503);
-    let r = run(
-        Some(&s3),
-        &[
-            "migrate",
-            "s3-to-local",
-            "--dest",
-            &dest_arg(tmp2.path()),
-            "--json",
-        ],
-    );
+    let r = migrate(&s3, tmp2.path(), &["--json"]);
     assert_eq!(r.code, 0, "{r:?}");
     assert_eq!(tree(tmp2.path()), want);
 }
@@ -219,26 +180,13 @@ async fn content_type_folder_markers_and_dry_run() {
 
     let tmp = tempfile::tempdir().unwrap();
     let dest = tmp.path().join("store");
-    let r = run(
-        Some(&s3),
-        &[
-            "migrate",
-            "s3-to-local",
-            "--dest",
-            &dest_arg(&dest),
-            "--dry-run",
-            "--json",
-        ],
-    );
+    let r = migrate(&s3, &dest, &["--dry-run", "--json"]);
     assert_eq!(r.code, 0, "{r:?}");
     let j = r.json();
     assert_eq!(j["would_copy"], serde_json::json!(["clips/1/video.mp4"]));
     assert!(!dest.exists(), "a dry run writes nothing");
 
-    let r = run(
-        Some(&s3),
-        &["migrate", "s3-to-local", "--dest", &dest_arg(&dest)],
-    );
+    let r = migrate(&s3, &dest, &[]);
     assert_eq!(r.code, 0, "{r:?}");
     assert!(r.stdout.contains("copied"), "{r:?}");
     let f = std::fs::File::open(dest.join("clips/1/video.mp4")).unwrap();
@@ -269,17 +217,7 @@ async fn refuses_before_writing_when_the_copy_would_not_fit() {
     let dest = tmp.path().join("store");
     std::fs::create_dir(&dest).unwrap();
     std::fs::write(dest.join("existing"), vec![0u8; 500_000]).unwrap();
-    let r = run(
-        Some(&s3),
-        &[
-            "migrate",
-            "s3-to-local",
-            "--dest",
-            &dest_arg(&dest),
-            "--max-used",
-            "1MB",
-        ],
-    );
+    let r = migrate(&s3, &dest, &["--max-used", "1MB"]);
     assert_eq!(r.code, 2, "{r:?}");
     assert!(
         r.stderr.contains("not enough space") && r.stderr.contains("--max-used"),
@@ -306,17 +244,7 @@ async fn refuses_before_writing_when_the_copy_would_not_fit() {
             .unwrap_or(false);
         if ok {
             seed(&s3, &[("c".into(), 600_000)]).await; // 1.2 MB in all, on a 1 MiB filesystem
-            let r = run(
-                Some(&s3),
-                &[
-                    "migrate",
-                    "s3-to-local",
-                    "--dest",
-                    &dest_arg(&mnt),
-                    "--min-free",
-                    "0",
-                ],
-            );
+            let r = migrate(&s3, &mnt, &["--min-free", "0"]);
             let listing = tree(&mnt);
             let _ = std::process::Command::new("umount").arg(&mnt).status();
             assert_eq!(r.code, 2, "{r:?}");
@@ -343,17 +271,7 @@ async fn bad_credentials_and_missing_bucket_stop_before_copying() {
     );
     assert_eq!(r.code, 2, "{r:?}");
     assert!(r.stderr.contains("access denied"), "{r:?}");
-    let r = run(
-        Some(&s3),
-        &[
-            "migrate",
-            "s3-to-local",
-            "--dest",
-            &dest_arg(&dest),
-            "--bucket",
-            "no-such-bucket",
-        ],
-    );
+    let r = migrate(&s3, &dest, &["--bucket", "no-such-bucket"]);
     assert_eq!(r.code, 2, "{r:?}");
     assert!(r.stderr.contains("does not exist"), "{r:?}");
     // No credentials anywhere (HOME has no ~/.aws): the message says where to put them.
@@ -416,16 +334,7 @@ async fn resumes_after_kill_9_without_partial_files() {
             );
         }
     }
-    let r = run(
-        Some(&s3),
-        &[
-            "migrate",
-            "s3-to-local",
-            "--dest",
-            &dest_arg(&dest),
-            "--json",
-        ],
-    );
+    let r = migrate(&s3, &dest, &["--json"]);
     assert_eq!(r.code, 0, "{r:?}");
     let j = r.json();
     let done = partial.keys().filter(|k| !k.contains(".stowage")).count() as u64;
@@ -459,16 +368,7 @@ async fn hostile_keys_are_rejected_and_nothing_escapes_the_destination() {
 
     let tmp = tempfile::tempdir().unwrap();
     let dest = tmp.path().join("store");
-    let r = run(
-        Some(&s3),
-        &[
-            "migrate",
-            "s3-to-local",
-            "--dest",
-            &dest_arg(&dest),
-            "--json",
-        ],
-    );
+    let r = migrate(&s3, &dest, &["--json"]);
     assert_eq!(r.code, 1, "{r:?}");
     let j = r.json();
     let rejected: Vec<&str> = j["rejected"]
@@ -617,16 +517,7 @@ async fn ctrl_c_stops_cleanly_and_a_rerun_finishes() {
         j["copied"].as_u64().unwrap(),
         "every copied object and nothing else is in place"
     );
-    let r = run(
-        Some(&s3),
-        &[
-            "migrate",
-            "s3-to-local",
-            "--dest",
-            &dest_arg(&dest),
-            "--json",
-        ],
-    );
+    let r = migrate(&s3, &dest, &["--json"]);
     assert_eq!(r.code, 0, "{r:?}");
     assert_eq!(tree(&dest), want);
 }
