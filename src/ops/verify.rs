@@ -185,9 +185,14 @@ pub async fn s3_to_local(
                         let _permit = hashing.acquire().await.expect("semaphore open");
                         let k = key.clone();
                         let checked = tokio::task::spawn_blocking(move || {
-                            // Opened beneath the root without following symlinks, like every local read.
-                            let hint = local::open_beneath(&root, &k).ok().and_then(|f| local::read_part_size(&f));
-                            etag::check_reader_hinted(etag.as_deref(), size, hint, || local::open_beneath(&root, &k))
+                            // Opened beneath the root without following symlinks, like every local
+                            // read; the first pass reads the handle the hint came from.
+                            let mut first = local::open_beneath(&root, &k).ok();
+                            let hint = first.as_ref().and_then(local::read_part_size);
+                            etag::check_reader_hinted(etag.as_deref(), size, hint, || match first.take() {
+                                Some(f) => Ok(f),
+                                None => local::open_beneath(&root, &k),
+                            })
                         })
                         .await
                         .expect("hashing does not panic");
