@@ -41,14 +41,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat};
 use rustix::io::Errno;
 
-use crate::local::StoreLock;
+use crate::local::{StoreLock, LOCK_FILE_NAME};
 use crate::report::Reporter;
 use crate::size::{human_bytes, SizeSpec};
 use crate::walk::{system_time, EntryKind, WalkOptions, Walker};
 use crate::{Error, Result};
-
-/// Name of the lock file in the store root (starts with [`crate::key::RESERVED_PREFIX`]).
-pub const LOCK_FILE: &str = crate::local::LOCK_FILE_NAME;
 
 /// Most eviction candidates held in memory at once by the `max_used` pass.
 pub const MAX_EVICTION_CANDIDATES: usize = 65_536;
@@ -206,7 +203,7 @@ pub fn cleanup(opts: &CleanupOptions, reporter: &dyn Reporter) -> Result<Cleanup
                 summary.locked = true;
                 reporter.note(&format!(
                     "another stowage run (cleanup or migrate) holds {}; nothing done",
-                    root.join(LOCK_FILE).display()
+                    root.join(LOCK_FILE_NAME).display()
                 ));
                 summary.elapsed_s = started.elapsed().as_secs_f64();
                 return Ok(summary);
@@ -239,7 +236,7 @@ fn take_lock(root_fd: &OwnedFd, root: &Path) -> Result<Option<StoreLock>> {
     StoreLock::try_acquire_at(root_fd).map_err(|e| {
         Error::io(
             "lock (is the store root writable by this user?)",
-            root.join(LOCK_FILE),
+            root.join(LOCK_FILE_NAME),
             e,
         )
     })

@@ -3,7 +3,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use stowage::ops::cleanup::{cleanup, CleanupOptions, CleanupSummary, LOCK_FILE};
+use stowage::local::LOCK_FILE_NAME;
+use stowage::ops::cleanup::{cleanup, CleanupOptions, CleanupSummary};
 use stowage::report::Reporter;
 use stowage::size::{human_bytes, SizeSpec};
 
@@ -119,7 +120,7 @@ fn human_summary(s: &CleanupSummary) -> String {
         let _ = writeln!(
             out,
             "stowage cleanup {root}: another run holds {}; nothing done",
-            s.root.join(LOCK_FILE).display()
+            s.root.join(LOCK_FILE_NAME).display()
         );
         return out;
     }
