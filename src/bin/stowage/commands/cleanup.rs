@@ -86,21 +86,12 @@ impl Reporter for NotePrinter {
 pub(crate) fn run(args: CleanupArgs) -> u8 {
     let summary = match cleanup(&args.to_options(), &NotePrinter { json: args.json }) {
         Ok(s) => s,
-        Err(e) => {
-            eprintln!("stowage cleanup: {e}");
-            if !args.root.is_dir() {
-                eprintln!("hint: --root (or LOCAL_STORAGE_PATH) must name the store directory");
-            }
-            return 2;
-        }
+        Err(e) => return super::root_error("cleanup", &args.root, &e),
     };
     if args.json {
-        match serde_json::to_string_pretty(&summary) {
-            Ok(j) => println!("{j}"),
-            Err(e) => {
-                eprintln!("stowage cleanup: cannot encode the summary: {e}");
-                return 2;
-            }
+        if let Err(e) = super::print_json(&summary) {
+            eprintln!("stowage cleanup: cannot encode the summary: {e}");
+            return 2;
         }
     } else {
         print!("{}", human_summary(&summary));

@@ -65,13 +65,7 @@ pub(crate) fn run(args: DiskArgs) -> u8 {
     o.top_prefixes = args.top;
     let report = match disk(&o, &NoopReporter) {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("stowage disk: {e}");
-            if !args.root.is_dir() {
-                eprintln!("hint: --root (or LOCAL_STORAGE_PATH) must name the store directory");
-            }
-            return 2;
-        }
+        Err(e) => return super::root_error("disk", &args.root, &e),
     };
     let mut status = if !report.errors.is_empty() {
         2
@@ -87,12 +81,9 @@ pub(crate) fn run(args: DiskArgs) -> u8 {
         }
     }
     if args.json {
-        match serde_json::to_string_pretty(&report) {
-            Ok(j) => println!("{j}"),
-            Err(e) => {
-                eprintln!("stowage disk: cannot encode the report: {e}");
-                return 2;
-            }
+        if let Err(e) = super::print_json(&report) {
+            eprintln!("stowage disk: cannot encode the report: {e}");
+            return 2;
         }
     } else {
         print!("{}", human_report(&report));

@@ -172,10 +172,7 @@ pub(crate) async fn run(cmd: MigrateCommand) -> Exit {
         Err(e) => return crate::fatal(&e),
     };
     if run.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&summary).expect("summary serializes")
-        );
+        super::print_json(&summary).expect("summary serializes");
     } else if !run.quiet || summary.has_problems() || summary.aborted.is_some() {
         print_human(&summary);
     }

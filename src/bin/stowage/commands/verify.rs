@@ -66,10 +66,7 @@ pub(crate) async fn run(cmd: VerifyCommand) -> Exit {
         Err(e) => return crate::fatal(&e),
     };
     if a.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&s).expect("summary serializes")
-        );
+        super::print_json(&s).expect("summary serializes");
     } else {
         print_human(&s);
     }
