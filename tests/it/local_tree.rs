@@ -34,9 +34,14 @@ pub struct TmpfsMount {
 }
 
 impl TmpfsMount {
-    /// Mounts a small tmpfs at `path`, or returns `None` (after printing why) when that is
-    /// not possible here (not root, or no permission to mount in this container).
+    /// Mounts a small (4 MiB) tmpfs at `path`, or returns `None` (after printing why) when
+    /// that is not possible here (not root, or no permission to mount in this container).
     pub fn new(path: &Path) -> Option<TmpfsMount> {
+        TmpfsMount::with_size(path, "4m")
+    }
+
+    /// Like [`TmpfsMount::new`], with the filesystem's size (`mount -o size=`, e.g. `1m`).
+    pub fn with_size(path: &Path, size: &str) -> Option<TmpfsMount> {
         if !is_root() {
             eprintln!(
                 "SKIPPED: mounting a tmpfs needs root; run the tests as root to cover other mounts"
@@ -45,7 +50,7 @@ impl TmpfsMount {
         }
         fs::create_dir_all(path).unwrap();
         let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=4m", "stowage-test"])
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "stowage-test"])
             .arg(path)
             .output();
         match out {

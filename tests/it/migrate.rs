@@ -8,6 +8,7 @@ use futures::StreamExt;
 use object_store::path::Path as ObjPath;
 use object_store::{Attribute, Attributes, ObjectStore, ObjectStoreExt, PutOptions};
 
+use crate::local_tree::TmpfsMount;
 use crate::support::cli::{digest, run, stowage, tree, xattrs_supported};
 use crate::support::s3::TestS3;
 
@@ -227,34 +228,14 @@ async fn refuses_before_writing_when_the_copy_would_not_fit() {
     assert!(!dest.join(".stowage.lock").exists());
 
     // A real small filesystem, when we may mount one.
-    if rustix::process::geteuid().is_root() {
-        let mnt = tmp.path().join("tiny");
-        std::fs::create_dir(&mnt).unwrap();
-        let ok = std::process::Command::new("mount")
-            .args([
-                "-t",
-                "tmpfs",
-                "-o",
-                "size=1m",
-                "tmpfs",
-                mnt.to_str().unwrap(),
-            ])
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        if ok {
-            seed(&s3, &[("c".into(), 600_000)]).await; // 1.2 MB in all, on a 1 MiB filesystem
-            let r = migrate(&s3, &mnt, &["--min-free", "0"]);
-            let listing = tree(&mnt);
-            let _ = std::process::Command::new("umount").arg(&mnt).status();
-            assert_eq!(r.code, 2, "{r:?}");
-            assert!(r.stderr.contains("not enough space"), "{r:?}");
-            assert!(listing.is_empty(), "nothing written: {listing:?}");
-        } else {
-            eprintln!("skipped: could not mount a tmpfs");
-        }
-    } else {
-        eprintln!("skipped: tmpfs preflight needs root");
+    let mnt = tmp.path().join("tiny");
+    if let Some(_mount) = TmpfsMount::with_size(&mnt, "1m") {
+        seed(&s3, &[("c".into(), 600_000)]).await; // 1.2 MB in all, on a 1 MiB filesystem
+        let r = migrate(&s3, &mnt, &["--min-free", "0"]);
+        assert_eq!(r.code, 2, "{r:?}");
+        assert!(r.stderr.contains("not enough space"), "{r:?}");
+        let listing = tree(&mnt);
+        assert!(listing.is_empty(), "nothing written: {listing:?}");
     }
 }
 
@@ -524,10 +505,6 @@ async fn ctrl_c_stops_cleanly_and_a_rerun_finishes() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_disk_filling_up_mid_run_stops_cleanly() {
-    if !rustix::process::geteuid().is_root() {
-        eprintln!("skipped: mounting a small tmpfs needs root");
-        return;
-    }
     let s3 = TestS3::start();
     let objects: Vec<(String, usize)> = (0..40)
         .map(|i| (format!("c/{i:02}.mp4"), 100_000))
@@ -535,29 +512,9 @@ async fn a_disk_filling_up_mid_run_stops_cleanly() {
     let want = seed(&s3, &objects).await;
     let tmp = tempfile::tempdir().unwrap();
     let mnt = tmp.path().join("disk");
-    std::fs::create_dir(&mnt).unwrap();
-    let mounted = std::process::Command::new("mount")
-        .args([
-            "-t",
-            "tmpfs",
-            "-o",
-            "size=8m",
-            "tmpfs",
-            mnt.to_str().unwrap(),
-        ])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !mounted {
-        eprintln!("skipped: could not mount a tmpfs");
+    let Some(_mount) = TmpfsMount::with_size(&mnt, "8m") else {
         return;
-    }
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg(&self.0).status();
-        }
-    }
-    let _guard = Unmount(mnt.clone());
+    };
     let dest = mnt.join("store");
     let child = stowage(
         Some(&s3),
