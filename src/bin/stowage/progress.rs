@@ -32,7 +32,8 @@ pub(crate) struct Plain {
     found: AtomicU64,
     bytes: AtomicU64,
     started: Instant,
-    last: Mutex<Instant>,
+    /// When the last line was printed, in milliseconds since `started`.
+    last_ms: AtomicU64,
 }
 
 impl Progress {
@@ -69,7 +70,7 @@ impl Progress {
                 found: AtomicU64::new(0),
                 bytes: AtomicU64::new(0),
                 started: Instant::now(),
-                last: Mutex::new(Instant::now()),
+                last_ms: AtomicU64::new(0),
             })
         }
     }
@@ -85,11 +86,17 @@ impl Progress {
 
 impl Plain {
     fn maybe_print(&self) {
-        let mut last = self.last.lock().expect("not poisoned");
-        if last.elapsed() < PLAIN_INTERVAL {
+        // Called for every chunk copied: a lock-free check, and one winner per interval.
+        let now = self.started.elapsed().as_millis() as u64;
+        let last = self.last_ms.load(Ordering::Relaxed);
+        if now.saturating_sub(last) < PLAIN_INTERVAL.as_millis() as u64
+            || self
+                .last_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
             return;
         }
-        *last = Instant::now();
         let (phase, total_items, total_bytes) = self.phase.lock().expect("not poisoned").clone();
         let items = self.items.load(Ordering::Relaxed);
         let bytes = self.bytes.load(Ordering::Relaxed);
