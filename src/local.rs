@@ -80,6 +80,16 @@ impl PlaceError {
         }
     }
 
+    /// The crate error for writing `path`; a full disk stays recognisable through
+    /// [`crate::Error::is_no_space`].
+    pub(crate) fn into_error(self, path: PathBuf) -> crate::Error {
+        let source = match self {
+            PlaceError::Io(e) => e,
+            other => io::Error::other(other.to_string()),
+        };
+        crate::Error::io("write", path, source)
+    }
+
     /// True when the disk (or quota) is full.
     pub fn is_no_space(&self) -> bool {
         matches!(self, PlaceError::Io(e) if crate::error::is_enospc(e))

@@ -744,12 +744,7 @@ fn clamp(range: Option<Range<u64>>, size: u64) -> Range<u64> {
 }
 
 fn place_err(root: &Path, key: &Key, e: PlaceError) -> Error {
-    let path = key.to_path(root);
-    match e {
-        PlaceError::Io(e) if crate::error::is_enospc(&e) => Error::io("write", path, e),
-        PlaceError::Io(e) => Error::io("write", path, e),
-        other => Error::io("write", path, std::io::Error::other(other.to_string())),
-    }
+    e.into_error(key.to_path(root))
 }
 
 fn local_open(root: &Path, key: &Key) -> Result<(std::fs::File, Meta)> {

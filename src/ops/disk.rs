@@ -24,11 +24,12 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashSet};
 use std::ffi::OsStr;
 use std::fmt::Write as _;
-use std::io::Write as _;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::key::Key;
+use crate::local::AtomicFile;
 use crate::ops::cleanup::{age_cutoff, PathError};
 use crate::report::Reporter;
 use crate::size::{human_bytes, SizeSpec};
@@ -586,41 +587,28 @@ impl DiskReport {
     }
 }
 
+/// Writes `path` through the store's own atomic writer (temp file beside it, fsync,
+/// rename, fsync of the directory): the textfile collector never reads half a file, and
+/// the temp name does not end in `.prom`, so it is never collected either.
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    let name = path.file_name().ok_or_else(|| {
-        Error::config(
-            "--prometheus",
-            format!("{} is not a file path", path.display()),
-        )
-    })?;
-    let tmp = dir.join(format!(
-        ".{}.{:016x}.tmp",
-        name.to_string_lossy(),
-        fastrand::u64(..)
-    ));
-    let result = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
-            .map_err(|e| Error::io("create", &tmp, e))?;
-        f.write_all(bytes)
-            .map_err(|e| Error::io("write", &tmp, e))?;
-        f.sync_all().map_err(|e| Error::io("fsync", &tmp, e))?;
-        std::fs::rename(&tmp, path).map_err(|e| Error::io("rename into place", path, e))?;
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    let name = path
+        .file_name()
+        .and_then(OsStr::to_str)
+        .and_then(|n| Key::new(n).ok())
+        .ok_or_else(|| {
+            Error::config(
+                "--prometheus",
+                format!("{} is not a file path stowage can write", path.display()),
+            )
+        })?;
+    let mut file = AtomicFile::create(dir, &name).map_err(|e| e.into_error(path.to_path_buf()))?;
+    file.write_all(bytes)
+        .map_err(|e| Error::io("write", path, e))?;
+    file.commit().map_err(|e| e.into_error(path.to_path_buf()))
 }
 
 /// Escapes a label value per the Prometheus text format: `\`, `"` and newline.
