@@ -188,12 +188,11 @@ fn directory_swapped_for_a_symlink_before_an_eviction_is_not_followed() {
 }
 
 #[test]
+#[ignore = "needs root to mount a tmpfs (.ci/run runs as root)"]
 fn another_filesystem_mounted_inside_the_root_is_not_entered() {
     let t = tempfile::tempdir().unwrap();
     let r = t.path();
-    let Some(_mount) = TmpfsMount::new(&r.join("mnt")) else {
-        return;
-    };
+    let _mount = TmpfsMount::new(&r.join("mnt"));
     let inside = file(r, "mnt/old-on-tmpfs", 10, 100 * DAY);
     file(r, "old-here", 10, 100 * DAY);
     let s = run(&opts(r));

@@ -157,13 +157,12 @@ fn warn_above_compares_store_bytes_or_filesystem_percent() {
 }
 
 #[test]
+#[ignore = "needs root to mount a tmpfs (.ci/run runs as root)"]
 fn another_filesystem_mounted_inside_the_root_is_not_counted() {
     let t = tempfile::tempdir().unwrap();
     let r = t.path();
     file(r, "here", 100, DAY);
-    let Some(_mount) = TmpfsMount::new(&r.join("mnt")) else {
-        return;
-    };
+    let _mount = TmpfsMount::new(&r.join("mnt"));
     file(r, "mnt/there", 1_000_000, DAY);
     let rep = measure(&DiskOptions::new(r));
     assert_eq!((rep.store.files, rep.store.apparent_bytes), (1, 100));

@@ -34,40 +34,31 @@ pub struct TmpfsMount {
 }
 
 impl TmpfsMount {
-    /// Mounts a small (4 MiB) tmpfs at `path`, or returns `None` (after printing why) when
-    /// that is not possible here (not root, or no permission to mount in this container).
-    pub fn new(path: &Path) -> Option<TmpfsMount> {
+    /// Mounts a small (4 MiB) tmpfs at `path`. Tests that use it are marked
+    /// `#[ignore = "needs root ..."]`; anywhere mounting is impossible they fail with the reason.
+    pub fn new(path: &Path) -> TmpfsMount {
         TmpfsMount::with_size(path, "4m")
     }
 
     /// Like [`TmpfsMount::new`], with the filesystem's size (`mount -o size=`, e.g. `1m`).
-    pub fn with_size(path: &Path, size: &str) -> Option<TmpfsMount> {
-        if !is_root() {
-            eprintln!(
-                "SKIPPED: mounting a tmpfs needs root; run the tests as root to cover other mounts"
-            );
-            return None;
-        }
+    pub fn with_size(path: &Path, size: &str) -> TmpfsMount {
+        assert!(
+            is_root(),
+            "mounting a tmpfs needs root: run this test as root"
+        );
         fs::create_dir_all(path).unwrap();
         let out = Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={size}"), "stowage-test"])
             .arg(path)
-            .output();
-        match out {
-            Ok(o) if o.status.success() => Some(TmpfsMount {
-                path: path.to_owned(),
-            }),
-            Ok(o) => {
-                eprintln!(
-                    "SKIPPED: mount -t tmpfs failed: {}",
-                    String::from_utf8_lossy(&o.stderr)
-                );
-                None
-            }
-            Err(e) => {
-                eprintln!("SKIPPED: cannot run mount: {e}");
-                None
-            }
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run mount: {e}"));
+        assert!(
+            out.status.success(),
+            "mount -t tmpfs failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        TmpfsMount {
+            path: path.to_owned(),
         }
     }
 }

@@ -191,14 +191,15 @@ async fn content_type_folder_markers_and_dry_run() {
     assert_eq!(r.code, 0, "{r:?}");
     assert!(r.stdout.contains("copied"), "{r:?}");
     let f = std::fs::File::open(dest.join("clips/1/video.mp4")).unwrap();
-    if xattrs_supported(&dest) {
-        assert_eq!(
-            stowage::local::read_content_type(&f).as_deref(),
-            Some("video/mp4")
-        );
-    } else {
-        eprintln!("skipped: {} has no user xattrs", dest.display());
-    }
+    assert!(
+        xattrs_supported(&dest),
+        "{} has no user xattrs: run the tests on a filesystem that has them",
+        dest.display()
+    );
+    assert_eq!(
+        stowage::local::read_content_type(&f).as_deref(),
+        Some("video/mp4")
+    );
     if s3
         .object_store()
         .head(&ObjPath::parse("empty-folder").unwrap())
@@ -226,17 +227,22 @@ async fn refuses_before_writing_when_the_copy_would_not_fit() {
     );
     assert_eq!(tree(&dest).len(), 1, "nothing written");
     assert!(!dest.join(".stowage.lock").exists());
+}
 
-    // A real small filesystem, when we may mount one.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs root to mount a tmpfs (.ci/run runs as root)"]
+async fn refuses_before_writing_when_the_copy_would_not_fit_a_real_small_filesystem() {
+    let s3 = TestS3::start();
+    // 1.2 MB in all, on a 1 MiB filesystem.
+    seed(&s3, &[("a".into(), 600_000), ("c".into(), 600_000)]).await;
+    let tmp = tempfile::tempdir().unwrap();
     let mnt = tmp.path().join("tiny");
-    if let Some(_mount) = TmpfsMount::with_size(&mnt, "1m") {
-        seed(&s3, &[("c".into(), 600_000)]).await; // 1.2 MB in all, on a 1 MiB filesystem
-        let r = migrate(&s3, &mnt, &["--min-free", "0"]);
-        assert_eq!(r.code, 2, "{r:?}");
-        assert!(r.stderr.contains("not enough space"), "{r:?}");
-        let listing = tree(&mnt);
-        assert!(listing.is_empty(), "nothing written: {listing:?}");
-    }
+    let _mount = TmpfsMount::with_size(&mnt, "1m");
+    let r = migrate(&s3, &mnt, &["--min-free", "0"]);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.stderr.contains("not enough space"), "{r:?}");
+    let listing = tree(&mnt);
+    assert!(listing.is_empty(), "nothing written: {listing:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -325,10 +331,9 @@ async fn resumes_after_kill_9_without_partial_files() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs moto: STOWAGE_TEST_S3_ENDPOINT (.ci/run starts it)"]
 async fn hostile_keys_are_rejected_and_nothing_escapes_the_destination() {
-    let Some(s3) = TestS3::moto_or_skip() else {
-        return;
-    };
+    let s3 = TestS3::moto();
     let good = seed(&s3, &[("clips/1/video.mp4".into(), 1000), ("x".into(), 5)]).await;
     let hostile = [
         "../escape.txt",
@@ -504,6 +509,7 @@ async fn ctrl_c_stops_cleanly_and_a_rerun_finishes() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs root to mount a tmpfs (.ci/run runs as root)"]
 async fn a_disk_filling_up_mid_run_stops_cleanly() {
     let s3 = TestS3::start();
     let objects: Vec<(String, usize)> = (0..40)
@@ -512,9 +518,7 @@ async fn a_disk_filling_up_mid_run_stops_cleanly() {
     let want = seed(&s3, &objects).await;
     let tmp = tempfile::tempdir().unwrap();
     let mnt = tmp.path().join("disk");
-    let Some(_mount) = TmpfsMount::with_size(&mnt, "8m") else {
-        return;
-    };
+    let _mount = TmpfsMount::with_size(&mnt, "8m");
     let dest = mnt.join("store");
     let child = stowage(
         Some(&s3),

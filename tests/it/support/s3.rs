@@ -5,7 +5,7 @@
 //! process. It checks SigV4, and a fault-injecting layer around its hyper service
 //! ([`Faults`]) fails, truncates or corrupts responses on demand.
 //!
-//! [`TestS3::external`] / [`TestS3::moto_or_skip`] use the server named by
+//! [`TestS3::external`] / [`TestS3::moto`] use the server named by
 //! `STOWAGE_TEST_S3_ENDPOINT` (moto in CI) with a fresh bucket per call. moto stores any key,
 //! so it is the server for hostile-key tests.
 
@@ -136,13 +136,13 @@ impl TestS3 {
         Some(s3)
     }
 
-    /// [`TestS3::external`], or `None` after printing why the test is skipped.
-    pub fn moto_or_skip() -> Option<TestS3> {
-        let s3 = TestS3::external();
-        if s3.is_none() {
-            eprintln!("skipped: set STOWAGE_TEST_S3_ENDPOINT to run against moto");
-        }
-        s3
+    /// [`TestS3::external`] for tests marked `#[ignore = "needs moto ..."]`: they run with
+    /// `--ignored` where `.ci/run` has started moto, and fail loudly anywhere else.
+    pub fn moto() -> TestS3 {
+        TestS3::external().expect(
+            "this test needs an S3 server that stores any key: start moto_server and set \
+             STOWAGE_TEST_S3_ENDPOINT (as .ci/run does)",
+        )
     }
 
     /// `http://127.0.0.1:PORT`, no trailing slash.
