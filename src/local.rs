@@ -472,3 +472,30 @@ pub fn sync_filesystem(root: &Path) -> io::Result<()> {
     rfs::syncfs(&dir)?;
     Ok(())
 }
+
+// Kept apart from the `impl AtomicFile` above: the no-replace commit of
+// `local_store::LocalStore` (object_store's `PutMode::Create` / `CopyMode::Create`).
+impl AtomicFile {
+    /// Like [`AtomicFile::commit`], but never replaces an existing file: the rename is
+    /// `renameat2(RENAME_NOREPLACE)`, so of two writers racing for one name exactly one
+    /// wins. `Ok(false)` when the final name was already taken (the temp file is removed).
+    pub(crate) fn commit_noreplace_for_store(mut self) -> Result<bool, PlaceError> {
+        if let Some(file) = self.file.take() {
+            file.sync_all()?;
+        }
+        match rfs::renameat_with(
+            &self.dir,
+            self.temp_name.as_str(),
+            &self.dir,
+            self.final_name.as_str(),
+            rfs::RenameFlags::NOREPLACE,
+        ) {
+            Ok(()) => {}
+            Err(Errno::EXIST) => return Ok(false),
+            Err(e) => return Err(PlaceError::from_errno(e)),
+        }
+        self.temp_name.clear();
+        rfs::fsync(&self.dir).map_err(io::Error::from)?;
+        Ok(true)
+    }
+}

@@ -7,6 +7,7 @@ mod disk;
 mod http;
 mod local_tree;
 mod migrate;
+mod object_store_suite;
 mod s3_list;
 mod support;
 mod verify;
