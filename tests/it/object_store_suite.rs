@@ -325,13 +325,11 @@ macro_rules! s3_tests {
 macro_rules! s3_suite {
     ($start:expr, $needs_moto:meta) => {
         s3_tests!($start, $needs_moto, {
-            put_get_attributes => |s| integration::put_get_attributes(s);
             stream_get => |s| integration::stream_get(s);
             list_uses_directories_correctly => |s| integration::list_uses_directories_correctly(s);
             list_with_delimiter => |s| integration::list_with_delimiter(s);
             rename_and_copy => |s| integration::rename_and_copy(s);
             multipart => |s| integration::multipart(s, s);
-            multipart_with_opts => |s| integration::multipart_with_opts(s, s);
             multipart_put_part_out_of_order => |s| integration::multipart_put_part_out_of_order(s, s);
             multipart_out_of_order => |s| integration::multipart_out_of_order(s);
             multipart_race_condition => |s| integration::multipart_race_condition(s, true);
@@ -345,16 +343,23 @@ macro_rules! s3_suite {
     };
 }
 
-/// s3s-fs 0.14.1 in-process. Not run, because s3s-fs cannot pass them:
+/// s3s-fs 0.14.1 in-process: the common list plus the attribute tests moto fails. Not
+/// run, because s3s-fs cannot pass them:
 /// `put_get_delete_list` (a suffix range longer than the object, `bytes=-100`, is a 500
 /// instead of the whole object), `get_opts` (it ignores `If-Unmodified-Since`), `put_opts`
 /// (its `If-Match` is not atomic: 5 racing incrementers reach 34 of 50).
 mod s3s_fs {
     use super::*;
     s3_suite!(TestS3::start(), any());
+    s3_tests!(TestS3::start(), any(), {
+        put_get_attributes => |s| integration::put_get_attributes(s);
+        multipart_with_opts => |s| integration::multipart_with_opts(s, s);
+    });
 }
 
-/// moto, where `.ci/run` starts it: the common list plus what s3s-fs cannot pass.
+/// moto, where `.ci/run` starts it: the common list plus what s3s-fs cannot pass. Not run:
+/// `put_get_attributes` and `multipart_with_opts` (moto 5.2 drops user metadata whose name
+/// has an `_`, such as the suite's `x-amz-meta-test_key`; checked with `aws s3api`).
 mod moto {
     use super::*;
     s3_suite!(TestS3::moto(), all());
