@@ -9,4 +9,12 @@ mod client;
 pub mod list;
 
 pub(crate) use client::open;
+
+/// The object_store S3 client stowage itself uses for `cfg` (no whole-request timeout,
+/// connect and idle-read timeouts, SHA-256 upload checksums), for code that wants a plain
+/// [`object_store::ObjectStore`]. `cfg.prefix` is not applied: wrap the client in
+/// `object_store::prefix::PrefixStore` for that.
+pub fn object_store(cfg: &crate::S3Config) -> crate::Result<object_store::aws::AmazonS3> {
+    client::build(cfg)
+}
 pub use list::{ListedObject, RawLister};

@@ -301,7 +301,8 @@ mod local_guarantees {
 }
 
 /// One `#[tokio::test]` per suite function against the S3 server `$start` builds, through
-/// the AmazonS3 client `TestS3` makes. `$needs_moto` is `all()` (true) for moto, whose tests
+/// the client stowage builds for it (`stowage::s3::object_store`: its timeouts, SHA-256
+/// upload checksums). `$needs_moto` is `all()` (true) for moto, whose tests
 /// are then `#[ignore]`d, and `any()` (false) for s3s-fs.
 macro_rules! s3_tests {
     ($start:expr, $needs_moto:meta, {$($name:ident => |$s:ident| $body:expr;)*}) => {$(
@@ -309,8 +310,8 @@ macro_rules! s3_tests {
         #[cfg_attr($needs_moto, ignore = "needs moto: STOWAGE_TEST_S3_ENDPOINT (.ci/run starts it)")]
         async fn $name() {
             let server = $start;
-            let store = server.object_store();
-            let $s = &*store;
+            let store = stowage::s3::object_store(&server.config()).expect("S3 client");
+            let $s = &store;
             $body.await;
         }
     )*};
