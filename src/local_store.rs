@@ -73,7 +73,11 @@ const META_XATTR_PREFIX: &str = "user.stowage.meta.";
 /// - tags are `NotImplemented` (a filesystem has nothing to keep them in);
 /// - attributes are `NotImplemented` on a filesystem without user extended attributes,
 ///   rather than silently dropped;
-/// - versions are not kept: a `GetOptions` with a version is `NotSupported`.
+/// - versions are not kept: a `GetOptions` with a version is `NotSupported`;
+/// - `MultipartStore` (upload ids that outlive the upload handle) is not implemented;
+///   `put_multipart` is;
+/// - `list_with_delimiter` reads only the prefix's own directory, so a subdirectory that
+///   holds nothing but an upload in progress is reported as a common prefix.
 ///
 /// ```
 /// use std::sync::Arc;
@@ -180,10 +184,10 @@ impl ObjectStore for LocalStore {
             return Err(self.not_implemented("`put_multipart_opts` with tags"));
         }
         let key = key_of(location)?;
-        let root = self.root_buf();
+        let (root, temp_key) = (self.root_buf(), key.clone());
         let name = self.to_string();
         let (file, writer) = blocking(move || {
-            let mut file = create_file(&root, &key, &attributes, &name)?;
+            let mut file = create_file(&root, &temp_key, &attributes, &name)?;
             let writer = file
                 .file()
                 .try_clone()
@@ -193,7 +197,7 @@ impl ObjectStore for LocalStore {
         .await?;
         Ok(Box::new(LocalUpload {
             root: self.root_buf(),
-            key: key_of(location)?,
+            key,
             location: location.clone(),
             file: Some(file),
             writer: Arc::new(writer),
@@ -698,7 +702,7 @@ fn set_attributes(file: &File, attributes: &Attributes, store: &str) -> OsResult
             rfs::XattrFlags::empty(),
         ) {
             Ok(()) => {}
-            Err(Errno::NOTSUP) => {
+            Err(Errno::NOTSUP | Errno::PERM) => {
                 return Err(object_store::Error::NotImplemented {
                     operation: "attributes on a filesystem without user extended attributes"
                         .to_owned(),
