@@ -76,6 +76,8 @@ const META_XATTR_PREFIX: &str = "user.stowage.meta.";
 /// - versions are not kept: a `GetOptions` with a version is `NotSupported`;
 /// - `MultipartStore` (upload ids that outlive the upload handle) is not implemented;
 ///   `put_multipart` is;
+/// - a file whose name is not a valid key (a newline, a backslash, not UTF-8) is not
+///   an object: listings skip it rather than end at it;
 /// - `list_with_delimiter` reads only the prefix's own directory, so a subdirectory that
 ///   holds nothing but an upload in progress is reported as a common prefix.
 ///

@@ -239,7 +239,7 @@ mod local_guarantees {
     }
 
     #[tokio::test]
-    async fn stowage_files_are_invisible_and_listing_is_in_key_order() {
+    async fn stowage_files_and_names_that_are_not_keys_are_invisible_and_listing_is_in_key_order() {
         let (dir, store) = local();
         for k in ["a/x", "a-b", "a0", "a/b/c", "b"] {
             store.put(&Path::from(k), "x".into()).await.unwrap();
@@ -248,6 +248,9 @@ mod local_guarantees {
         std::fs::write(dir.path().join("a/.stowage-tmp.00ff"), b"").unwrap();
         std::fs::create_dir(dir.path().join(".stowage-dir")).unwrap();
         std::fs::write(dir.path().join(".stowage-dir/y"), b"").unwrap();
+        // Names that are not keys are skipped, not the end of the listing.
+        std::fs::write(dir.path().join("a/bad\nname"), b"").unwrap();
+        std::fs::write(dir.path().join("a/back\\slash"), b"").unwrap();
 
         assert_eq!(keys(&store, None).await, ["a-b", "a/b/c", "a/x", "a0", "b"]);
         assert_eq!(keys(&store, Some("a")).await, ["a/b/c", "a/x"]);
