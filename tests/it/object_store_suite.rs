@@ -287,6 +287,35 @@ mod local_guarantees {
         );
     }
 
+    #[tokio::test]
+    async fn delete_and_rename_prune_emptied_directories_but_never_the_root() {
+        let (dir, store) = local();
+        store.put(&Path::from("a/b/c"), "1".into()).await.unwrap();
+        store.put(&Path::from("x/y/z"), "2".into()).await.unwrap();
+        store.delete(&Path::from("a/b/c")).await.unwrap();
+        store.delete(&Path::from("a/b/c")).await.unwrap(); // missing: Ok, as on S3
+        store
+            .rename(&Path::from("x/y/z"), &Path::from("top"))
+            .await
+            .unwrap();
+        assert_eq!(tree(dir.path()), ["top"]);
+        store.delete(&Path::from("top")).await.unwrap();
+        assert_eq!(tree(dir.path()), Vec::<String>::new());
+        assert!(dir.path().is_dir());
+    }
+
+    #[tokio::test]
+    async fn get_hands_over_the_open_file() {
+        let (_dir, store) = local();
+        store.put(&Path::from("f"), "body".into()).await.unwrap();
+        let r = store.get(&Path::from("f")).await.unwrap();
+        assert!(
+            matches!(r.payload, object_store::GetResultPayload::File(..)),
+            "{:?}",
+            r.payload
+        );
+    }
+
     #[test]
     fn new_refuses_a_missing_root_or_a_file() {
         let dir = tempfile::tempdir().unwrap();
