@@ -7,6 +7,7 @@ mod disk;
 mod http;
 mod local_tree;
 mod migrate;
+mod pipe;
 mod s3_list;
 mod support;
 mod verify;

@@ -75,9 +75,9 @@ struct NotePrinter {
 impl Reporter for NotePrinter {
     fn note(&self, msg: &str) {
         if msg.starts_with("would delete") && !self.json {
-            println!("{msg}");
+            outln!("{msg}");
         } else {
-            eprintln!("{msg}");
+            errln!("{msg}");
         }
     }
 }
@@ -90,11 +90,11 @@ pub(crate) fn run(args: CleanupArgs) -> u8 {
     };
     if args.json {
         if let Err(e) = super::print_json(&summary) {
-            eprintln!("stowage cleanup: cannot encode the summary: {e}");
+            errln!("stowage cleanup: cannot encode the summary: {e}");
             return 2;
         }
     } else {
-        print!("{}", human_summary(&summary));
+        out!("{}", human_summary(&summary));
     }
     if summary.errors.is_empty() {
         0

@@ -76,20 +76,20 @@ pub(crate) fn run(args: DiskArgs) -> u8 {
     };
     if let Some(path) = &args.prometheus {
         if let Err(e) = report.write_prometheus(path) {
-            eprintln!("stowage disk: {e}");
+            errln!("stowage disk: {e}");
             status = 2;
         }
     }
     if args.json {
         if let Err(e) = super::print_json(&report) {
-            eprintln!("stowage disk: cannot encode the report: {e}");
+            errln!("stowage disk: cannot encode the report: {e}");
             return 2;
         }
     } else {
-        print!("{}", human_report(&report));
+        out!("{}", human_report(&report));
     }
     for w in &report.warnings {
-        eprintln!("WARNING: {w}");
+        errln!("WARNING: {w}");
     }
     status
 }

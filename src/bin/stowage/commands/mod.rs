@@ -19,15 +19,15 @@ pub(crate) fn absolute(
 
 /// Prints `value` as one pretty JSON document on stdout (what `--json` prints).
 pub(crate) fn print_json(value: &impl serde::Serialize) -> serde_json::Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
+    outln!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }
 
 /// Reports an error of a command working on a local store root; returns exit status 2.
 pub(crate) fn root_error(command: &str, root: &std::path::Path, e: &stowage::Error) -> u8 {
-    eprintln!("stowage {command}: {e}");
+    errln!("stowage {command}: {e}");
     if !root.is_dir() {
-        eprintln!("hint: --root (or LOCAL_STORAGE_PATH) must name the store directory");
+        errln!("hint: --root (or LOCAL_STORAGE_PATH) must name the store directory");
     }
     2
 }
@@ -36,10 +36,10 @@ pub(crate) fn root_error(command: &str, root: &std::path::Path, e: &stowage::Err
 pub(crate) fn print_key_reasons(items: &[stowage::ops::KeyReason]) {
     const SHOWN: usize = 100;
     for kr in items.iter().take(SHOWN) {
-        println!("      {:?}: {}", kr.key, kr.reason);
+        outln!("      {:?}: {}", kr.key, kr.reason);
     }
     if items.len() > SHOWN {
-        println!(
+        outln!(
             "      ... and {} more (--json lists all)",
             items.len() - SHOWN
         );
