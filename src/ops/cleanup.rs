@@ -99,15 +99,29 @@ impl std::fmt::Debug for CleanupOptions {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct PathError {
     /// Absolute path.
+    #[serde(serialize_with = "lossy_path")]
     pub path: PathBuf,
     /// What went wrong, with a hint when there is one.
     pub reason: String,
+}
+
+/// Serializes a path as a string, a name that is not UTF-8 with U+FFFD in place of the
+/// bad bytes: one odd file name must never stop a `--json` summary from being printed.
+/// (The human output shows the same lossy form.)
+pub(crate) fn lossy_path<S: serde::Serializer>(p: &Path, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&p.to_string_lossy())
+}
+
+/// [`lossy_path`] for a list.
+pub(crate) fn lossy_paths<S: serde::Serializer>(v: &[PathBuf], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(v.iter().map(|p| p.to_string_lossy()))
 }
 
 /// What a cleanup run did (or, with `dry_run`, would do).
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct CleanupSummary {
     /// The store root.
+    #[serde(serialize_with = "lossy_path")]
     pub root: PathBuf,
     /// Nothing was deleted: the figures are what a real run would do now.
     pub dry_run: bool,
@@ -136,6 +150,7 @@ pub struct CleanupSummary {
     /// Symbolic links seen and left alone (never followed, never deleted).
     pub symlinks_skipped: u64,
     /// Other filesystems mounted inside the root, not entered (relative paths).
+    #[serde(serialize_with = "lossy_paths")]
     pub mounts_skipped: Vec<PathBuf>,
     /// Files and directories that could not be read or deleted.
     pub errors: Vec<PathError>,

@@ -504,3 +504,39 @@ fn the_cron_command_deletes_reports_and_respects_the_lock() {
     );
     assert_eq!(r.code, 2, "{r:?}");
 }
+
+/// A file name that is not UTF-8 (`\xff\xfe.mp4`): deleted, and the JSON summary printed.
+#[test]
+fn json_summary_with_a_non_utf8_file_name_is_printed() {
+    use crate::support::cli::run as stowage;
+    use std::os::unix::ffi::OsStrExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let name = std::ffi::OsStr::from_bytes(b"\xff\xfe.mp4");
+    let bad = root.join("clips").join(name);
+    fs::create_dir(root.join("clips")).unwrap();
+    fs::write(&bad, b"x").unwrap();
+    set_age(&bad, 10 * DAY);
+    file(root, "keep/new.mp4", 1, Duration::from_secs(60));
+    // Another filesystem mounted under a non-UTF-8 name: listed in mounts_skipped.
+    let mnt = root.join(std::ffi::OsStr::from_bytes(b"\xffmnt"));
+    let mount = TmpfsMount::new(&mnt);
+    let r = stowage(
+        None,
+        &[
+            "cleanup",
+            "--max-age",
+            "24h",
+            "--root",
+            root.to_str().unwrap(),
+            "--json",
+        ],
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    let j = r.json();
+    assert_eq!(j["deleted"], 1, "{r:?}");
+    assert!(!bad.exists());
+    if mount.is_some() {
+        assert_eq!(j["mounts_skipped"][0], "\u{fffd}mnt", "{r:?}");
+    }
+}

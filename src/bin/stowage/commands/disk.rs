@@ -80,6 +80,10 @@ pub(crate) fn run(args: DiskArgs) -> u8 {
             status = 2;
         }
     }
+    // Warnings first: they are the point of a monitoring run, whatever happens to stdout.
+    for w in &report.warnings {
+        errln!("WARNING: {w}");
+    }
     if args.json {
         if let Err(e) = super::print_json(&report) {
             errln!("stowage disk: cannot encode the report: {e}");
@@ -87,9 +91,6 @@ pub(crate) fn run(args: DiskArgs) -> u8 {
         }
     } else {
         out!("{}", human_report(&report));
-    }
-    for w in &report.warnings {
-        errln!("WARNING: {w}");
     }
     status
 }
