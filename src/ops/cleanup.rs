@@ -9,9 +9,10 @@
 //!   (same device and inode) and that it is still eligible (still old; for eviction,
 //!   unmodified). Symbolic links, FIFOs and the like are never deleted; a link's target is
 //!   never looked at.
-//! - an exclusive, non-blocking `flock` on `<root>/.stowage.lock` keeps two runs apart:
-//!   the second returns at once with [`CleanupSummary::locked`] set. A dry run takes no
-//!   lock and creates no file, so it never makes a real run skip.
+//! - an exclusive `flock` on `<root>/.stowage.lock` (mode 0600) keeps two runs apart: the
+//!   second waits up to [`CleanupOptions::wait`], then returns with
+//!   [`CleanupSummary::locked`] set and the holder named. A dry run takes no lock and
+//!   creates no file, so it never makes a real run skip.
 //! - a file that cannot be deleted is recorded in [`CleanupSummary::errors`] and the run
 //!   goes on; one that vanished or changed meanwhile is counted, not an error.
 //! - directories left empty are removed (never the root). A directory is only removed if
@@ -41,7 +42,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat};
 use rustix::io::Errno;
 
-use crate::local::{StoreLock, LOCK_FILE_NAME};
+use crate::local::{LockHeld, StoreLock, LOCK_FILE_NAME};
 use crate::report::Reporter;
 use crate::size::{human_bytes, SizeSpec};
 use crate::walk::{system_time, EntryKind, WalkOptions, Walker};
@@ -67,6 +68,9 @@ pub struct CleanupOptions {
     pub max_used: Option<SizeSpec>,
     /// Report what would be deleted (through [`Reporter::note`]) and delete nothing.
     pub dry_run: bool,
+    /// How long to wait for another run (cleanup or migrate) to release the store lock
+    /// before giving up with [`CleanupSummary::locked`] set.
+    pub wait: Duration,
     #[doc(hidden)]
     pub before_delete: Option<BeforeDelete>,
 }
@@ -79,6 +83,7 @@ impl CleanupOptions {
             max_age,
             max_used: None,
             dry_run: false,
+            wait: Duration::ZERO,
             before_delete: None,
         }
     }
@@ -91,6 +96,7 @@ impl std::fmt::Debug for CleanupOptions {
             .field("max_age", &self.max_age)
             .field("max_used", &self.max_used)
             .field("dry_run", &self.dry_run)
+            .field("wait", &self.wait)
             .finish_non_exhaustive()
     }
 }
@@ -125,8 +131,11 @@ pub struct CleanupSummary {
     pub root: PathBuf,
     /// Nothing was deleted: the figures are what a real run would do now.
     pub dry_run: bool,
-    /// Another run held the lock; this one did nothing and all counts are zero.
+    /// Another run held the lock for all of [`CleanupOptions::wait`]; this one did
+    /// nothing and all counts are zero.
     pub locked: bool,
+    /// With `locked`: who holds the lock (pid, since when, command), as it recorded itself.
+    pub lock_holder: Option<String>,
     /// The `max_age` used, in seconds.
     pub max_age_s: u64,
     /// Files deleted (age and size passes together).
@@ -164,6 +173,7 @@ impl CleanupSummary {
             root: opts.root.clone(),
             dry_run: opts.dry_run,
             locked: false,
+            lock_holder: None,
             max_age_s: opts.max_age.as_secs(),
             deleted: 0,
             bytes_freed: 0,
@@ -212,14 +222,15 @@ pub fn cleanup(opts: &CleanupOptions, reporter: &dyn Reporter) -> Result<Cleanup
     let _lock = if opts.dry_run {
         None
     } else {
-        match take_lock(&root_fd, root)? {
-            Some(lock) => Some(lock),
-            None => {
+        match take_lock(&root_fd, root, opts.wait)? {
+            Ok(lock) => Some(lock),
+            Err(held) => {
                 summary.locked = true;
                 reporter.note(&format!(
-                    "another stowage run (cleanup or migrate) holds {}; nothing done",
+                    "another stowage run (cleanup or migrate) holds {}: {held}; nothing done",
                     root.join(LOCK_FILE_NAME).display()
                 ));
+                summary.lock_holder = Some(held.holder);
                 summary.elapsed_s = started.elapsed().as_secs_f64();
                 return Ok(summary);
             }
@@ -246,9 +257,14 @@ pub(crate) fn age_cutoff(now: SystemTime, max_age: Duration) -> SystemTime {
     now.checked_sub(max_age).unwrap_or(UNIX_EPOCH)
 }
 
-/// `Some(lock)` when we hold the lock, `None` when another run (cleanup or migrate) does.
-fn take_lock(root_fd: &OwnedFd, root: &Path) -> Result<Option<StoreLock>> {
-    StoreLock::try_acquire_at(root_fd).map_err(|e| {
+/// `Ok(lock)` when we hold the lock, `Err(holder)` when another run (cleanup or migrate)
+/// kept it for all of `wait`.
+fn take_lock(
+    root_fd: &OwnedFd,
+    root: &Path,
+    wait: Duration,
+) -> Result<std::result::Result<StoreLock, LockHeld>> {
+    StoreLock::acquire_at(root_fd, wait).map_err(|e| {
         Error::io(
             "lock (is the store root writable by this user?)",
             root.join(LOCK_FILE_NAME),

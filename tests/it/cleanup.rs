@@ -451,7 +451,7 @@ fn the_cron_command_deletes_reports_and_respects_the_lock() {
         "dry run deletes nothing"
     );
 
-    // A second process holding the lock: the run says so and exits 0 without deleting.
+    // A second process holding the lock: the run says so and exits 3 without deleting.
     let lock = stowage::local::StoreLock::try_acquire(root)
         .unwrap()
         .expect("lock free");
@@ -461,12 +461,14 @@ fn the_cron_command_deletes_reports_and_respects_the_lock() {
             "cleanup",
             "--max-age",
             "24h",
+            "--wait",
+            "0s",
             "--root",
             root.to_str().unwrap(),
         ],
     );
-    assert_eq!(r.code, 0, "{r:?}");
-    assert!(r.stdout.contains("another run"), "{r:?}");
+    assert_eq!(r.code, 3, "{r:?}");
+    assert!(r.stderr.contains("another stowage run"), "{r:?}");
     assert!(root.join("clips/old/video.mp4").exists());
     drop(lock);
 
@@ -539,4 +541,139 @@ fn json_summary_with_a_non_utf8_file_name_is_printed() {
     if mount.is_some() {
         assert_eq!(j["mounts_skipped"][0], "\u{fffd}mnt", "{r:?}");
     }
+}
+
+fn lock_mode(root: &Path) -> u32 {
+    fs::metadata(root.join(".stowage.lock"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+/// The lock file is private (0600, an older world-readable one is fixed) and names the run
+/// holding it: pid, start time, command.
+#[test]
+fn the_lock_file_is_private_and_records_its_holder() {
+    let t = tempfile::tempdir().unwrap();
+    let r = t.path().to_owned();
+    file(&r, ".stowage.lock", 0, DAY);
+    fs::set_permissions(r.join(".stowage.lock"), fs::Permissions::from_mode(0o644)).unwrap();
+    file(&r, "old", 1, 10 * DAY);
+    file(&r, "new", 1, Duration::from_secs(60));
+    let mut o = opts(&r);
+    let seen: Arc<Mutex<Option<String>>> = Arc::default();
+    let (root, slot) = (r.clone(), Arc::clone(&seen));
+    o.before_delete = Some(Arc::new(move |_: &Path| {
+        *slot.lock().unwrap() = Some(fs::read_to_string(root.join(".stowage.lock")).unwrap());
+    }));
+    let s = run(&o);
+    assert_eq!(s.deleted, 1, "{s:#?}");
+    assert_eq!(lock_mode(&r), 0o600);
+    let record = seen.lock().unwrap().take().expect("hook ran");
+    assert!(
+        record.contains(&format!("pid {}", std::process::id())),
+        "{record}"
+    );
+    assert!(record.contains("since "), "{record}");
+}
+
+/// cron's cleanup while another process holds the lock: it waits `--wait`, then exits 3
+/// naming the holder, and deletes nothing.
+#[test]
+fn a_held_lock_makes_the_cron_command_fail_after_wait_naming_the_holder() {
+    use crate::support::cli::run as stowage;
+    let t = tempfile::tempdir().unwrap();
+    let r = t.path();
+    file(r, "old.mp4", 1, 10 * DAY);
+    let lock = stowage::local::StoreLock::try_acquire(r)
+        .unwrap()
+        .expect("lock free");
+    let started = std::time::Instant::now();
+    let out = stowage(
+        None,
+        &[
+            "cleanup",
+            "--max-age",
+            "24h",
+            "--wait",
+            "1s",
+            "--root",
+            r.to_str().unwrap(),
+        ],
+    );
+    assert!(started.elapsed() >= Duration::from_secs(1), "it waited");
+    assert_eq!(out.code, 3, "{out:?}");
+    assert!(
+        out.stderr.contains(&format!("pid {}", std::process::id())),
+        "{out:?}"
+    );
+    assert!(r.join("old.mp4").exists());
+    drop(lock);
+}
+
+/// Another user holding a read-only descriptor of an old world-readable lock file: the
+/// run fails (exit 3) instead of "nothing done" and exit 0, and the file is made private
+/// so that user cannot open it again.
+#[test]
+fn a_lock_held_through_a_read_only_fd_by_another_user_is_an_error() {
+    use crate::support::cli::run as stowage;
+    if !crate::local_tree::is_root() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let r = t.path();
+    fs::set_permissions(r, fs::Permissions::from_mode(0o755)).unwrap();
+    file(r, "old.mp4", 1, 10 * DAY);
+    let lock_path = r.join(".stowage.lock");
+    fs::write(&lock_path, b"").unwrap();
+    fs::set_permissions(&lock_path, fs::Permissions::from_mode(0o644)).unwrap();
+    let mut holder = std::process::Command::new("setpriv")
+        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
+        .args(["flock", "--shared", "--no-fork"])
+        .arg(&lock_path)
+        .args(["sleep", "60"])
+        .spawn()
+        .unwrap();
+    // Wait until nobody's flock is taken (probing with flock(1), which leaves the mode be).
+    let held = (0..100).any(|_| {
+        let free = std::process::Command::new("flock")
+            .args(["--exclusive", "--nonblock"])
+            .arg(&lock_path)
+            .arg("true")
+            .status()
+            .unwrap()
+            .success();
+        if free {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        !free
+    });
+    assert!(held, "nobody's flock never showed up");
+    let out = stowage(
+        None,
+        &[
+            "cleanup",
+            "--max-age",
+            "24h",
+            "--wait",
+            "0s",
+            "--root",
+            r.to_str().unwrap(),
+        ],
+    );
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    assert_eq!(out.code, 3, "{out:?}");
+    assert!(out.stderr.contains("holds"), "{out:?}");
+    assert!(r.join("old.mp4").exists());
+    assert_eq!(lock_mode(r), 0o600, "the lock file is private now");
+    let again = std::process::Command::new("setpriv")
+        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
+        .args(["flock", "--shared", "--nonblock"])
+        .arg(&lock_path)
+        .arg("true")
+        .status()
+        .unwrap();
+    assert!(!again.success(), "nobody can no longer open the lock file");
 }

@@ -3,7 +3,6 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use stowage::local::LOCK_FILE_NAME;
 use stowage::ops::cleanup::{cleanup, CleanupOptions, CleanupSummary};
 use stowage::report::Reporter;
 use stowage::size::{human_bytes, SizeSpec};
@@ -18,15 +17,17 @@ const ERRORS_SHOWN: usize = 20;
 /// are never followed or deleted, other filesystems mounted inside the root are not
 /// entered, the root itself is never deleted, and stowage's own files (writes in progress
 /// `.stowage-tmp.*`, the lock `.stowage.lock`) are skipped. Directories left empty are
-/// removed. A second run while one is going says so and exits 0 without deleting.
+/// removed. A run that finds another (cleanup or migrate) holding the store lock waits
+/// up to --wait for it, then exits 3 naming the holder (pid, since when, command).
 ///
 /// Examples:
 ///   stowage cleanup --max-age 7d
 ///   stowage cleanup --max-age 30d --max-used 50GB --json
 ///   stowage cleanup --max-age 24h --dry-run
 ///
-/// Exit status: 0 done (or another run holds the lock), 1 some files could not be
-/// deleted (listed), 2 the run could not be done (root missing, bad option).
+/// Exit status: 0 done, 1 some files could not be deleted (listed), 2 the run could not
+/// be done (root missing, bad option), 3 another run held the lock for all of --wait,
+/// 141 the reader of the output went away.
 #[derive(clap::Args, Debug)]
 #[command(verbatim_doc_comment)]
 pub(crate) struct CleanupArgs {
@@ -52,6 +53,11 @@ pub(crate) struct CleanupArgs {
     #[arg(long)]
     pub(crate) dry_run: bool,
 
+    /// If another run (cleanup or migrate) holds the store lock, wait this long for it,
+    /// then give up with exit status 3, naming the holder.
+    #[arg(long, value_name = "DURATION", default_value = "5min", value_parser = humantime::parse_duration)]
+    pub(crate) wait: Duration,
+
     /// Print the summary as JSON (deleted, bytes_freed, errors, elapsed_s, ...).
     #[arg(long)]
     pub(crate) json: bool,
@@ -62,6 +68,7 @@ impl CleanupArgs {
         let mut o = CleanupOptions::new(&self.root, self.max_age);
         o.max_used = self.max_used;
         o.dry_run = self.dry_run;
+        o.wait = self.wait;
         o
     }
 }
@@ -88,6 +95,17 @@ pub(crate) fn run(args: CleanupArgs) -> u8 {
         Ok(s) => s,
         Err(e) => return super::root_error("cleanup", &args.root, &e),
     };
+    if summary.locked {
+        // The note above named the holder; stdout gets only the JSON (for scripts).
+        if args.json {
+            let _ = super::print_json(&summary);
+        }
+        errln!(
+            "stowage cleanup: gave up after waiting {}; if that run is stuck, stop it (--wait sets how long to wait)",
+            humantime::format_duration(args.wait)
+        );
+        return 3;
+    }
     if args.json {
         if let Err(e) = super::print_json(&summary) {
             errln!("stowage cleanup: cannot encode the summary: {e}");
@@ -107,14 +125,6 @@ fn human_summary(s: &CleanupSummary) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
     let root = s.root.display();
-    if s.locked {
-        let _ = writeln!(
-            out,
-            "stowage cleanup {root}: another run holds {}; nothing done",
-            s.root.join(LOCK_FILE_NAME).display()
-        );
-        return out;
-    }
     let age = humantime::format_duration(Duration::from_secs(s.max_age_s));
     let _ = write!(out, "stowage cleanup {root}: max age {age}");
     if let Some(m) = s.max_used_bytes {
