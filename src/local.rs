@@ -22,6 +22,9 @@ use crate::key::Key;
 pub const TEMP_PREFIX: &str = ".stowage-tmp.";
 /// Name of the lock file stowage keeps in a store root.
 pub const LOCK_FILE_NAME: &str = ".stowage.lock";
+/// Name of the file that marks a directory as a stowage store. `cleanup` deletes only
+/// under a marked root: a typo in `--root` must not turn it loose on someone else's tree.
+pub const STORE_MARKER_NAME: &str = ".stowage";
 /// Extended attribute holding an object's Content-Type (the freedesktop.org convention).
 pub const CONTENT_TYPE_XATTR: &str = "user.mime_type";
 /// Extended attribute holding the part size that reproduced a multipart ETag, so `verify`
@@ -583,6 +586,43 @@ fn describe_holder(fd: &OwnedFd) -> String {
                 holds the lock)";
     }
     out
+}
+
+/// Marks `root` as a stowage store by creating [`STORE_MARKER_NAME`] in it (nothing
+/// happens if it is there already). Opening or creating a local store and migrating into
+/// one call it; `cleanup` refuses a root without it.
+pub fn mark_store(root: &Path) -> io::Result<()> {
+    mark_store_at(&open_root(root)?)
+}
+
+/// Like [`mark_store`], for a root already open as `root_dir`.
+pub fn mark_store_at(root_dir: &impl AsFd) -> io::Result<()> {
+    if is_marked_store(root_dir)? {
+        return Ok(());
+    }
+    let fd = match rfs::openat(
+        root_dir,
+        STORE_MARKER_NAME,
+        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o644),
+    ) {
+        Ok(fd) => fd,
+        Err(Errno::EXIST) if is_marked_store(root_dir)? => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    File::from(fd).write_all(
+        b"This directory is a stowage store. `stowage cleanup` only deletes under a \
+          directory holding this file; do not copy it elsewhere.\n",
+    )
+}
+
+/// Whether `root_dir` holds the store marker (a regular file, not a link).
+pub fn is_marked_store(root_dir: &impl AsFd) -> io::Result<bool> {
+    match rfs::statat(root_dir, STORE_MARKER_NAME, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) => Ok(rfs::FileType::from_raw_mode(st.st_mode) == rfs::FileType::RegularFile),
+        Err(Errno::NOENT) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Flushes everything written to the filesystem holding `root` (`syncfs`): makes the

@@ -13,6 +13,12 @@
 //!   second waits up to [`CleanupOptions::wait`], then returns with
 //!   [`CleanupSummary::locked`] set and the holder named. A dry run takes no lock and
 //!   creates no file, so it never makes a real run skip.
+//! - it refuses what looks like a typo before deleting anything: `/`, a root not marked
+//!   as a store ([`crate::local::STORE_MARKER_NAME`]; [`CleanupOptions::init_store`]
+//!   marks it), a zero `max_age` or `max_used`, and — unless [`CleanupOptions::force`] — a
+//!   run that would delete more than half of the store's files (found by a dry run under
+//!   the lock). The size pass never deletes a file younger than
+//!   [`CleanupOptions::min_age`], and [`CleanupOptions::max_delete`] caps a run.
 //! - a file that cannot be deleted is recorded in [`CleanupSummary::errors`] and the run
 //!   goes on; one that vanished or changed meanwhile is counted, not an error.
 //! - directories left empty are removed (never the root). A directory is only removed if
@@ -42,11 +48,17 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat};
 use rustix::io::Errno;
 
-use crate::local::{LockHeld, StoreLock, LOCK_FILE_NAME};
-use crate::report::Reporter;
+use crate::local::{self, LockHeld, StoreLock, LOCK_FILE_NAME, STORE_MARKER_NAME};
+use crate::report::{NoopReporter, Reporter};
 use crate::size::{human_bytes, SizeSpec};
 use crate::walk::{system_time, EntryKind, WalkOptions, Walker};
 use crate::{Error, Result};
+
+/// [`CleanupOptions::min_age`] unless set: an hour.
+pub const DEFAULT_MIN_AGE: Duration = Duration::from_secs(3600);
+
+/// How many example paths a refusal names.
+const EXAMPLES: usize = 3;
 
 /// Most eviction candidates held in memory at once by the `max_used` pass.
 pub const MAX_EVICTION_CANDIDATES: usize = 65_536;
@@ -66,8 +78,20 @@ pub struct CleanupOptions {
     /// After the age pass, if the store (sum of file sizes) is larger than this, the
     /// oldest files are deleted until it fits. A percentage is of the filesystem's size.
     pub max_used: Option<SizeSpec>,
+    /// The size pass never deletes a file modified less than this long ago: the service
+    /// may have just written it. One hour by default.
+    pub min_age: Duration,
     /// Report what would be deleted (through [`Reporter::note`]) and delete nothing.
     pub dry_run: bool,
+    /// Go ahead even when the run would delete more than half of the store's files
+    /// (otherwise refused before anything is deleted).
+    pub force: bool,
+    /// Delete at most this many files in one run; then stop and set
+    /// [`CleanupSummary::max_delete_reached`].
+    pub max_delete: Option<u64>,
+    /// Mark the root as a stowage store ([`crate::local::mark_store`]) if it is not yet;
+    /// an unmarked root is refused otherwise. Never allowed for `/`.
+    pub init_store: bool,
     /// How long to wait for another run (cleanup or migrate) to release the store lock
     /// before giving up with [`CleanupSummary::locked`] set.
     pub wait: Duration,
@@ -82,7 +106,11 @@ impl CleanupOptions {
             root: root.into(),
             max_age,
             max_used: None,
+            min_age: DEFAULT_MIN_AGE,
             dry_run: false,
+            force: false,
+            max_delete: None,
+            init_store: false,
             wait: Duration::ZERO,
             before_delete: None,
         }
@@ -95,7 +123,11 @@ impl std::fmt::Debug for CleanupOptions {
             .field("root", &self.root)
             .field("max_age", &self.max_age)
             .field("max_used", &self.max_used)
+            .field("min_age", &self.min_age)
             .field("dry_run", &self.dry_run)
+            .field("force", &self.force)
+            .field("max_delete", &self.max_delete)
+            .field("init_store", &self.init_store)
             .field("wait", &self.wait)
             .finish_non_exhaustive()
     }
@@ -138,6 +170,10 @@ pub struct CleanupSummary {
     pub lock_holder: Option<String>,
     /// The `max_age` used, in seconds.
     pub max_age_s: u64,
+    /// The age cutoff that `max_age` gave: files modified before this (RFC 3339) are old.
+    pub modified_before: String,
+    /// Regular files of the store seen by the age pass.
+    pub store_files: u64,
     /// Files deleted (age and size passes together).
     pub deleted: u64,
     /// Bytes freed (sum of the deleted files' sizes).
@@ -163,8 +199,13 @@ pub struct CleanupSummary {
     pub mounts_skipped: Vec<PathBuf>,
     /// Files and directories that could not be read or deleted.
     pub errors: Vec<PathError>,
+    /// The run stopped deleting at [`CleanupOptions::max_delete`] files.
+    pub max_delete_reached: bool,
     /// Wall-clock duration of the run.
     pub elapsed_s: f64,
+    /// The first few paths deleted (or, in a dry run, that would be), for a refusal.
+    #[serde(skip)]
+    examples: Vec<PathBuf>,
 }
 
 impl CleanupSummary {
@@ -175,6 +216,8 @@ impl CleanupSummary {
             locked: false,
             lock_holder: None,
             max_age_s: opts.max_age.as_secs(),
+            modified_before: String::new(),
+            store_files: 0,
             deleted: 0,
             bytes_freed: 0,
             deleted_for_age: 0,
@@ -187,8 +230,44 @@ impl CleanupSummary {
             symlinks_skipped: 0,
             mounts_skipped: Vec::new(),
             errors: Vec::new(),
+            max_delete_reached: false,
             elapsed_s: 0.0,
+            examples: Vec::new(),
         }
+    }
+
+    /// Counts one file deleted (or that a dry run would delete).
+    fn deleted(&mut self, abs: &Path, size: u64, for_age: bool) {
+        self.deleted += 1;
+        self.bytes_freed += size;
+        if for_age {
+            self.deleted_for_age += 1;
+        } else {
+            self.deleted_for_size += 1;
+        }
+        if self.examples.len() < EXAMPLES {
+            self.examples.push(abs.to_path_buf());
+        }
+    }
+
+    /// More than half of the store's files would go: what a typo in a limit looks like.
+    fn deletes_most_of_the_store(&self) -> bool {
+        self.deleted > 0 && self.deleted.saturating_mul(2) > self.store_files
+    }
+
+    fn what_it_deletes(&self) -> String {
+        let ex: Vec<_> = self
+            .examples
+            .iter()
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect();
+        format!(
+            "{} of {} files ({}), e.g. {}",
+            self.deleted,
+            self.store_files,
+            human_bytes(self.bytes_freed),
+            ex.join(", ")
+        )
     }
 
     fn error(&mut self, path: PathBuf, reason: impl Into<String>) {
@@ -207,17 +286,12 @@ impl CleanupSummary {
 /// file cannot be created); per-file failures are in [`CleanupSummary::errors`].
 pub fn cleanup(opts: &CleanupOptions, reporter: &dyn Reporter) -> Result<CleanupSummary> {
     let started = Instant::now();
-    if opts.max_age.is_zero() {
-        // Zero would mean "delete every file"; that is never what a cron line means.
-        return Err(Error::config(
-            "max_age",
-            "must be more than zero, e.g. 7d or 24h",
-        ));
-    }
+    check_limits(opts)?;
     let mut summary = CleanupSummary::new(opts);
     let root = &opts.root;
     let walker = Walker::new(root, WalkOptions::default().dirs_post_order(true))?;
     let root_fd = walker.root_fd();
+    check_store_root(&root_fd, opts, reporter)?;
 
     let _lock = if opts.dry_run {
         None
@@ -237,19 +311,141 @@ pub fn cleanup(opts: &CleanupOptions, reporter: &dyn Reporter) -> Result<Cleanup
         }
     };
 
-    let cutoff = age_cutoff(SystemTime::now(), opts.max_age);
-    age_pass(opts, walker, cutoff, &mut summary, reporter);
-
-    if let Some(spec) = opts.max_used {
-        let vfs =
-            rustix::fs::fstatvfs(&*root_fd).map_err(|e| Error::io("statvfs", root, e.into()))?;
-        let limit = spec.resolve(vfs.f_blocks.saturating_mul(vfs.f_frsize));
-        summary.max_used_bytes = Some(limit);
-        size_pass(opts, &root_fd, cutoff, limit, &mut summary, reporter)?;
+    if !opts.dry_run && !opts.force {
+        // Plan first (a dry run, under the lock) so a typo is refused before any delete.
+        let mut plan_opts = opts.clone();
+        plan_opts.dry_run = true;
+        plan_opts.before_delete = None;
+        let mut plan = CleanupSummary::new(&plan_opts);
+        let plan_walker = Walker::new(root, WalkOptions::default().dirs_post_order(true))?;
+        let plan_fd = plan_walker.root_fd();
+        run_passes(&plan_opts, plan_walker, &plan_fd, &mut plan, &NoopReporter)?;
+        if plan.deletes_most_of_the_store() {
+            return Err(Error::config(
+                "force",
+                format!(
+                    "this run would delete {}: more than half of the store under {}. \
+                     Nothing was deleted. Check --max-age and --max-used; if that is \
+                     really meant, run again with --force",
+                    plan.what_it_deletes(),
+                    root.display()
+                ),
+            ));
+        }
     }
 
+    run_passes(opts, walker, &root_fd, &mut summary, reporter)?;
+    if opts.dry_run && !opts.force && summary.deletes_most_of_the_store() {
+        reporter.note(&format!(
+            "a real run would refuse without --force: it would delete {}, more than half of the store",
+            summary.what_it_deletes()
+        ));
+    }
     summary.elapsed_s = started.elapsed().as_secs_f64();
     Ok(summary)
+}
+
+/// The age pass, then the size pass when there is a `max_used`.
+fn run_passes(
+    opts: &CleanupOptions,
+    walker: Walker,
+    root_fd: &Arc<OwnedFd>,
+    summary: &mut CleanupSummary,
+    reporter: &dyn Reporter,
+) -> Result<()> {
+    let now = SystemTime::now();
+    let cutoff = age_cutoff(now, opts.max_age);
+    summary.modified_before = humantime::format_rfc3339_seconds(cutoff).to_string();
+    age_pass(opts, walker, cutoff, summary, reporter);
+    if let Some(spec) = opts.max_used {
+        let vfs = rustix::fs::fstatvfs(&**root_fd)
+            .map_err(|e| Error::io("statvfs", &opts.root, e.into()))?;
+        let limit = spec.resolve(vfs.f_blocks.saturating_mul(vfs.f_frsize));
+        summary.max_used_bytes = Some(limit);
+        let young = age_cutoff(now, opts.min_age);
+        size_pass(opts, root_fd, cutoff, young, limit, summary, reporter)?;
+    }
+    Ok(())
+}
+
+/// Refuses limits that would delete every file: they are typos, never a cron line.
+fn check_limits(opts: &CleanupOptions) -> Result<()> {
+    if opts.max_age.is_zero() {
+        return Err(Error::config(
+            "max_age",
+            "must be more than zero, e.g. 7d or 24h",
+        ));
+    }
+    match opts.max_used {
+        Some(SizeSpec::Bytes(0)) => Err(Error::config(
+            "max_used",
+            "0 would delete every file; give the most the store may hold, e.g. 50GB, 50GiB or 80% (of the filesystem)",
+        )),
+        Some(SizeSpec::Percent(p)) if p <= 0.0 => Err(Error::config(
+            "max_used",
+            "0% would delete every file; give the most the store may hold, e.g. 80% (of the filesystem), 50GB or 50GiB",
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Refuses `/`, and a root that is not marked as a stowage store (saying so when it is a
+/// mount point, i.e. the root of a filesystem), unless `init_store` marks it now.
+fn check_store_root(
+    root_fd: &OwnedFd,
+    opts: &CleanupOptions,
+    reporter: &dyn Reporter,
+) -> Result<()> {
+    let root = &opts.root;
+    let io = |e: Errno| Error::io("stat", root, e.into());
+    let st = rustix::fs::fstat(root_fd).map_err(io)?;
+    let parent = rustix::fs::statat(root_fd, "..", AtFlags::empty()).map_err(io)?;
+    if (st.st_dev, st.st_ino) == (parent.st_dev, parent.st_ino) {
+        return Err(Error::config(
+            "root",
+            format!(
+                "{} is the root of the filesystem (/); cleanup never runs there: give the store's own directory",
+                root.display()
+            ),
+        ));
+    }
+    if local::is_marked_store(root_fd).map_err(|e| Error::io("stat", root, e))? {
+        return Ok(());
+    }
+    if opts.init_store {
+        if opts.dry_run {
+            reporter.note(&format!(
+                "would mark {} as a stowage store ({})",
+                root.display(),
+                STORE_MARKER_NAME
+            ));
+        } else {
+            local::mark_store_at(root_fd)
+                .map_err(|e| Error::io("mark the store", root.join(STORE_MARKER_NAME), e))?;
+        }
+        return Ok(());
+    }
+    let mount = if st.st_dev != parent.st_dev {
+        " is a mount point (the root of a filesystem) and"
+    } else {
+        ""
+    };
+    Err(Error::config(
+        "init_store",
+        format!(
+            "{}{mount} is not marked as a stowage store (it has no {STORE_MARKER_NAME} file), \
+             so cleanup will not delete anything there. If it really is the store, mark it \
+             once: stowage cleanup --init-store --root {} ...",
+            root.display(),
+            root.display()
+        ),
+    ))
+}
+
+fn at_max_delete(opts: &CleanupOptions, summary: &mut CleanupSummary) -> bool {
+    let reached = opts.max_delete.is_some_and(|m| summary.deleted >= m);
+    summary.max_delete_reached |= reached;
+    reached
 }
 
 /// Files with an mtime strictly before this are "older than `max_age`".
@@ -320,7 +516,8 @@ fn age_pass(
         match entry.kind() {
             EntryKind::File => {
                 reporter.items_found(1);
-                if entry.mtime() >= cutoff {
+                summary.store_files += 1;
+                if entry.mtime() >= cutoff || at_max_delete(opts, summary) {
                     continue;
                 }
                 if opts.dry_run {
@@ -330,9 +527,7 @@ fn age_pass(
                         human_bytes(entry.size()),
                         humantime::format_rfc3339_seconds(entry.mtime())
                     ));
-                    summary.deleted += 1;
-                    summary.deleted_for_age += 1;
-                    summary.bytes_freed += entry.size();
+                    summary.deleted(&abs, entry.size(), true);
                     continue;
                 }
                 if let Some(hook) = &opts.before_delete {
@@ -347,9 +542,7 @@ fn age_pass(
                     eligible,
                 ) {
                     Outcome::Deleted => {
-                        summary.deleted += 1;
-                        summary.deleted_for_age += 1;
-                        summary.bytes_freed += entry.size();
+                        summary.deleted(&abs, entry.size(), true);
                         reporter.bytes_done(entry.size());
                         reporter.item_done(&abs.to_string_lossy(), true);
                         mark(&mut emptied, depth - 1);
@@ -458,10 +651,12 @@ struct Candidate {
     dev: u64,
 }
 
+#[allow(clippy::too_many_arguments)]
 fn size_pass(
     opts: &CleanupOptions,
     root_fd: &Arc<OwnedFd>,
     cutoff: SystemTime,
+    young: SystemTime,
     limit: u64,
     summary: &mut CleanupSummary,
     reporter: &dyn Reporter,
@@ -490,6 +685,9 @@ fn size_pass(
             total += entry.size();
             if handled(&watermark, mtime, entry.path()) {
                 continue; // could not be deleted in an earlier round; still takes space
+            }
+            if mtime >= young {
+                continue; // younger than min_age: takes space, never evicted
             }
             heap.push(Candidate {
                 mtime,
@@ -520,7 +718,7 @@ fn size_pass(
         let mut freed = 0u64;
         let mut progressed = false;
         for c in heap.into_sorted_vec() {
-            if freed >= excess {
+            if freed >= excess || at_max_delete(opts, summary) {
                 break;
             }
             progressed = true;
@@ -533,9 +731,7 @@ fn size_pass(
                     humantime::format_rfc3339_seconds(c.mtime)
                 ));
                 freed += c.size;
-                summary.deleted += 1;
-                summary.deleted_for_size += 1;
-                summary.bytes_freed += c.size;
+                summary.deleted(&abs, c.size, false);
             } else {
                 if let Some(hook) = &opts.before_delete {
                     hook(&c.path);
@@ -543,9 +739,7 @@ fn size_pass(
                 match evict(root_fd, &c) {
                     Ok(Outcome::Deleted) => {
                         freed += c.size;
-                        summary.deleted += 1;
-                        summary.deleted_for_size += 1;
-                        summary.bytes_freed += c.size;
+                        summary.deleted(&abs, c.size, false);
                         summary.dirs_removed += remove_empty_parents(root_fd, &c.path);
                         reporter.bytes_done(c.size);
                         reporter.item_done(&abs.to_string_lossy(), true);
@@ -560,11 +754,11 @@ fn size_pass(
             }
             watermark = Some((c.mtime, c.path));
         }
-        if freed >= excess || !full_round || !progressed {
+        if freed >= excess || !full_round || !progressed || summary.max_delete_reached {
             summary.store_bytes_after = Some(total - freed.min(total));
-            if freed < excess {
+            if freed < excess && !summary.max_delete_reached {
                 reporter.note(&format!(
-                    "the store under {} is still {} over max-used: the remaining files could not be deleted",
+                    "the store under {} is still {} over max-used: the remaining files could not be deleted or are younger than min-age",
                     opts.root.display(),
                     human_bytes(excess - freed)
                 ));

@@ -33,6 +33,7 @@ fn run_and_close_early(args: &[&str]) -> (Option<i32>, String) {
 fn cleanup_dry_run_into_a_closed_pipe_ends_quietly() {
     let t = tempfile::tempdir().unwrap();
     let r = t.path();
+    stowage::local::mark_store(r).unwrap();
     for i in 0..3000 {
         file(
             r,
@@ -46,6 +47,7 @@ fn cleanup_dry_run_into_a_closed_pipe_ends_quietly() {
         "--max-age",
         "24h",
         "--dry-run",
+        "--force",
         "--root",
         r.to_str().unwrap(),
     ]);

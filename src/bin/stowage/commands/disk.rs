@@ -35,7 +35,7 @@ pub(crate) struct DiskArgs {
     pub(crate) root: PathBuf,
 
     /// Also show what `stowage cleanup --max-age DURATION` would free now: 24h, 7d.
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = super::parse_age)]
     pub(crate) max_age: Option<Duration>,
 
     /// Warn and exit 1 above this: a size (50GB, 45GiB) is compared with the store's
