@@ -69,6 +69,20 @@ pub(crate) fn root_error(command: &str, root: &std::path::Path, e: &stowage::Err
     2
 }
 
+/// Prints up to 100 `key: reason` lines of a summary list, then how many more `--json` has.
+pub(crate) fn print_key_reasons(items: &[stowage::ops::KeyReason]) {
+    const SHOWN: usize = 100;
+    for kr in items.iter().take(SHOWN) {
+        outln!("      {:?}: {}", kr.key, kr.reason);
+    }
+    if items.len() > SHOWN {
+        outln!(
+            "      ... and {} more (--json lists all)",
+            items.len() - SHOWN
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::parse_age;
@@ -83,19 +97,5 @@ mod tests {
         assert!(parse_age("6m").unwrap_err().contains("6min or 6months"));
         assert!(parse_age("1h6M").unwrap_err().contains("6months"));
         assert!(parse_age("soon").is_err());
-    }
-}
-
-/// Prints up to 100 `key: reason` lines of a summary list, then how many more `--json` has.
-pub(crate) fn print_key_reasons(items: &[stowage::ops::KeyReason]) {
-    const SHOWN: usize = 100;
-    for kr in items.iter().take(SHOWN) {
-        outln!("      {:?}: {}", kr.key, kr.reason);
-    }
-    if items.len() > SHOWN {
-        outln!(
-            "      ... and {} more (--json lists all)",
-            items.len() - SHOWN
-        );
     }
 }
