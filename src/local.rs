@@ -20,6 +20,10 @@ use crate::key::Key;
 
 /// File-name prefix of stowage's temp files (`.stowage-tmp.<hex>`).
 pub const TEMP_PREFIX: &str = ".stowage-tmp.";
+/// File-name prefix cleanup gives a file it is about to delete (`.stowage-del.<hex>`), so
+/// that what it unlinks is exactly what it checked. One left by a crash is removed by the
+/// next cleanup.
+pub const DELETE_PREFIX: &str = ".stowage-del.";
 /// Name of the lock file stowage keeps in a store root.
 pub const LOCK_FILE_NAME: &str = ".stowage.lock";
 /// Name of the file that marks a directory as a stowage store. `cleanup` deletes only

@@ -45,10 +45,10 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags, Stat};
 use rustix::io::Errno;
 
-use crate::local::{self, LockHeld, StoreLock, LOCK_FILE_NAME, STORE_MARKER_NAME};
+use crate::local::{self, LockHeld, StoreLock, DELETE_PREFIX, LOCK_FILE_NAME, STORE_MARKER_NAME};
 use crate::report::{NoopReporter, Reporter};
 use crate::size::{human_bytes, SizeSpec};
 use crate::walk::{system_time, EntryKind, WalkOptions, Walker};
@@ -97,6 +97,9 @@ pub struct CleanupOptions {
     pub wait: Duration,
     #[doc(hidden)]
     pub before_delete: Option<BeforeDelete>,
+    /// Called once a file passed its last check, just before it is taken away.
+    #[doc(hidden)]
+    pub after_check: Option<BeforeDelete>,
 }
 
 impl CleanupOptions {
@@ -113,6 +116,7 @@ impl CleanupOptions {
             init_store: false,
             wait: Duration::ZERO,
             before_delete: None,
+            after_check: None,
         }
     }
 }
@@ -184,6 +188,8 @@ pub struct CleanupSummary {
     pub deleted_for_size: u64,
     /// Directories removed because they were left empty.
     pub dirs_removed: u64,
+    /// `.stowage-del.*` files left by a run that crashed mid-delete, removed.
+    pub leftovers_removed: u64,
     /// The `max_used` limit in bytes, when one was given.
     pub max_used_bytes: Option<u64>,
     /// Store size (sum of file sizes) after the size pass, when `max_used` was given.
@@ -223,6 +229,7 @@ impl CleanupSummary {
             deleted_for_age: 0,
             deleted_for_size: 0,
             dirs_removed: 0,
+            leftovers_removed: 0,
             max_used_bytes: None,
             store_bytes_after: None,
             vanished: 0,
@@ -289,7 +296,7 @@ pub fn cleanup(opts: &CleanupOptions, reporter: &dyn Reporter) -> Result<Cleanup
     check_limits(opts)?;
     let mut summary = CleanupSummary::new(opts);
     let root = &opts.root;
-    let walker = Walker::new(root, WalkOptions::default().dirs_post_order(true))?;
+    let walker = Walker::new(root, age_walk())?;
     let root_fd = walker.root_fd();
     check_store_root(&root_fd, opts, reporter)?;
 
@@ -317,7 +324,7 @@ pub fn cleanup(opts: &CleanupOptions, reporter: &dyn Reporter) -> Result<Cleanup
         plan_opts.dry_run = true;
         plan_opts.before_delete = None;
         let mut plan = CleanupSummary::new(&plan_opts);
-        let plan_walker = Walker::new(root, WalkOptions::default().dirs_post_order(true))?;
+        let plan_walker = Walker::new(root, age_walk())?;
         let plan_fd = plan_walker.root_fd();
         run_passes(&plan_opts, plan_walker, &plan_fd, &mut plan, &NoopReporter)?;
         if plan.deletes_most_of_the_store() {
@@ -343,6 +350,14 @@ pub fn cleanup(opts: &CleanupOptions, reporter: &dyn Reporter) -> Result<Cleanup
     }
     summary.elapsed_s = started.elapsed().as_secs_f64();
     Ok(summary)
+}
+
+/// The age pass walks stowage's own names too, to remove `.stowage-del.*` files left by
+/// a crash (and skips every other one).
+fn age_walk() -> WalkOptions {
+    WalkOptions::default()
+        .dirs_post_order(true)
+        .include_reserved(true)
 }
 
 /// The age pass, then the size pass when there is a `max_used`.
@@ -513,6 +528,27 @@ fn age_pass(
             depth
         });
         let abs = root.join(entry.path());
+        if local::is_stowage_name(entry.file_name()) {
+            // Under the lock, a `.stowage-del.*` file can only be a crashed run's leftover:
+            // it had passed its checks and was about to be unlinked.
+            let leftover = entry.kind() == EntryKind::File
+                && entry
+                    .file_name()
+                    .as_bytes()
+                    .starts_with(DELETE_PREFIX.as_bytes());
+            if leftover && !opts.dry_run {
+                match rustix::fs::unlinkat(entry.parent_fd(), entry.file_name_c(), AtFlags::empty())
+                {
+                    Ok(()) => {
+                        summary.leftovers_removed += 1;
+                        mark(&mut emptied, depth - 1);
+                    }
+                    Err(Errno::NOENT) => {}
+                    Err(e) => summary.error(abs, delete_reason(&e.into())),
+                }
+            }
+            continue;
+        }
         match entry.kind() {
             EntryKind::File => {
                 reporter.items_found(1);
@@ -535,11 +571,17 @@ fn age_pass(
                 }
                 let eligible =
                     |st: &Stat| system_time(st.st_mtime, st.st_mtime_nsec as i64) < cutoff;
+                let after_check = || {
+                    if let Some(hook) = &opts.after_check {
+                        hook(entry.path());
+                    }
+                };
                 match delete_file(
                     entry.parent_fd(),
                     entry.file_name_c(),
                     entry.stat(),
                     eligible,
+                    &after_check,
                 ) {
                     Outcome::Deleted => {
                         summary.deleted(&abs, entry.size(), true);
@@ -549,6 +591,10 @@ fn age_pass(
                     }
                     Outcome::Vanished => summary.vanished += 1,
                     Outcome::Changed => summary.changed += 1,
+                    Outcome::Replaced => {
+                        summary.changed += 1;
+                        summary.error(abs, REPLACED);
+                    }
                     Outcome::Failed(e) => {
                         reporter.item_done(&abs.to_string_lossy(), false);
                         summary.error(abs, delete_reason(&e));
@@ -600,35 +646,98 @@ enum Outcome {
     Deleted,
     Vanished,
     Changed,
+    /// Written again twice during the delete: the newer file kept the name.
+    Replaced,
     Failed(std::io::Error),
 }
 
 /// Deletes `name` in `parent` if it is still the regular file `listed` and `eligible`
 /// accepts its fresh `stat`.
+///
+/// Deleting by name after a check would delete whatever the name holds by then (a new
+/// clip the service renamed over it). So the file is first renamed to a private name
+/// (`RENAME_NOREPLACE`), checked again there, where nobody else can swap it, and only then
+/// unlinked; if it is not the one listed, it is renamed back.
 fn delete_file(
     parent: BorrowedFd<'_>,
     name: &CStr,
     listed: &Stat,
     eligible: impl Fn(&Stat) -> bool,
+    after_check: &dyn Fn(),
 ) -> Outcome {
-    let st = match rustix::fs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW) {
-        Ok(st) => st,
+    let is_listed = |st: &Stat| {
+        FileType::from_raw_mode(st.st_mode) == FileType::RegularFile
+            && st.st_ino == listed.st_ino
+            && st.st_dev == listed.st_dev
+            && eligible(st)
+    };
+    match rustix::fs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) if is_listed(&st) => {}
+        Ok(_) => return Outcome::Changed,
         Err(Errno::NOENT) => return Outcome::Vanished,
         Err(e) => return Outcome::Failed(e.into()),
-    };
-    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile
-        || st.st_ino != listed.st_ino
-        || st.st_dev != listed.st_dev
-        || !eligible(&st)
-    {
-        return Outcome::Changed;
     }
-    match rustix::fs::unlinkat(parent, name, AtFlags::empty()) {
+    after_check();
+    let private = CString::new(format!("{DELETE_PREFIX}{:016x}", fastrand::u64(..)))
+        .expect("no NUL in a hex name");
+    match rustix::fs::renameat_with(parent, name, parent, &*private, RenameFlags::NOREPLACE) {
+        Ok(()) => {}
+        Err(Errno::NOENT) => return Outcome::Vanished,
+        // A filesystem without RENAME_NOREPLACE: the plain check-then-unlink.
+        Err(Errno::INVAL | Errno::NOSYS) => {
+            return match rustix::fs::unlinkat(parent, name, AtFlags::empty()) {
+                Ok(()) => Outcome::Deleted,
+                Err(Errno::NOENT) => Outcome::Vanished,
+                Err(e) => Outcome::Failed(e.into()),
+            }
+        }
+        Err(e) => return Outcome::Failed(e.into()),
+    }
+    let taken = rustix::fs::statat(parent, &*private, AtFlags::SYMLINK_NOFOLLOW);
+    if !matches!(&taken, Ok(st) if is_listed(st)) {
+        return put_back(parent, &private, name, Outcome::Changed);
+    }
+    match rustix::fs::unlinkat(parent, &*private, AtFlags::empty()) {
         Ok(()) => Outcome::Deleted,
-        Err(Errno::NOENT) => Outcome::Vanished,
-        Err(e) => Outcome::Failed(e.into()),
+        Err(e) => put_back(parent, &private, name, Outcome::Failed(e.into())),
     }
 }
+
+/// Renames the file taken away as `private` back to `name`, then returns `outcome`. If
+/// the name was taken again meanwhile, the newer of the two files keeps it and the other
+/// is deleted (what the later rename would have done without cleanup in between).
+fn put_back(parent: BorrowedFd<'_>, private: &CStr, name: &CStr, outcome: Outcome) -> Outcome {
+    match rustix::fs::renameat_with(parent, private, parent, name, RenameFlags::NOREPLACE) {
+        Ok(()) => outcome,
+        Err(Errno::EXIST) => {
+            let mtime = |n: &CStr| {
+                rustix::fs::statat(parent, n, AtFlags::SYMLINK_NOFOLLOW)
+                    .map(|st| system_time(st.st_mtime, st.st_mtime_nsec as i64))
+                    .ok()
+            };
+            let result = if mtime(name) >= mtime(private) {
+                rustix::fs::unlinkat(parent, private, AtFlags::empty())
+            } else {
+                rustix::fs::renameat(parent, private, parent, name)
+            };
+            match result {
+                Ok(()) => Outcome::Replaced,
+                Err(e) => Outcome::Failed(std::io::Error::other(format!(
+                    "the file was written again twice while being deleted and is left as {}: {}",
+                    private.to_string_lossy(),
+                    std::io::Error::from(e)
+                ))),
+            }
+        }
+        Err(e) => Outcome::Failed(std::io::Error::other(format!(
+            "moved aside as {} to be deleted, but cannot be moved back: {}",
+            private.to_string_lossy(),
+            std::io::Error::from(e)
+        ))),
+    }
+}
+
+const REPLACED: &str = "written again twice while cleanup was deleting it: the newer file was kept, the older one deleted";
 
 fn delete_reason(e: &std::io::Error) -> String {
     let hint = match e.raw_os_error() {
@@ -736,7 +845,12 @@ fn size_pass(
                 if let Some(hook) = &opts.before_delete {
                     hook(&c.path);
                 }
-                match evict(root_fd, &c) {
+                let after_check = || {
+                    if let Some(hook) = &opts.after_check {
+                        hook(&c.path);
+                    }
+                };
+                match evict(root_fd, &c, &after_check) {
                     Ok(Outcome::Deleted) => {
                         freed += c.size;
                         summary.deleted(&abs, c.size, false);
@@ -746,6 +860,10 @@ fn size_pass(
                     }
                     Ok(Outcome::Vanished) => summary.vanished += 1,
                     Ok(Outcome::Changed) => summary.changed += 1,
+                    Ok(Outcome::Replaced) => {
+                        summary.changed += 1;
+                        summary.error(abs, REPLACED);
+                    }
                     Ok(Outcome::Failed(e)) | Err(e) => {
                         reporter.item_done(&abs.to_string_lossy(), false);
                         summary.error(abs, delete_reason(&e));
@@ -797,7 +915,11 @@ fn open_parents(
     Ok(chain)
 }
 
-fn evict(root_fd: &Arc<OwnedFd>, c: &Candidate) -> std::io::Result<Outcome> {
+fn evict(
+    root_fd: &Arc<OwnedFd>,
+    c: &Candidate,
+    after_check: &dyn Fn(),
+) -> std::io::Result<Outcome> {
     let chain = match open_parents(root_fd, &c.path) {
         Ok(chain) => chain,
         Err(e) if e.raw_os_error() == Some(Errno::NOENT.raw_os_error()) => {
@@ -826,7 +948,7 @@ fn evict(root_fd: &Arc<OwnedFd>, c: &Candidate) -> std::io::Result<Outcome> {
         return Ok(Outcome::Changed);
     }
     let unchanged = |s: &Stat| system_time(s.st_mtime, s.st_mtime_nsec as i64) == listed.2;
-    Ok(delete_file(dir.as_fd(), &name, &st, unchanged))
+    Ok(delete_file(dir.as_fd(), &name, &st, unchanged, after_check))
 }
 
 /// After an eviction, removes the file's parent directories that are now empty, deepest

@@ -845,3 +845,78 @@ fn the_root_directory_and_a_mount_point_are_refused() {
     assert_eq!(out.code, 2, "{out:?}");
     assert!(out.stderr.contains("mount point"), "{out:?}");
 }
+
+/// The service renames a new clip over an old one's name right after cleanup checked the
+/// old one: the new clip must survive (cleanup deletes what it checked, not a name).
+#[test]
+fn a_file_renamed_over_the_name_after_the_check_survives() {
+    for size_pass in [false, true] {
+        let t = tempfile::tempdir().unwrap();
+        let r = t.path().to_owned();
+        file(&r, "clips/a.mp4", 10, 10 * DAY);
+        file(&r, "clips/keep.mp4", 10, DAY);
+        file(&r, "clips/keep2.mp4", 10, DAY);
+        let mut o = if size_pass {
+            let mut o = opts_age(&r, 30 * DAY);
+            o.max_used = Some(SizeSpec::Bytes(25));
+            o
+        } else {
+            opts(&r)
+        };
+        let root = r.clone();
+        o.after_check = Some(Arc::new(move |rel: &Path| {
+            if rel != Path::new("clips/a.mp4") {
+                return;
+            }
+            let new = root.join("clips/.new-upload");
+            fs::write(&new, b"NEW CLIP").unwrap();
+            fs::rename(&new, root.join(rel)).unwrap();
+        }));
+        let s = run(&o);
+        assert_eq!(
+            fs::read(r.join("clips/a.mp4")).ok().as_deref(),
+            Some(&b"NEW CLIP"[..]),
+            "size pass {size_pass}: {s:#?}"
+        );
+        assert_eq!(s.changed, 1, "{s:#?}");
+        assert_eq!(
+            s.deleted,
+            u64::from(size_pass),
+            "the size pass evicts the next oldest"
+        );
+        let leftovers: Vec<_> = fs::read_dir(r.join("clips"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .filter(|n| n.to_string_lossy().starts_with(".stowage"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+}
+
+/// A crash between the rename to a private name and the unlink leaves a `.stowage-del.*`
+/// file: never listed, and removed by the next run.
+#[test]
+fn a_leftover_private_delete_name_is_removed_by_the_next_run() {
+    let t = tempfile::tempdir().unwrap();
+    let r = t.path();
+    file(
+        r,
+        "clips/.stowage-del.0123abcd",
+        10,
+        Duration::from_secs(60),
+    );
+    file(r, "clips/new.mp4", 10, Duration::from_secs(60));
+    let store = stowage::BlobStore::local(r).unwrap();
+    let keys = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(async {
+            use futures::TryStreamExt;
+            store.list("").try_collect::<Vec<_>>().await
+        })
+        .unwrap();
+    assert_eq!(keys.len(), 1, "only the clip is listed: {keys:?}");
+    let s = run(&opts(r));
+    assert!(!r.join("clips/.stowage-del.0123abcd").exists(), "{s:#?}");
+    assert!(r.join("clips/new.mp4").exists());
+    assert_eq!(s.leftovers_removed, 1, "{s:#?}");
+}

@@ -196,6 +196,13 @@ fn human_summary(s: &CleanupSummary) -> String {
             human_bytes(max)
         );
     }
+    if s.leftovers_removed > 0 {
+        let _ = writeln!(
+            out,
+            "  removed {} .stowage-del.* files left by an interrupted run",
+            s.leftovers_removed
+        );
+    }
     if s.max_delete_reached {
         let _ = writeln!(
             out,
