@@ -353,7 +353,7 @@ pub fn cleanup(opts: &CleanupOptions, reporter: &dyn Reporter) -> Result<Cleanup
 }
 
 /// The age pass walks stowage's own names too, to remove `.stowage-del.*` files left by
-/// a crash (and skips every other one).
+/// a crash (and skips every other one, and everything under a reserved directory).
 fn age_walk() -> WalkOptions {
     WalkOptions::default()
         .dirs_post_order(true)
@@ -528,10 +528,13 @@ fn age_pass(
             depth
         });
         let abs = root.join(entry.path());
-        if local::is_stowage_name(entry.file_name()) {
-            // Under the lock, a `.stowage-del.*` file can only be a crashed run's leftover:
-            // it had passed its checks and was about to be unlinked.
-            let leftover = entry.kind() == EntryKind::File
+        // stowage's own names, and anything under a directory with such a name, are never
+        // store content. Under the lock, a `.stowage-del.*` file can only be a crashed
+        // run's leftover: it had passed its checks and was about to be unlinked.
+        let reserved_at = entry.path().iter().position(local::is_stowage_name);
+        if let Some(at) = reserved_at {
+            let leftover = at + 1 == entry.path().iter().count()
+                && entry.kind() == EntryKind::File
                 && entry
                     .file_name()
                     .as_bytes()
@@ -985,6 +988,53 @@ mod tests {
             UNIX_EPOCH - Duration::from_secs(900)
         );
         let _ = age_cutoff(now, Duration::MAX);
+    }
+
+    #[test]
+    fn put_back_restores_the_name_or_keeps_the_newer_of_two() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = rustix::fs::open(
+            t.path(),
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .unwrap();
+        let (private, name) = (c".stowage-del.0001", c"clip.mp4");
+        let write = |n: &str, data: &str, age_s: u64| {
+            let f = std::fs::File::create(t.path().join(n)).unwrap();
+            std::io::Write::write_all(&mut &f, data.as_bytes()).unwrap();
+            f.set_modified(SystemTime::now() - Duration::from_secs(age_s))
+                .unwrap();
+        };
+        let read = |n: &str| std::fs::read_to_string(t.path().join(n)).ok();
+
+        // The name is free: the file goes back, and the outcome is the caller's.
+        write(".stowage-del.0001", "taken", 10);
+        assert!(matches!(
+            put_back(dir.as_fd(), private, name, Outcome::Changed),
+            Outcome::Changed
+        ));
+        assert_eq!(read("clip.mp4").as_deref(), Some("taken"));
+
+        // Taken again by a newer file: that one stays, the one taken away goes.
+        write(".stowage-del.0001", "taken", 10);
+        write("clip.mp4", "newest", 0);
+        assert!(matches!(
+            put_back(dir.as_fd(), private, name, Outcome::Changed),
+            Outcome::Replaced
+        ));
+        assert_eq!(read("clip.mp4").as_deref(), Some("newest"));
+        assert_eq!(read(".stowage-del.0001"), None);
+
+        // Taken again by an older file (migrate back-dates mtimes): the newer one wins.
+        write(".stowage-del.0001", "taken, newer", 0);
+        write("clip.mp4", "older", 100);
+        assert!(matches!(
+            put_back(dir.as_fd(), private, name, Outcome::Changed),
+            Outcome::Replaced
+        ));
+        assert_eq!(read("clip.mp4").as_deref(), Some("taken, newer"));
+        assert_eq!(read(".stowage-del.0001"), None);
     }
 
     #[test]

@@ -906,6 +906,9 @@ fn a_leftover_private_delete_name_is_removed_by_the_next_run() {
         Duration::from_secs(60),
     );
     file(r, "clips/new.mp4", 10, Duration::from_secs(60));
+    // Inside a directory with a reserved name nothing is touched, however old.
+    file(r, ".stowage-x/old", 10, 100 * DAY);
+    file(r, ".stowage-x/.stowage-del.0123abcd", 10, 100 * DAY);
     let store = stowage::BlobStore::local(r).unwrap();
     let keys = tokio::runtime::Runtime::new()
         .unwrap()
@@ -918,5 +921,8 @@ fn a_leftover_private_delete_name_is_removed_by_the_next_run() {
     let s = run(&opts(r));
     assert!(!r.join("clips/.stowage-del.0123abcd").exists(), "{s:#?}");
     assert!(r.join("clips/new.mp4").exists());
+    assert!(
+        r.join(".stowage-x/old").exists() && r.join(".stowage-x/.stowage-del.0123abcd").exists()
+    );
     assert_eq!(s.leftovers_removed, 1, "{s:#?}");
 }
