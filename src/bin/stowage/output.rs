@@ -1,7 +1,8 @@
 //! Printing that survives its reader going away.
 //!
 //! `println!` panics when stdout is a closed pipe (`stowage cleanup --dry-run | head`).
-//! Every line the binary prints goes through [`out!`], [`outln!`] or [`errln!`] instead:
+//! Every line the binary prints goes through [`out!`], [`outln!`] or [`errln!`] instead
+//! (serve's access log through [`logln!`], which drops the line rather than stop serving):
 //! on `BrokenPipe` the process exits at once, quietly, with status 141 (128 + SIGPIPE, what
 //! the shell reports for `ls | head`), like `ls` and `rg`. Any other write error is
 //! reported on stderr (when it can be) and ends the process with status 2.
@@ -29,6 +30,12 @@ pub(crate) fn stderr(args: fmt::Arguments<'_>) {
     }
 }
 
+/// Writes a log line to stderr, ignoring a write error: a server keeps serving when the
+/// reader of its log has gone.
+pub(crate) fn log(args: fmt::Arguments<'_>) {
+    let _ = io::stderr().lock().write_fmt(args);
+}
+
 fn write_failed(stream: &str, e: &io::Error) -> ! {
     if e.kind() == io::ErrorKind::BrokenPipe {
         std::process::exit(Exit::BrokenPipe.code().into());
@@ -52,4 +59,10 @@ macro_rules! outln {
 macro_rules! errln {
     () => { $crate::output::stderr(format_args!("\n")) };
     ($($arg:tt)*) => { $crate::output::stderr(format_args!("{}\n", format_args!($($arg)*))) };
+}
+
+/// A log line on stderr that is dropped, not fatal, when stderr's reader has gone (serve's
+/// access log: a dead log pipe must not stop the server).
+macro_rules! logln {
+    ($($arg:tt)*) => { $crate::output::log(format_args!("{}\n", format_args!($($arg)*))) };
 }

@@ -224,14 +224,14 @@ impl Drop for LogLine {
     fn drop(&mut self) {
         let ms = self.start.elapsed().as_secs_f64() * 1e3;
         match &self.error {
-            Some(e) => errln!(
+            Some(e) => logln!(
                 "{} \"{}\" {} {} {ms:.1}ms error: {e}",
                 self.client,
                 self.request,
                 self.status,
                 self.bytes
             ),
-            None => errln!(
+            None => logln!(
                 "{} \"{}\" {} {} {ms:.1}ms",
                 self.client,
                 self.request,
