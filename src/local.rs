@@ -20,8 +20,15 @@ use crate::key::Key;
 
 /// File-name prefix of stowage's temp files (`.stowage-tmp.<hex>`).
 pub const TEMP_PREFIX: &str = ".stowage-tmp.";
+/// File-name prefix cleanup gives a file it is about to delete (`.stowage-del.<hex>`), so
+/// that what it unlinks is exactly what it checked. One left by a crash is removed by the
+/// next cleanup.
+pub const DELETE_PREFIX: &str = ".stowage-del.";
 /// Name of the lock file stowage keeps in a store root.
 pub const LOCK_FILE_NAME: &str = ".stowage.lock";
+/// Name of the file that marks a directory as a stowage store. `cleanup` deletes only
+/// under a marked root: a typo in `--root` must not turn it loose on someone else's tree.
+pub const STORE_MARKER_NAME: &str = ".stowage";
 /// Extended attribute holding an object's Content-Type (the freedesktop.org convention).
 pub const CONTENT_TYPE_XATTR: &str = "user.mime_type";
 /// Extended attribute holding the part size that reproduced a multipart ETag, so `verify`
@@ -436,9 +443,28 @@ pub fn stat_file(root: &Path, key: &Key) -> io::Result<Option<(u64, SystemTime)>
 
 /// An exclusive lock on a store root (`flock` on [`LOCK_FILE_NAME`]), held until dropped.
 /// Operations that write or delete under a root take it so they never overlap.
+///
+/// The lock file is private (mode 0600; an older, wider one owned by this user is
+/// narrowed), since `flock` works on a read-only descriptor: a world-readable lock file
+/// would let any local user stop every cleanup. The holder writes its pid, start time and
+/// command into the file, so a run that finds the lock taken can say who has it.
 #[derive(Debug)]
 pub struct StoreLock {
-    _file: File,
+    file: File,
+}
+
+/// The lock was held by another process for all of the wait.
+#[derive(Debug, Clone)]
+pub struct LockHeld {
+    /// What the holder recorded (`pid 42, since ..., command ...`), or why nothing can be
+    /// said about it.
+    pub holder: String,
+}
+
+impl std::fmt::Display for LockHeld {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.holder)
+    }
 }
 
 impl StoreLock {
@@ -449,19 +475,157 @@ impl StoreLock {
 
     /// Like [`StoreLock::try_acquire`], for a root already open as `root_dir`.
     pub fn try_acquire_at(root_dir: &impl AsFd) -> io::Result<Option<StoreLock>> {
-        let fd = rfs::openat(
-            root_dir,
-            LOCK_FILE_NAME,
-            OFlags::RDWR | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NOCTTY,
-            Mode::from_raw_mode(0o644),
-        )?;
-        match rfs::flock(&fd, rfs::FlockOperation::NonBlockingLockExclusive) {
-            Ok(()) => Ok(Some(StoreLock {
-                _file: File::from(fd),
-            })),
-            Err(Errno::WOULDBLOCK) => Ok(None),
-            Err(e) => Err(e.into()),
+        Ok(StoreLock::acquire_at(root_dir, std::time::Duration::ZERO)?.ok())
+    }
+
+    /// Takes the lock, waiting up to `wait` for another holder to let go. `Ok(Err(_))`
+    /// names the holder when it did not.
+    pub fn acquire_at(
+        root_dir: &impl AsFd,
+        wait: std::time::Duration,
+    ) -> io::Result<Result<StoreLock, LockHeld>> {
+        let fd = open_lock_file(root_dir)?;
+        let deadline = std::time::Instant::now() + wait;
+        loop {
+            match rfs::flock(&fd, rfs::FlockOperation::NonBlockingLockExclusive) {
+                Ok(()) => {
+                    let lock = StoreLock {
+                        file: File::from(fd),
+                    };
+                    lock.record_holder()?;
+                    return Ok(Ok(lock));
+                }
+                Err(Errno::WOULDBLOCK) => {}
+                Err(e) => return Err(e.into()),
+            }
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                return Ok(Err(LockHeld {
+                    holder: describe_holder(&fd),
+                }));
+            }
+            std::thread::sleep((deadline - now).min(std::time::Duration::from_millis(200)));
         }
+    }
+
+    fn record_holder(&self) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let since = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        let mut command: String = std::env::args_os()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(" ");
+        command = command
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(300)
+            .collect();
+        let record = format!(
+            "pid {}\nsince {since}\ncommand {command}\n",
+            std::process::id()
+        );
+        self.file.set_len(0)?;
+        self.file.write_all_at(record.as_bytes(), 0)
+    }
+}
+
+impl Drop for StoreLock {
+    fn drop(&mut self) {
+        // A record left behind would name a process that no longer holds the lock.
+        let _ = self.file.set_len(0);
+    }
+}
+
+/// Opens (creating it 0600) the lock file, and narrows an existing one that others can
+/// read or write, when this user owns it.
+fn open_lock_file(root_dir: &impl AsFd) -> io::Result<OwnedFd> {
+    let fd = rfs::openat(
+        root_dir,
+        LOCK_FILE_NAME,
+        OFlags::RDWR | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NOCTTY,
+        Mode::from_raw_mode(0o600),
+    )?;
+    let st = rfs::fstat(&fd)?;
+    if st.st_mode & 0o077 != 0 && st.st_uid == rustix::process::geteuid().as_raw() {
+        rfs::fchmod(&fd, Mode::from_raw_mode(0o600))?;
+    }
+    Ok(fd)
+}
+
+/// Who holds the lock, from what the holder wrote into the lock file.
+fn describe_holder(fd: &OwnedFd) -> String {
+    let mut buf = [0u8; 1024];
+    let n = rustix::io::pread(fd, &mut buf, 0).unwrap_or(0);
+    let text = String::from_utf8_lossy(&buf[..n]);
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .map(str::to_owned)
+    };
+    let Some(pid) = field("pid").and_then(|p| p.parse::<u32>().ok()) else {
+        return "a process that did not record itself (not a stowage run: another user or \
+                tool holding the lock file open?)"
+            .into();
+    };
+    let since = field("since")
+        .and_then(|s| s.parse::<u64>().ok())
+        .map(|s| SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(s));
+    let mut out = format!("pid {pid}");
+    if let Some(t) = since {
+        let ago = SystemTime::now()
+            .duration_since(t)
+            .map(|d| humantime::format_duration(std::time::Duration::from_secs(d.as_secs())))
+            .map(|d| format!(", {d} ago"))
+            .unwrap_or_default();
+        out += &format!(", since {}{ago}", humantime::format_rfc3339_seconds(t));
+    }
+    if let Some(c) = field("command") {
+        out += &format!(", command `{c}`");
+    }
+    if !Path::new("/proc").join(pid.to_string()).exists() {
+        out += " (that process is gone: another process, one that did not record itself, \
+                holds the lock)";
+    }
+    out
+}
+
+/// Marks `root` as a stowage store by creating [`STORE_MARKER_NAME`] in it (nothing
+/// happens if it is there already). Opening or creating a local store and migrating into
+/// one call it; `cleanup` refuses a root without it.
+pub fn mark_store(root: &Path) -> io::Result<()> {
+    mark_store_at(&open_root(root)?)
+}
+
+/// Like [`mark_store`], for a root already open as `root_dir`.
+pub fn mark_store_at(root_dir: &impl AsFd) -> io::Result<()> {
+    if is_marked_store(root_dir)? {
+        return Ok(());
+    }
+    let fd = match rfs::openat(
+        root_dir,
+        STORE_MARKER_NAME,
+        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o644),
+    ) {
+        Ok(fd) => fd,
+        Err(Errno::EXIST) if is_marked_store(root_dir)? => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    File::from(fd).write_all(
+        b"This directory is a stowage store. `stowage cleanup` only deletes under a \
+          directory holding this file; do not copy it elsewhere.\n",
+    )
+}
+
+/// Whether `root_dir` holds the store marker (a regular file, not a link).
+pub fn is_marked_store(root_dir: &impl AsFd) -> io::Result<bool> {
+    match rfs::statat(root_dir, STORE_MARKER_NAME, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) => Ok(rfs::FileType::from_raw_mode(st.st_mode) == rfs::FileType::RegularFile),
+        Err(Errno::NOENT) => Ok(false),
+        Err(e) => Err(e.into()),
     }
 }
 

@@ -72,6 +72,21 @@ impl FromStr for SizeSpec {
     }
 }
 
+impl SizeSpec {
+    /// Like [`str::parse`], but a bare number is refused: for a limit that deletes files,
+    /// `50` meaning 50 bytes is a typo, not a setting.
+    pub fn parse_with_unit(s: &str) -> Result<SizeSpec, String> {
+        let t = s.trim();
+        if !t.is_empty() && t.chars().all(|c| c.is_ascii_digit() || c == '.') {
+            return Err(format!(
+                "{t:?} has no unit, and a bare number would mean bytes: write it with a unit, \
+                 like 50GB, 50GiB or 80% (of the filesystem)"
+            ));
+        }
+        t.parse()
+    }
+}
+
 impl fmt::Display for SizeSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -111,6 +126,23 @@ mod tests {
         assert_eq!(" 2 kb ".parse(), Ok(SizeSpec::Bytes(2000)));
         for bad in ["", "GB", "10 parsecs", "-5MB", "150%", "x%"] {
             assert!(bad.parse::<SizeSpec>().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn limits_need_a_unit() {
+        assert_eq!(
+            SizeSpec::parse_with_unit("50GB"),
+            Ok(SizeSpec::Bytes(50_000_000_000))
+        );
+        assert_eq!(SizeSpec::parse_with_unit("0B"), Ok(SizeSpec::Bytes(0)));
+        assert_eq!(
+            SizeSpec::parse_with_unit("80%"),
+            Ok(SizeSpec::Percent(80.0))
+        );
+        for bad in ["50", "0", " 1.5 "] {
+            let e = SizeSpec::parse_with_unit(bad).unwrap_err();
+            assert!(e.contains("50GiB") && e.contains("80%"), "{e}");
         }
     }
 

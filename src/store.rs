@@ -205,6 +205,8 @@ impl BlobStore {
             ));
         }
         std::fs::create_dir_all(&root).map_err(|e| Error::io("create directory", &root, e))?;
+        // Best effort: a read-only user (serve) may open a store it cannot mark.
+        let _ = crate::local::mark_store(&root);
         Ok(BlobStore {
             inner: Arc::new(Inner::Local(LocalBackend { root, urls })),
         })

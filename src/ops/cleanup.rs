@@ -9,9 +9,16 @@
 //!   (same device and inode) and that it is still eligible (still old; for eviction,
 //!   unmodified). Symbolic links, FIFOs and the like are never deleted; a link's target is
 //!   never looked at.
-//! - an exclusive, non-blocking `flock` on `<root>/.stowage.lock` keeps two runs apart:
-//!   the second returns at once with [`CleanupSummary::locked`] set. A dry run takes no
-//!   lock and creates no file, so it never makes a real run skip.
+//! - an exclusive `flock` on `<root>/.stowage.lock` (mode 0600) keeps two runs apart: the
+//!   second waits up to [`CleanupOptions::wait`], then returns with
+//!   [`CleanupSummary::locked`] set and the holder named. A dry run takes no lock and
+//!   creates no file, so it never makes a real run skip.
+//! - it refuses what looks like a typo before deleting anything: `/`, a root not marked
+//!   as a store ([`crate::local::STORE_MARKER_NAME`]; [`CleanupOptions::init_store`]
+//!   marks it), a zero `max_age` or `max_used`, and — unless [`CleanupOptions::force`] — a
+//!   run that would delete more than half of the store's files (found by a dry run under
+//!   the lock). The size pass never deletes a file younger than
+//!   [`CleanupOptions::min_age`], and [`CleanupOptions::max_delete`] caps a run.
 //! - a file that cannot be deleted is recorded in [`CleanupSummary::errors`] and the run
 //!   goes on; one that vanished or changed meanwhile is counted, not an error.
 //! - directories left empty are removed (never the root). A directory is only removed if
@@ -38,14 +45,20 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags, Stat};
 use rustix::io::Errno;
 
-use crate::local::{StoreLock, LOCK_FILE_NAME};
-use crate::report::Reporter;
+use crate::local::{self, LockHeld, StoreLock, DELETE_PREFIX, LOCK_FILE_NAME, STORE_MARKER_NAME};
+use crate::report::{NoopReporter, Reporter};
 use crate::size::{human_bytes, SizeSpec};
 use crate::walk::{system_time, EntryKind, WalkOptions, Walker};
 use crate::{Error, Result};
+
+/// [`CleanupOptions::min_age`] unless set: an hour.
+pub const DEFAULT_MIN_AGE: Duration = Duration::from_secs(3600);
+
+/// How many example paths a refusal names.
+const EXAMPLES: usize = 3;
 
 /// Most eviction candidates held in memory at once by the `max_used` pass.
 pub const MAX_EVICTION_CANDIDATES: usize = 65_536;
@@ -65,10 +78,28 @@ pub struct CleanupOptions {
     /// After the age pass, if the store (sum of file sizes) is larger than this, the
     /// oldest files are deleted until it fits. A percentage is of the filesystem's size.
     pub max_used: Option<SizeSpec>,
+    /// The size pass never deletes a file modified less than this long ago: the service
+    /// may have just written it. One hour by default.
+    pub min_age: Duration,
     /// Report what would be deleted (through [`Reporter::note`]) and delete nothing.
     pub dry_run: bool,
+    /// Go ahead even when the run would delete more than half of the store's files
+    /// (otherwise refused before anything is deleted).
+    pub force: bool,
+    /// Delete at most this many files in one run; then stop and set
+    /// [`CleanupSummary::max_delete_reached`].
+    pub max_delete: Option<u64>,
+    /// Mark the root as a stowage store ([`crate::local::mark_store`]) if it is not yet;
+    /// an unmarked root is refused otherwise. Never allowed for `/`.
+    pub init_store: bool,
+    /// How long to wait for another run (cleanup or migrate) to release the store lock
+    /// before giving up with [`CleanupSummary::locked`] set.
+    pub wait: Duration,
     #[doc(hidden)]
     pub before_delete: Option<BeforeDelete>,
+    /// Called once a file passed its last check, just before it is taken away.
+    #[doc(hidden)]
+    pub after_check: Option<BeforeDelete>,
 }
 
 impl CleanupOptions {
@@ -78,8 +109,14 @@ impl CleanupOptions {
             root: root.into(),
             max_age,
             max_used: None,
+            min_age: DEFAULT_MIN_AGE,
             dry_run: false,
+            force: false,
+            max_delete: None,
+            init_store: false,
+            wait: Duration::ZERO,
             before_delete: None,
+            after_check: None,
         }
     }
 }
@@ -90,7 +127,12 @@ impl std::fmt::Debug for CleanupOptions {
             .field("root", &self.root)
             .field("max_age", &self.max_age)
             .field("max_used", &self.max_used)
+            .field("min_age", &self.min_age)
             .field("dry_run", &self.dry_run)
+            .field("force", &self.force)
+            .field("max_delete", &self.max_delete)
+            .field("init_store", &self.init_store)
+            .field("wait", &self.wait)
             .finish_non_exhaustive()
     }
 }
@@ -99,22 +141,43 @@ impl std::fmt::Debug for CleanupOptions {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct PathError {
     /// Absolute path.
+    #[serde(serialize_with = "lossy_path")]
     pub path: PathBuf,
     /// What went wrong, with a hint when there is one.
     pub reason: String,
+}
+
+/// Serializes a path as a string, a name that is not UTF-8 with U+FFFD in place of the
+/// bad bytes: one odd file name must never stop a `--json` summary from being printed.
+/// (The human output shows the same lossy form.)
+pub(crate) fn lossy_path<S: serde::Serializer>(p: &Path, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&p.to_string_lossy())
+}
+
+/// [`lossy_path`] for a list.
+pub(crate) fn lossy_paths<S: serde::Serializer>(v: &[PathBuf], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(v.iter().map(|p| p.to_string_lossy()))
 }
 
 /// What a cleanup run did (or, with `dry_run`, would do).
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct CleanupSummary {
     /// The store root.
+    #[serde(serialize_with = "lossy_path")]
     pub root: PathBuf,
     /// Nothing was deleted: the figures are what a real run would do now.
     pub dry_run: bool,
-    /// Another run held the lock; this one did nothing and all counts are zero.
+    /// Another run held the lock for all of [`CleanupOptions::wait`]; this one did
+    /// nothing and all counts are zero.
     pub locked: bool,
+    /// With `locked`: who holds the lock (pid, since when, command), as it recorded itself.
+    pub lock_holder: Option<String>,
     /// The `max_age` used, in seconds.
     pub max_age_s: u64,
+    /// The age cutoff that `max_age` gave: files modified before this (RFC 3339) are old.
+    pub modified_before: String,
+    /// Regular files of the store seen by the age pass.
+    pub store_files: u64,
     /// Files deleted (age and size passes together).
     pub deleted: u64,
     /// Bytes freed (sum of the deleted files' sizes).
@@ -125,6 +188,8 @@ pub struct CleanupSummary {
     pub deleted_for_size: u64,
     /// Directories removed because they were left empty.
     pub dirs_removed: u64,
+    /// `.stowage-del.*` files left by a run that crashed mid-delete, removed.
+    pub leftovers_removed: u64,
     /// The `max_used` limit in bytes, when one was given.
     pub max_used_bytes: Option<u64>,
     /// Store size (sum of file sizes) after the size pass, when `max_used` was given.
@@ -136,11 +201,17 @@ pub struct CleanupSummary {
     /// Symbolic links seen and left alone (never followed, never deleted).
     pub symlinks_skipped: u64,
     /// Other filesystems mounted inside the root, not entered (relative paths).
+    #[serde(serialize_with = "lossy_paths")]
     pub mounts_skipped: Vec<PathBuf>,
     /// Files and directories that could not be read or deleted.
     pub errors: Vec<PathError>,
+    /// The run stopped deleting at [`CleanupOptions::max_delete`] files.
+    pub max_delete_reached: bool,
     /// Wall-clock duration of the run.
     pub elapsed_s: f64,
+    /// The first few paths deleted (or, in a dry run, that would be), for a refusal.
+    #[serde(skip)]
+    examples: Vec<PathBuf>,
 }
 
 impl CleanupSummary {
@@ -149,12 +220,16 @@ impl CleanupSummary {
             root: opts.root.clone(),
             dry_run: opts.dry_run,
             locked: false,
+            lock_holder: None,
             max_age_s: opts.max_age.as_secs(),
+            modified_before: String::new(),
+            store_files: 0,
             deleted: 0,
             bytes_freed: 0,
             deleted_for_age: 0,
             deleted_for_size: 0,
             dirs_removed: 0,
+            leftovers_removed: 0,
             max_used_bytes: None,
             store_bytes_after: None,
             vanished: 0,
@@ -162,8 +237,44 @@ impl CleanupSummary {
             symlinks_skipped: 0,
             mounts_skipped: Vec::new(),
             errors: Vec::new(),
+            max_delete_reached: false,
             elapsed_s: 0.0,
+            examples: Vec::new(),
         }
+    }
+
+    /// Counts one file deleted (or that a dry run would delete).
+    fn deleted(&mut self, abs: &Path, size: u64, for_age: bool) {
+        self.deleted += 1;
+        self.bytes_freed += size;
+        if for_age {
+            self.deleted_for_age += 1;
+        } else {
+            self.deleted_for_size += 1;
+        }
+        if self.examples.len() < EXAMPLES {
+            self.examples.push(abs.to_path_buf());
+        }
+    }
+
+    /// More than half of the store's files would go: what a typo in a limit looks like.
+    fn deletes_most_of_the_store(&self) -> bool {
+        self.deleted > 0 && self.deleted.saturating_mul(2) > self.store_files
+    }
+
+    fn what_it_deletes(&self) -> String {
+        let ex: Vec<_> = self
+            .examples
+            .iter()
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect();
+        format!(
+            "{} of {} files ({}), e.g. {}",
+            self.deleted,
+            self.store_files,
+            human_bytes(self.bytes_freed),
+            ex.join(", ")
+        )
     }
 
     fn error(&mut self, path: PathBuf, reason: impl Into<String>) {
@@ -182,48 +293,174 @@ impl CleanupSummary {
 /// file cannot be created); per-file failures are in [`CleanupSummary::errors`].
 pub fn cleanup(opts: &CleanupOptions, reporter: &dyn Reporter) -> Result<CleanupSummary> {
     let started = Instant::now();
-    if opts.max_age.is_zero() {
-        // Zero would mean "delete every file"; that is never what a cron line means.
-        return Err(Error::config(
-            "max_age",
-            "must be more than zero, e.g. 7d or 24h",
-        ));
-    }
+    check_limits(opts)?;
     let mut summary = CleanupSummary::new(opts);
     let root = &opts.root;
-    let walker = Walker::new(root, WalkOptions::default().dirs_post_order(true))?;
+    let walker = Walker::new(root, age_walk())?;
     let root_fd = walker.root_fd();
+    check_store_root(&root_fd, opts, reporter)?;
 
     let _lock = if opts.dry_run {
         None
     } else {
-        match take_lock(&root_fd, root)? {
-            Some(lock) => Some(lock),
-            None => {
+        match take_lock(&root_fd, root, opts.wait)? {
+            Ok(lock) => Some(lock),
+            Err(held) => {
                 summary.locked = true;
                 reporter.note(&format!(
-                    "another stowage run (cleanup or migrate) holds {}; nothing done",
+                    "another stowage run (cleanup or migrate) holds {}: {held}; nothing done",
                     root.join(LOCK_FILE_NAME).display()
                 ));
+                summary.lock_holder = Some(held.holder);
                 summary.elapsed_s = started.elapsed().as_secs_f64();
                 return Ok(summary);
             }
         }
     };
 
-    let cutoff = age_cutoff(SystemTime::now(), opts.max_age);
-    age_pass(opts, walker, cutoff, &mut summary, reporter);
-
-    if let Some(spec) = opts.max_used {
-        let vfs =
-            rustix::fs::fstatvfs(&*root_fd).map_err(|e| Error::io("statvfs", root, e.into()))?;
-        let limit = spec.resolve(vfs.f_blocks.saturating_mul(vfs.f_frsize));
-        summary.max_used_bytes = Some(limit);
-        size_pass(opts, &root_fd, cutoff, limit, &mut summary, reporter)?;
+    if !opts.dry_run && !opts.force {
+        // Plan first (a dry run, under the lock) so a typo is refused before any delete.
+        let mut plan_opts = opts.clone();
+        plan_opts.dry_run = true;
+        plan_opts.before_delete = None;
+        let mut plan = CleanupSummary::new(&plan_opts);
+        let plan_walker = Walker::new(root, age_walk())?;
+        let plan_fd = plan_walker.root_fd();
+        run_passes(&plan_opts, plan_walker, &plan_fd, &mut plan, &NoopReporter)?;
+        if plan.deletes_most_of_the_store() {
+            return Err(Error::config(
+                "force",
+                format!(
+                    "this run would delete {}: more than half of the store under {}. \
+                     Nothing was deleted. Check --max-age and --max-used; if that is \
+                     really meant, run again with --force",
+                    plan.what_it_deletes(),
+                    root.display()
+                ),
+            ));
+        }
     }
 
+    run_passes(opts, walker, &root_fd, &mut summary, reporter)?;
+    if opts.dry_run && !opts.force && summary.deletes_most_of_the_store() {
+        reporter.note(&format!(
+            "a real run would refuse without --force: it would delete {}, more than half of the store",
+            summary.what_it_deletes()
+        ));
+    }
     summary.elapsed_s = started.elapsed().as_secs_f64();
     Ok(summary)
+}
+
+/// The age pass walks stowage's own names too, to remove `.stowage-del.*` files left by
+/// a crash (and skips every other one, and everything under a reserved directory).
+fn age_walk() -> WalkOptions {
+    WalkOptions::default()
+        .dirs_post_order(true)
+        .include_reserved(true)
+}
+
+/// The age pass, then the size pass when there is a `max_used`.
+fn run_passes(
+    opts: &CleanupOptions,
+    walker: Walker,
+    root_fd: &Arc<OwnedFd>,
+    summary: &mut CleanupSummary,
+    reporter: &dyn Reporter,
+) -> Result<()> {
+    let now = SystemTime::now();
+    let cutoff = age_cutoff(now, opts.max_age);
+    summary.modified_before = humantime::format_rfc3339_seconds(cutoff).to_string();
+    age_pass(opts, walker, cutoff, summary, reporter);
+    if let Some(spec) = opts.max_used {
+        let vfs = rustix::fs::fstatvfs(&**root_fd)
+            .map_err(|e| Error::io("statvfs", &opts.root, e.into()))?;
+        let limit = spec.resolve(vfs.f_blocks.saturating_mul(vfs.f_frsize));
+        summary.max_used_bytes = Some(limit);
+        let young = age_cutoff(now, opts.min_age);
+        size_pass(opts, root_fd, cutoff, young, limit, summary, reporter)?;
+    }
+    Ok(())
+}
+
+/// Refuses limits that would delete every file: they are typos, never a cron line.
+fn check_limits(opts: &CleanupOptions) -> Result<()> {
+    if opts.max_age.is_zero() {
+        return Err(Error::config(
+            "max_age",
+            "must be more than zero, e.g. 7d or 24h",
+        ));
+    }
+    match opts.max_used {
+        Some(SizeSpec::Bytes(0)) => Err(Error::config(
+            "max_used",
+            "0 would delete every file; give the most the store may hold, e.g. 50GB, 50GiB or 80% (of the filesystem)",
+        )),
+        Some(SizeSpec::Percent(p)) if p <= 0.0 => Err(Error::config(
+            "max_used",
+            "0% would delete every file; give the most the store may hold, e.g. 80% (of the filesystem), 50GB or 50GiB",
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Refuses `/`, and a root that is not marked as a stowage store (saying so when it is a
+/// mount point, i.e. the root of a filesystem), unless `init_store` marks it now.
+fn check_store_root(
+    root_fd: &OwnedFd,
+    opts: &CleanupOptions,
+    reporter: &dyn Reporter,
+) -> Result<()> {
+    let root = &opts.root;
+    let io = |e: Errno| Error::io("stat", root, e.into());
+    let st = rustix::fs::fstat(root_fd).map_err(io)?;
+    let parent = rustix::fs::statat(root_fd, "..", AtFlags::empty()).map_err(io)?;
+    if (st.st_dev, st.st_ino) == (parent.st_dev, parent.st_ino) {
+        return Err(Error::config(
+            "root",
+            format!(
+                "{} is the root of the filesystem (/); cleanup never runs there: give the store's own directory",
+                root.display()
+            ),
+        ));
+    }
+    if local::is_marked_store(root_fd).map_err(|e| Error::io("stat", root, e))? {
+        return Ok(());
+    }
+    if opts.init_store {
+        if opts.dry_run {
+            reporter.note(&format!(
+                "would mark {} as a stowage store ({})",
+                root.display(),
+                STORE_MARKER_NAME
+            ));
+        } else {
+            local::mark_store_at(root_fd)
+                .map_err(|e| Error::io("mark the store", root.join(STORE_MARKER_NAME), e))?;
+        }
+        return Ok(());
+    }
+    let mount = if st.st_dev != parent.st_dev {
+        " is a mount point (the root of a filesystem) and"
+    } else {
+        ""
+    };
+    Err(Error::config(
+        "init_store",
+        format!(
+            "{}{mount} is not marked as a stowage store (it has no {STORE_MARKER_NAME} file), \
+             so cleanup will not delete anything there. If it really is the store, mark it \
+             once: stowage cleanup --init-store --root {} ...",
+            root.display(),
+            root.display()
+        ),
+    ))
+}
+
+fn at_max_delete(opts: &CleanupOptions, summary: &mut CleanupSummary) -> bool {
+    let reached = opts.max_delete.is_some_and(|m| summary.deleted >= m);
+    summary.max_delete_reached |= reached;
+    reached
 }
 
 /// Files with an mtime strictly before this are "older than `max_age`".
@@ -231,9 +468,14 @@ pub(crate) fn age_cutoff(now: SystemTime, max_age: Duration) -> SystemTime {
     now.checked_sub(max_age).unwrap_or(UNIX_EPOCH)
 }
 
-/// `Some(lock)` when we hold the lock, `None` when another run (cleanup or migrate) does.
-fn take_lock(root_fd: &OwnedFd, root: &Path) -> Result<Option<StoreLock>> {
-    StoreLock::try_acquire_at(root_fd).map_err(|e| {
+/// `Ok(lock)` when we hold the lock, `Err(holder)` when another run (cleanup or migrate)
+/// kept it for all of `wait`.
+fn take_lock(
+    root_fd: &OwnedFd,
+    root: &Path,
+    wait: Duration,
+) -> Result<std::result::Result<StoreLock, LockHeld>> {
+    StoreLock::acquire_at(root_fd, wait).map_err(|e| {
         Error::io(
             "lock (is the store root writable by this user?)",
             root.join(LOCK_FILE_NAME),
@@ -286,10 +528,35 @@ fn age_pass(
             depth
         });
         let abs = root.join(entry.path());
+        // stowage's own names, and anything under a directory with such a name, are never
+        // store content. Under the lock, a `.stowage-del.*` file can only be a crashed
+        // run's leftover: it had passed its checks and was about to be unlinked.
+        let reserved_at = entry.path().iter().position(local::is_stowage_name);
+        if let Some(at) = reserved_at {
+            let leftover = at + 1 == entry.path().iter().count()
+                && entry.kind() == EntryKind::File
+                && entry
+                    .file_name()
+                    .as_bytes()
+                    .starts_with(DELETE_PREFIX.as_bytes());
+            if leftover && !opts.dry_run {
+                match rustix::fs::unlinkat(entry.parent_fd(), entry.file_name_c(), AtFlags::empty())
+                {
+                    Ok(()) => {
+                        summary.leftovers_removed += 1;
+                        mark(&mut emptied, depth - 1);
+                    }
+                    Err(Errno::NOENT) => {}
+                    Err(e) => summary.error(abs, delete_reason(&e.into())),
+                }
+            }
+            continue;
+        }
         match entry.kind() {
             EntryKind::File => {
                 reporter.items_found(1);
-                if entry.mtime() >= cutoff {
+                summary.store_files += 1;
+                if entry.mtime() >= cutoff || at_max_delete(opts, summary) {
                     continue;
                 }
                 if opts.dry_run {
@@ -299,9 +566,7 @@ fn age_pass(
                         human_bytes(entry.size()),
                         humantime::format_rfc3339_seconds(entry.mtime())
                     ));
-                    summary.deleted += 1;
-                    summary.deleted_for_age += 1;
-                    summary.bytes_freed += entry.size();
+                    summary.deleted(&abs, entry.size(), true);
                     continue;
                 }
                 if let Some(hook) = &opts.before_delete {
@@ -309,22 +574,30 @@ fn age_pass(
                 }
                 let eligible =
                     |st: &Stat| system_time(st.st_mtime, st.st_mtime_nsec as i64) < cutoff;
+                let after_check = || {
+                    if let Some(hook) = &opts.after_check {
+                        hook(entry.path());
+                    }
+                };
                 match delete_file(
                     entry.parent_fd(),
                     entry.file_name_c(),
                     entry.stat(),
                     eligible,
+                    &after_check,
                 ) {
                     Outcome::Deleted => {
-                        summary.deleted += 1;
-                        summary.deleted_for_age += 1;
-                        summary.bytes_freed += entry.size();
+                        summary.deleted(&abs, entry.size(), true);
                         reporter.bytes_done(entry.size());
                         reporter.item_done(&abs.to_string_lossy(), true);
                         mark(&mut emptied, depth - 1);
                     }
                     Outcome::Vanished => summary.vanished += 1,
                     Outcome::Changed => summary.changed += 1,
+                    Outcome::Replaced => {
+                        summary.changed += 1;
+                        summary.error(abs, REPLACED);
+                    }
                     Outcome::Failed(e) => {
                         reporter.item_done(&abs.to_string_lossy(), false);
                         summary.error(abs, delete_reason(&e));
@@ -376,35 +649,98 @@ enum Outcome {
     Deleted,
     Vanished,
     Changed,
+    /// Written again twice during the delete: the newer file kept the name.
+    Replaced,
     Failed(std::io::Error),
 }
 
 /// Deletes `name` in `parent` if it is still the regular file `listed` and `eligible`
 /// accepts its fresh `stat`.
+///
+/// Deleting by name after a check would delete whatever the name holds by then (a new
+/// clip the service renamed over it). So the file is first renamed to a private name
+/// (`RENAME_NOREPLACE`), checked again there, where nobody else can swap it, and only then
+/// unlinked; if it is not the one listed, it is renamed back.
 fn delete_file(
     parent: BorrowedFd<'_>,
     name: &CStr,
     listed: &Stat,
     eligible: impl Fn(&Stat) -> bool,
+    after_check: &dyn Fn(),
 ) -> Outcome {
-    let st = match rustix::fs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW) {
-        Ok(st) => st,
+    let is_listed = |st: &Stat| {
+        FileType::from_raw_mode(st.st_mode) == FileType::RegularFile
+            && st.st_ino == listed.st_ino
+            && st.st_dev == listed.st_dev
+            && eligible(st)
+    };
+    match rustix::fs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) if is_listed(&st) => {}
+        Ok(_) => return Outcome::Changed,
         Err(Errno::NOENT) => return Outcome::Vanished,
         Err(e) => return Outcome::Failed(e.into()),
-    };
-    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile
-        || st.st_ino != listed.st_ino
-        || st.st_dev != listed.st_dev
-        || !eligible(&st)
-    {
-        return Outcome::Changed;
     }
-    match rustix::fs::unlinkat(parent, name, AtFlags::empty()) {
+    after_check();
+    let private = CString::new(format!("{DELETE_PREFIX}{:016x}", fastrand::u64(..)))
+        .expect("no NUL in a hex name");
+    match rustix::fs::renameat_with(parent, name, parent, &*private, RenameFlags::NOREPLACE) {
+        Ok(()) => {}
+        Err(Errno::NOENT) => return Outcome::Vanished,
+        // A filesystem without RENAME_NOREPLACE: the plain check-then-unlink.
+        Err(Errno::INVAL | Errno::NOSYS) => {
+            return match rustix::fs::unlinkat(parent, name, AtFlags::empty()) {
+                Ok(()) => Outcome::Deleted,
+                Err(Errno::NOENT) => Outcome::Vanished,
+                Err(e) => Outcome::Failed(e.into()),
+            }
+        }
+        Err(e) => return Outcome::Failed(e.into()),
+    }
+    let taken = rustix::fs::statat(parent, &*private, AtFlags::SYMLINK_NOFOLLOW);
+    if !matches!(&taken, Ok(st) if is_listed(st)) {
+        return put_back(parent, &private, name, Outcome::Changed);
+    }
+    match rustix::fs::unlinkat(parent, &*private, AtFlags::empty()) {
         Ok(()) => Outcome::Deleted,
-        Err(Errno::NOENT) => Outcome::Vanished,
-        Err(e) => Outcome::Failed(e.into()),
+        Err(e) => put_back(parent, &private, name, Outcome::Failed(e.into())),
     }
 }
+
+/// Renames the file taken away as `private` back to `name`, then returns `outcome`. If
+/// the name was taken again meanwhile, the newer of the two files keeps it and the other
+/// is deleted (what the later rename would have done without cleanup in between).
+fn put_back(parent: BorrowedFd<'_>, private: &CStr, name: &CStr, outcome: Outcome) -> Outcome {
+    match rustix::fs::renameat_with(parent, private, parent, name, RenameFlags::NOREPLACE) {
+        Ok(()) => outcome,
+        Err(Errno::EXIST) => {
+            let mtime = |n: &CStr| {
+                rustix::fs::statat(parent, n, AtFlags::SYMLINK_NOFOLLOW)
+                    .map(|st| system_time(st.st_mtime, st.st_mtime_nsec as i64))
+                    .ok()
+            };
+            let result = if mtime(name) >= mtime(private) {
+                rustix::fs::unlinkat(parent, private, AtFlags::empty())
+            } else {
+                rustix::fs::renameat(parent, private, parent, name)
+            };
+            match result {
+                Ok(()) => Outcome::Replaced,
+                Err(e) => Outcome::Failed(std::io::Error::other(format!(
+                    "the file was written again twice while being deleted and is left as {}: {}",
+                    private.to_string_lossy(),
+                    std::io::Error::from(e)
+                ))),
+            }
+        }
+        Err(e) => Outcome::Failed(std::io::Error::other(format!(
+            "moved aside as {} to be deleted, but cannot be moved back: {}",
+            private.to_string_lossy(),
+            std::io::Error::from(e)
+        ))),
+    }
+}
+
+const REPLACED: &str = "written again twice while cleanup was deleting it: the newer file was kept, the older one deleted";
 
 fn delete_reason(e: &std::io::Error) -> String {
     let hint = match e.raw_os_error() {
@@ -427,10 +763,12 @@ struct Candidate {
     dev: u64,
 }
 
+#[allow(clippy::too_many_arguments)]
 fn size_pass(
     opts: &CleanupOptions,
     root_fd: &Arc<OwnedFd>,
     cutoff: SystemTime,
+    young: SystemTime,
     limit: u64,
     summary: &mut CleanupSummary,
     reporter: &dyn Reporter,
@@ -459,6 +797,9 @@ fn size_pass(
             total += entry.size();
             if handled(&watermark, mtime, entry.path()) {
                 continue; // could not be deleted in an earlier round; still takes space
+            }
+            if mtime >= young {
+                continue; // younger than min_age: takes space, never evicted
             }
             heap.push(Candidate {
                 mtime,
@@ -489,7 +830,7 @@ fn size_pass(
         let mut freed = 0u64;
         let mut progressed = false;
         for c in heap.into_sorted_vec() {
-            if freed >= excess {
+            if freed >= excess || at_max_delete(opts, summary) {
                 break;
             }
             progressed = true;
@@ -502,25 +843,30 @@ fn size_pass(
                     humantime::format_rfc3339_seconds(c.mtime)
                 ));
                 freed += c.size;
-                summary.deleted += 1;
-                summary.deleted_for_size += 1;
-                summary.bytes_freed += c.size;
+                summary.deleted(&abs, c.size, false);
             } else {
                 if let Some(hook) = &opts.before_delete {
                     hook(&c.path);
                 }
-                match evict(root_fd, &c) {
+                let after_check = || {
+                    if let Some(hook) = &opts.after_check {
+                        hook(&c.path);
+                    }
+                };
+                match evict(root_fd, &c, &after_check) {
                     Ok(Outcome::Deleted) => {
                         freed += c.size;
-                        summary.deleted += 1;
-                        summary.deleted_for_size += 1;
-                        summary.bytes_freed += c.size;
+                        summary.deleted(&abs, c.size, false);
                         summary.dirs_removed += remove_empty_parents(root_fd, &c.path);
                         reporter.bytes_done(c.size);
                         reporter.item_done(&abs.to_string_lossy(), true);
                     }
                     Ok(Outcome::Vanished) => summary.vanished += 1,
                     Ok(Outcome::Changed) => summary.changed += 1,
+                    Ok(Outcome::Replaced) => {
+                        summary.changed += 1;
+                        summary.error(abs, REPLACED);
+                    }
                     Ok(Outcome::Failed(e)) | Err(e) => {
                         reporter.item_done(&abs.to_string_lossy(), false);
                         summary.error(abs, delete_reason(&e));
@@ -529,11 +875,11 @@ fn size_pass(
             }
             watermark = Some((c.mtime, c.path));
         }
-        if freed >= excess || !full_round || !progressed {
+        if freed >= excess || !full_round || !progressed || summary.max_delete_reached {
             summary.store_bytes_after = Some(total - freed.min(total));
-            if freed < excess {
+            if freed < excess && !summary.max_delete_reached {
                 reporter.note(&format!(
-                    "the store under {} is still {} over max-used: the remaining files could not be deleted",
+                    "the store under {} is still {} over max-used: the remaining files could not be deleted or are younger than min-age",
                     opts.root.display(),
                     human_bytes(excess - freed)
                 ));
@@ -572,7 +918,11 @@ fn open_parents(
     Ok(chain)
 }
 
-fn evict(root_fd: &Arc<OwnedFd>, c: &Candidate) -> std::io::Result<Outcome> {
+fn evict(
+    root_fd: &Arc<OwnedFd>,
+    c: &Candidate,
+    after_check: &dyn Fn(),
+) -> std::io::Result<Outcome> {
     let chain = match open_parents(root_fd, &c.path) {
         Ok(chain) => chain,
         Err(e) if e.raw_os_error() == Some(Errno::NOENT.raw_os_error()) => {
@@ -601,7 +951,7 @@ fn evict(root_fd: &Arc<OwnedFd>, c: &Candidate) -> std::io::Result<Outcome> {
         return Ok(Outcome::Changed);
     }
     let unchanged = |s: &Stat| system_time(s.st_mtime, s.st_mtime_nsec as i64) == listed.2;
-    Ok(delete_file(dir.as_fd(), &name, &st, unchanged))
+    Ok(delete_file(dir.as_fd(), &name, &st, unchanged, after_check))
 }
 
 /// After an eviction, removes the file's parent directories that are now empty, deepest
@@ -638,6 +988,53 @@ mod tests {
             UNIX_EPOCH - Duration::from_secs(900)
         );
         let _ = age_cutoff(now, Duration::MAX);
+    }
+
+    #[test]
+    fn put_back_restores_the_name_or_keeps_the_newer_of_two() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = rustix::fs::open(
+            t.path(),
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .unwrap();
+        let (private, name) = (c".stowage-del.0001", c"clip.mp4");
+        let write = |n: &str, data: &str, age_s: u64| {
+            let f = std::fs::File::create(t.path().join(n)).unwrap();
+            std::io::Write::write_all(&mut &f, data.as_bytes()).unwrap();
+            f.set_modified(SystemTime::now() - Duration::from_secs(age_s))
+                .unwrap();
+        };
+        let read = |n: &str| std::fs::read_to_string(t.path().join(n)).ok();
+
+        // The name is free: the file goes back, and the outcome is the caller's.
+        write(".stowage-del.0001", "taken", 10);
+        assert!(matches!(
+            put_back(dir.as_fd(), private, name, Outcome::Changed),
+            Outcome::Changed
+        ));
+        assert_eq!(read("clip.mp4").as_deref(), Some("taken"));
+
+        // Taken again by a newer file: that one stays, the one taken away goes.
+        write(".stowage-del.0001", "taken", 10);
+        write("clip.mp4", "newest", 0);
+        assert!(matches!(
+            put_back(dir.as_fd(), private, name, Outcome::Changed),
+            Outcome::Replaced
+        ));
+        assert_eq!(read("clip.mp4").as_deref(), Some("newest"));
+        assert_eq!(read(".stowage-del.0001"), None);
+
+        // Taken again by an older file (migrate back-dates mtimes): the newer one wins.
+        write(".stowage-del.0001", "taken, newer", 0);
+        write("clip.mp4", "older", 100);
+        assert!(matches!(
+            put_back(dir.as_fd(), private, name, Outcome::Changed),
+            Outcome::Replaced
+        ));
+        assert_eq!(read("clip.mp4").as_deref(), Some("taken, newer"));
+        assert_eq!(read(".stowage-del.0001"), None);
     }
 
     #[test]

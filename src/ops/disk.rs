@@ -30,7 +30,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::key::Key;
 use crate::local::AtomicFile;
-use crate::ops::cleanup::{age_cutoff, PathError};
+use crate::ops::cleanup::{age_cutoff, lossy_path, lossy_paths, PathError};
 use crate::report::Reporter;
 use crate::size::{human_bytes, SizeSpec};
 use crate::walk::{EntryKind, WalkOptions, Walker};
@@ -85,6 +85,7 @@ pub struct FsFigures {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct FileStamp {
     /// Path relative to the root.
+    #[serde(serialize_with = "lossy_path")]
     pub path: PathBuf,
     /// Modification time, RFC 3339 UTC.
     pub mtime: String,
@@ -125,6 +126,7 @@ pub struct StoreFigures {
     /// The largest top-level prefixes, largest first.
     pub top_prefixes: Vec<PrefixUsage>,
     /// Other filesystems mounted inside the root, not entered (relative paths).
+    #[serde(serialize_with = "lossy_paths")]
     pub mounts_skipped: Vec<PathBuf>,
 }
 
@@ -143,6 +145,7 @@ pub struct CleanupEstimate {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct DiskReport {
     /// The store root.
+    #[serde(serialize_with = "lossy_path")]
     pub root: PathBuf,
     /// When the figures were taken, seconds since the Unix epoch.
     pub timestamp_s: f64,

@@ -258,6 +258,7 @@ pub async fn s3_to_local(
         .ok_or_else(|| Error::Locked {
             path: dest.join(local::LOCK_FILE_NAME),
         })?;
+    local::mark_store(dest).map_err(|e| Error::io("mark the store", dest, e))?;
     let removed = remove_leftover_temp_files(dest).await?;
     if removed > 0 {
         reporter.note(&format!(

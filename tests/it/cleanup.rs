@@ -13,8 +13,17 @@ use stowage::size::SizeSpec;
 
 use crate::local_tree::{file, set_age, without_permission_bypass, Notes, TmpfsMount, DAY};
 
+/// Options for a marked store; `force` because most of these small trees are mostly old
+/// (the more-than-half guard has its own tests).
 fn opts(root: &Path) -> CleanupOptions {
-    CleanupOptions::new(root, 7 * DAY)
+    opts_age(root, 7 * DAY)
+}
+
+fn opts_age(root: &Path, max_age: Duration) -> CleanupOptions {
+    stowage::local::mark_store(root).unwrap();
+    let mut o = CleanupOptions::new(root, max_age);
+    o.force = true;
+    o
 }
 
 fn run(o: &CleanupOptions) -> CleanupSummary {
@@ -166,7 +175,7 @@ fn directory_swapped_for_a_symlink_before_an_eviction_is_not_followed() {
     file(&r, "sub/oldest.mp4", 100, 5 * DAY);
     file(&r, "newer.mp4", 100, DAY);
 
-    let mut o = CleanupOptions::new(&r, 30 * DAY);
+    let mut o = opts_age(&r, 30 * DAY);
     o.max_used = Some(SizeSpec::Bytes(150));
     let (root, out) = (r.clone(), outside.path().to_owned());
     o.before_delete = Some(Arc::new(move |rel: &Path| {
@@ -367,7 +376,7 @@ fn max_used_evicts_the_oldest_first_until_the_store_fits() {
     file(r, "p/c", 100, 3 * DAY);
     file(r, "q/d", 100, DAY);
     file(r, "e", 100, 2 * DAY);
-    let mut o = CleanupOptions::new(r, 30 * DAY);
+    let mut o = opts_age(r, 30 * DAY);
     o.max_used = Some(SizeSpec::Bytes(250));
     let s = run(&o);
     // 500 B > 250 B: evict a (5d), b (4d), c (3d) -> 200 B left.
@@ -395,7 +404,7 @@ fn max_used_evicts_the_oldest_first_until_the_store_fits() {
 fn max_used_already_met_deletes_nothing() {
     let t = tempfile::tempdir().unwrap();
     file(t.path(), "a", 100, 5 * DAY);
-    let mut o = CleanupOptions::new(t.path(), 30 * DAY);
+    let mut o = opts_age(t.path(), 30 * DAY);
     o.max_used = Some(SizeSpec::Bytes(100));
     let s = run(&o);
     assert_eq!((s.deleted, s.store_bytes_after), (0, Some(100)));
@@ -404,13 +413,13 @@ fn max_used_already_met_deletes_nothing() {
 #[test]
 fn zero_max_age_and_missing_root_are_errors_that_say_what_to_do() {
     let t = tempfile::tempdir().unwrap();
+    let e = cleanup(&opts_age(t.path(), Duration::ZERO), &NoopReporter).unwrap_err();
+    assert!(e.to_string().contains("more than zero"), "{e}");
     let e = cleanup(
-        &CleanupOptions::new(t.path(), Duration::ZERO),
+        &CleanupOptions::new(t.path().join("nope"), DAY),
         &NoopReporter,
     )
     .unwrap_err();
-    assert!(e.to_string().contains("more than zero"), "{e}");
-    let e = cleanup(&opts(&t.path().join("nope")), &NoopReporter).unwrap_err();
     assert!(e.to_string().contains("nope"), "{e}");
 }
 
@@ -425,6 +434,7 @@ fn the_cron_command_deletes_reports_and_respects_the_lock() {
     use crate::support::cli::run as stowage;
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
+    stowage::local::mark_store(root).unwrap();
     crate::local_tree::file(
         root,
         "clips/old/video.mp4",
@@ -450,7 +460,7 @@ fn the_cron_command_deletes_reports_and_respects_the_lock() {
         "dry run deletes nothing"
     );
 
-    // A second process holding the lock: the run says so and exits 0 without deleting.
+    // A second process holding the lock: the run says so and exits 3 without deleting.
     let lock = stowage::local::StoreLock::try_acquire(root)
         .unwrap()
         .expect("lock free");
@@ -460,12 +470,14 @@ fn the_cron_command_deletes_reports_and_respects_the_lock() {
             "cleanup",
             "--max-age",
             "24h",
+            "--wait",
+            "0s",
             "--root",
             root.to_str().unwrap(),
         ],
     );
-    assert_eq!(r.code, 0, "{r:?}");
-    assert!(r.stdout.contains("another run"), "{r:?}");
+    assert_eq!(r.code, 3, "{r:?}");
+    assert!(r.stderr.contains("another stowage run"), "{r:?}");
     assert!(root.join("clips/old/video.mp4").exists());
     drop(lock);
 
@@ -502,4 +514,414 @@ fn the_cron_command_deletes_reports_and_respects_the_lock() {
         ],
     );
     assert_eq!(r.code, 2, "{r:?}");
+}
+
+/// A file name that is not UTF-8 (`\xff\xfe.mp4`): deleted, and the JSON summary printed.
+#[test]
+fn json_summary_with_a_non_utf8_file_name_is_printed() {
+    use crate::support::cli::run as stowage;
+    use std::os::unix::ffi::OsStrExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    stowage::local::mark_store(root).unwrap();
+    let name = std::ffi::OsStr::from_bytes(b"\xff\xfe.mp4");
+    let bad = root.join("clips").join(name);
+    fs::create_dir(root.join("clips")).unwrap();
+    fs::write(&bad, b"x").unwrap();
+    set_age(&bad, 10 * DAY);
+    file(root, "keep/new.mp4", 1, Duration::from_secs(60));
+    // Another filesystem mounted under a non-UTF-8 name: listed in mounts_skipped.
+    let mnt = root.join(std::ffi::OsStr::from_bytes(b"\xffmnt"));
+    let mount = TmpfsMount::new(&mnt);
+    let r = stowage(
+        None,
+        &[
+            "cleanup",
+            "--max-age",
+            "24h",
+            "--root",
+            root.to_str().unwrap(),
+            "--json",
+        ],
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    let j = r.json();
+    assert_eq!(j["deleted"], 1, "{r:?}");
+    assert!(!bad.exists());
+    if mount.is_some() {
+        assert_eq!(j["mounts_skipped"][0], "\u{fffd}mnt", "{r:?}");
+    }
+}
+
+fn lock_mode(root: &Path) -> u32 {
+    fs::metadata(root.join(".stowage.lock"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+/// The lock file is private (0600, an older world-readable one is fixed) and names the run
+/// holding it: pid, start time, command.
+#[test]
+fn the_lock_file_is_private_and_records_its_holder() {
+    let t = tempfile::tempdir().unwrap();
+    let r = t.path().to_owned();
+    file(&r, ".stowage.lock", 0, DAY);
+    fs::set_permissions(r.join(".stowage.lock"), fs::Permissions::from_mode(0o644)).unwrap();
+    file(&r, "old", 1, 10 * DAY);
+    file(&r, "new", 1, Duration::from_secs(60));
+    let mut o = opts(&r);
+    let seen: Arc<Mutex<Option<String>>> = Arc::default();
+    let (root, slot) = (r.clone(), Arc::clone(&seen));
+    o.before_delete = Some(Arc::new(move |_: &Path| {
+        *slot.lock().unwrap() = Some(fs::read_to_string(root.join(".stowage.lock")).unwrap());
+    }));
+    let s = run(&o);
+    assert_eq!(s.deleted, 1, "{s:#?}");
+    assert_eq!(lock_mode(&r), 0o600);
+    let record = seen.lock().unwrap().take().expect("hook ran");
+    assert!(
+        record.contains(&format!("pid {}", std::process::id())),
+        "{record}"
+    );
+    assert!(record.contains("since "), "{record}");
+}
+
+/// cron's cleanup while another process holds the lock: it waits `--wait`, then exits 3
+/// naming the holder, and deletes nothing.
+#[test]
+fn a_held_lock_makes_the_cron_command_fail_after_wait_naming_the_holder() {
+    use crate::support::cli::run as stowage;
+    let t = tempfile::tempdir().unwrap();
+    let r = t.path();
+    stowage::local::mark_store(r).unwrap();
+    file(r, "old.mp4", 1, 10 * DAY);
+    let lock = stowage::local::StoreLock::try_acquire(r)
+        .unwrap()
+        .expect("lock free");
+    let started = std::time::Instant::now();
+    let out = stowage(
+        None,
+        &[
+            "cleanup",
+            "--max-age",
+            "24h",
+            "--wait",
+            "1s",
+            "--root",
+            r.to_str().unwrap(),
+        ],
+    );
+    assert!(started.elapsed() >= Duration::from_secs(1), "it waited");
+    assert_eq!(out.code, 3, "{out:?}");
+    assert!(
+        out.stderr.contains(&format!("pid {}", std::process::id())),
+        "{out:?}"
+    );
+    assert!(r.join("old.mp4").exists());
+    drop(lock);
+}
+
+/// Another user holding a read-only descriptor of an old world-readable lock file: the
+/// run fails (exit 3) instead of "nothing done" and exit 0, and the file is made private
+/// so that user cannot open it again.
+#[test]
+fn a_lock_held_through_a_read_only_fd_by_another_user_is_an_error() {
+    use crate::support::cli::run as stowage;
+    if !crate::local_tree::is_root() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let r = t.path();
+    fs::set_permissions(r, fs::Permissions::from_mode(0o755)).unwrap();
+    stowage::local::mark_store(r).unwrap();
+    file(r, "old.mp4", 1, 10 * DAY);
+    let lock_path = r.join(".stowage.lock");
+    fs::write(&lock_path, b"").unwrap();
+    fs::set_permissions(&lock_path, fs::Permissions::from_mode(0o644)).unwrap();
+    let mut holder = std::process::Command::new("setpriv")
+        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
+        .args(["flock", "--shared", "--no-fork"])
+        .arg(&lock_path)
+        .args(["sleep", "60"])
+        .spawn()
+        .unwrap();
+    // Wait until nobody's flock is taken (probing with flock(1), which leaves the mode be).
+    let held = (0..100).any(|_| {
+        let free = std::process::Command::new("flock")
+            .args(["--exclusive", "--nonblock"])
+            .arg(&lock_path)
+            .arg("true")
+            .status()
+            .unwrap()
+            .success();
+        if free {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        !free
+    });
+    assert!(held, "nobody's flock never showed up");
+    let out = stowage(
+        None,
+        &[
+            "cleanup",
+            "--max-age",
+            "24h",
+            "--wait",
+            "0s",
+            "--root",
+            r.to_str().unwrap(),
+        ],
+    );
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    assert_eq!(out.code, 3, "{out:?}");
+    assert!(out.stderr.contains("holds"), "{out:?}");
+    assert!(r.join("old.mp4").exists());
+    assert_eq!(lock_mode(r), 0o600, "the lock file is private now");
+    let again = std::process::Command::new("setpriv")
+        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
+        .args(["flock", "--shared", "--nonblock"])
+        .arg(&lock_path)
+        .arg("true")
+        .status()
+        .unwrap();
+    assert!(!again.success(), "nobody can no longer open the lock file");
+}
+
+/// Runs `stowage cleanup <args> --root <root>`.
+fn cli(root: &Path, args: &[&str]) -> crate::support::cli::Run {
+    let mut all = vec!["cleanup"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--wait", "0s", "--root", root.to_str().unwrap()]);
+    crate::support::cli::run(None, &all)
+}
+
+/// `--max-used 50` (meant 50GB) used to delete every file, fresh ones too, and exit 0.
+#[test]
+fn a_max_used_without_a_unit_is_refused_and_says_which_units() {
+    let t = tempfile::tempdir().unwrap();
+    let r = t.path();
+    stowage::local::mark_store(r).unwrap();
+    file(r, "old.mp4", 100, 2 * DAY);
+    file(r, "fresh.mp4", 100, Duration::from_secs(60));
+    for bad in ["50", "0", "0%", "0B"] {
+        let out = cli(r, &["--max-age", "30d", "--max-used", bad]);
+        assert_eq!(out.code, 2, "{bad}: {out:?}");
+        assert!(out.stderr.contains("50GB"), "{bad}: {out:?}");
+        assert!(out.stderr.contains("80%"), "{bad}: {out:?}");
+    }
+    assert!(r.join("old.mp4").exists() && r.join("fresh.mp4").exists());
+}
+
+/// `--max-age 24` (no unit), `0`, `0s`, and the ambiguous `6m` / `6M` are refused, each
+/// with a message that says what to write.
+#[test]
+fn ages_without_a_unit_zero_or_ambiguous_are_refused() {
+    let t = tempfile::tempdir().unwrap();
+    let r = t.path();
+    stowage::local::mark_store(r).unwrap();
+    file(r, "old.mp4", 100, 2 * DAY);
+    for (bad, says) in [
+        ("24", "24h"),
+        ("0", "24h"),
+        ("0s", "more than zero"),
+        ("6m", "6min"),
+        ("6M", "6months"),
+    ] {
+        let out = cli(r, &["--max-age", bad]);
+        assert_eq!(out.code, 2, "{bad}: {out:?}");
+        assert!(out.stderr.contains(says), "{bad}: {out:?}");
+    }
+    assert!(r.join("old.mp4").exists());
+    // How the value was read is shown: the cutoff as a date.
+    let out = cli(r, &["--max-age", "1day", "--dry-run"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains("modified before"), "{out:?}");
+}
+
+/// The size pass never deletes a file younger than `min_age` (1h by default): the
+/// service may have just written it.
+#[test]
+fn max_used_never_evicts_files_younger_than_min_age() {
+    let t = tempfile::tempdir().unwrap();
+    let r = t.path();
+    file(r, "older.mp4", 100, 2 * Duration::from_secs(3600));
+    file(r, "fresh.mp4", 100, Duration::from_secs(60));
+    let mut o = opts_age(r, 30 * DAY);
+    o.max_used = Some(SizeSpec::Bytes(1));
+    let s = run(&o);
+    assert_eq!(s.deleted_for_size, 1, "{s:#?}");
+    assert!(!r.join("older.mp4").exists());
+    assert!(r.join("fresh.mp4").exists(), "younger than min_age");
+    assert_eq!(s.store_bytes_after, Some(100));
+}
+
+/// A run that would delete more than half the store's files stops before deleting
+/// anything and says what it would delete, unless forced.
+#[test]
+fn deleting_more_than_half_the_store_needs_force() {
+    let t = tempfile::tempdir().unwrap();
+    let r = t.path();
+    for i in 0..3 {
+        file(r, &format!("clips/old{i}.mp4"), 1000, 10 * DAY);
+    }
+    file(r, "clips/new.mp4", 1000, DAY);
+    let mut o = opts(r);
+    o.force = false;
+    let e = cleanup(&o, &NoopReporter).unwrap_err().to_string();
+    assert!(e.contains("3 of 4 files"), "{e}");
+    assert!(e.contains("old0.mp4"), "{e}");
+    assert!(e.contains("force"), "{e}");
+    assert!(r.join("clips/old0.mp4").exists());
+    // Half or less goes ahead without force.
+    file(r, "clips/new2.mp4", 1000, DAY);
+    file(r, "clips/new3.mp4", 1000, DAY);
+    assert_eq!(run(&o).deleted, 3);
+}
+
+#[test]
+fn max_delete_stops_the_run_and_says_so() {
+    let t = tempfile::tempdir().unwrap();
+    let r = t.path();
+    for i in 0..5 {
+        file(r, &format!("old{i}"), 10, 10 * DAY);
+    }
+    let mut o = opts(r);
+    o.max_delete = Some(2);
+    let s = run(&o);
+    assert_eq!(s.deleted, 2, "{s:#?}");
+    assert!(s.max_delete_reached);
+    let out = cli(r, &["--max-age", "7d", "--force", "--max-delete", "1"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stdout.contains("--max-delete"), "{out:?}");
+    assert_eq!(
+        fs::read_dir(r).unwrap().count(),
+        2 + 2,
+        "2 files + marker + lock"
+    );
+}
+
+/// An unmarked directory is not cleaned: it may not be a store at all. `--init-store`
+/// marks it (once) and goes on.
+#[test]
+fn an_unmarked_directory_is_refused_until_marked() {
+    let t = tempfile::tempdir().unwrap();
+    let r = t.path();
+    file(r, "old.mp4", 10, 10 * DAY);
+    file(r, "new.mp4", 10, DAY);
+    let out = cli(r, &["--max-age", "7d"]);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(out.stderr.contains("--init-store"), "{out:?}");
+    assert!(r.join("old.mp4").exists());
+    let out = cli(r, &["--max-age", "7d", "--init-store"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(!r.join("old.mp4").exists() && r.join(".stowage").is_file());
+    // Marked now: plain runs go ahead.
+    assert_eq!(cli(r, &["--max-age", "7d"]).code, 0);
+}
+
+/// `--root /` and a filesystem's root are refused (with --dry-run, so a broken guard
+/// deletes nothing).
+#[test]
+fn the_root_directory_and_a_mount_point_are_refused() {
+    let out = cli(Path::new("/"), &["--max-age", "24h", "--dry-run"]);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(out.stderr.contains("root of the filesystem"), "{out:?}");
+    let out = cli(
+        Path::new("/"),
+        &["--max-age", "24h", "--dry-run", "--init-store"],
+    );
+    assert_eq!(out.code, 2, "{out:?}");
+    let t = tempfile::tempdir().unwrap();
+    let mnt = t.path().join("mnt");
+    let Some(_m) = TmpfsMount::new(&mnt) else {
+        return;
+    };
+    file(&mnt, "old", 1, 10 * DAY);
+    let out = cli(&mnt, &["--max-age", "24h", "--dry-run"]);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(out.stderr.contains("mount point"), "{out:?}");
+}
+
+/// The service renames a new clip over an old one's name right after cleanup checked the
+/// old one: the new clip must survive (cleanup deletes what it checked, not a name).
+#[test]
+fn a_file_renamed_over_the_name_after_the_check_survives() {
+    for size_pass in [false, true] {
+        let t = tempfile::tempdir().unwrap();
+        let r = t.path().to_owned();
+        file(&r, "clips/a.mp4", 10, 10 * DAY);
+        file(&r, "clips/keep.mp4", 10, DAY);
+        file(&r, "clips/keep2.mp4", 10, DAY);
+        let mut o = if size_pass {
+            let mut o = opts_age(&r, 30 * DAY);
+            o.max_used = Some(SizeSpec::Bytes(25));
+            o
+        } else {
+            opts(&r)
+        };
+        let root = r.clone();
+        o.after_check = Some(Arc::new(move |rel: &Path| {
+            if rel != Path::new("clips/a.mp4") {
+                return;
+            }
+            let new = root.join("clips/.new-upload");
+            fs::write(&new, b"NEW CLIP").unwrap();
+            fs::rename(&new, root.join(rel)).unwrap();
+        }));
+        let s = run(&o);
+        assert_eq!(
+            fs::read(r.join("clips/a.mp4")).ok().as_deref(),
+            Some(&b"NEW CLIP"[..]),
+            "size pass {size_pass}: {s:#?}"
+        );
+        assert_eq!(s.changed, 1, "{s:#?}");
+        assert_eq!(
+            s.deleted,
+            u64::from(size_pass),
+            "the size pass evicts the next oldest"
+        );
+        let leftovers: Vec<_> = fs::read_dir(r.join("clips"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .filter(|n| n.to_string_lossy().starts_with(".stowage"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+}
+
+/// A crash between the rename to a private name and the unlink leaves a `.stowage-del.*`
+/// file: never listed, and removed by the next run.
+#[test]
+fn a_leftover_private_delete_name_is_removed_by_the_next_run() {
+    let t = tempfile::tempdir().unwrap();
+    let r = t.path();
+    file(
+        r,
+        "clips/.stowage-del.0123abcd",
+        10,
+        Duration::from_secs(60),
+    );
+    file(r, "clips/new.mp4", 10, Duration::from_secs(60));
+    // Inside a directory with a reserved name nothing is touched, however old.
+    file(r, ".stowage-x/old", 10, 100 * DAY);
+    file(r, ".stowage-x/.stowage-del.0123abcd", 10, 100 * DAY);
+    let store = stowage::BlobStore::local(r).unwrap();
+    let keys = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(async {
+            use futures::TryStreamExt;
+            store.list("").try_collect::<Vec<_>>().await
+        })
+        .unwrap();
+    assert_eq!(keys.len(), 1, "only the clip is listed: {keys:?}");
+    let s = run(&opts(r));
+    assert!(!r.join("clips/.stowage-del.0123abcd").exists(), "{s:#?}");
+    assert!(r.join("clips/new.mp4").exists());
+    assert!(
+        r.join(".stowage-x/old").exists() && r.join(".stowage-x/.stowage-del.0123abcd").exists()
+    );
+    assert_eq!(s.leftovers_removed, 1, "{s:#?}");
 }

@@ -818,6 +818,9 @@ mod local_only {
                     .unwrap()
                     .to_string_lossy()
                     .into_owned();
+                if rel == ".stowage" {
+                    continue; // the store marker BlobStore::local writes
+                }
                 if de.file_type().unwrap().is_dir() {
                     stack.push(de.path());
                 }

@@ -365,3 +365,33 @@ fn the_monitoring_command_warns_with_exit_1_and_writes_prometheus() {
     let r = stowage(None, &["disk", "--root", "/no/such/dir"]);
     assert_eq!(r.code, 2, "{r:?}");
 }
+
+/// A file name that is not UTF-8 (`\xff\xfe.mp4`) is still reported: the JSON holds the
+/// path lossily (U+FFFD) and the threshold's WARNING is printed.
+#[test]
+fn json_report_with_a_non_utf8_file_name_is_printed_with_its_warning() {
+    use crate::support::cli::run as stowage;
+    use std::os::unix::ffi::OsStrExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let name = std::ffi::OsStr::from_bytes(b"\xff\xfe.mp4");
+    fs::write(root.join(name), vec![0u8; 2_000_000]).unwrap();
+    let r = stowage(
+        None,
+        &[
+            "disk",
+            "--root",
+            root.to_str().unwrap(),
+            "--warn-above",
+            "1MB",
+            "--json",
+        ],
+    );
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("WARNING"), "{r:?}");
+    let j = r.json();
+    assert_eq!(
+        j["store"]["oldest"]["path"], "\u{fffd}\u{fffd}.mp4",
+        "{r:?}"
+    );
+}

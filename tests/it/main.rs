@@ -8,6 +8,7 @@ mod http;
 mod local_tree;
 mod migrate;
 mod object_store_suite;
+mod pipe;
 mod s3_list;
 mod support;
 mod verify;

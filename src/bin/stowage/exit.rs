@@ -11,6 +11,11 @@ pub(crate) enum Exit {
     Error,
     /// Interrupted by Ctrl-C or SIGTERM, after cleaning up.
     Interrupted,
+    /// Another run held the store lock for all of `--wait`; nothing was done.
+    Locked,
+    /// The reader of stdout went away (`stowage ... | head`): ended quietly, as `ls` does
+    /// when killed by SIGPIPE.
+    BrokenPipe,
 }
 
 impl Exit {
@@ -19,16 +24,20 @@ impl Exit {
             Exit::Success => 0,
             Exit::Problems => 1,
             Exit::Error => 2,
+            Exit::Locked => 3,
             Exit::Interrupted => 130,
+            Exit::BrokenPipe => 141,
         }
     }
 
-    /// The exit for a status 0/1/2 computed by a command (anything else is an error).
+    /// The exit for a status (0, 1, 2, 3, 130, 141) computed by a command (anything else is an error).
     pub(crate) fn from_status(status: u8) -> Exit {
         match status {
             0 => Exit::Success,
             1 => Exit::Problems,
+            3 => Exit::Locked,
             130 => Exit::Interrupted,
+            141 => Exit::BrokenPipe,
             _ => Exit::Error,
         }
     }
@@ -59,6 +68,8 @@ mod tests {
         assert_eq!(Exit::Problems.code(), 1);
         assert_eq!(Exit::Error.code(), 2);
         assert_eq!(Exit::Interrupted.code(), 130);
+        assert_eq!(Exit::Locked.code(), 3);
+        assert_eq!(Exit::BrokenPipe.code(), 141);
         assert_eq!(Exit::from_problems(false), Exit::Success);
         assert_eq!(Exit::from_problems(true), Exit::Problems);
         for e in [
@@ -66,6 +77,8 @@ mod tests {
             Exit::Problems,
             Exit::Error,
             Exit::Interrupted,
+            Exit::Locked,
+            Exit::BrokenPipe,
         ] {
             assert_eq!(Exit::from_status(e.code()), e);
         }

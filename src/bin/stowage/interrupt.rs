@@ -19,10 +19,10 @@ pub(crate) fn cancel_on_signals() -> CancellationToken {
                 _ = term.recv() => {}
             }
             if t.is_cancelled() {
-                eprintln!("interrupted again: exiting now");
+                errln!("interrupted again: exiting now");
                 std::process::exit(130);
             }
-            eprintln!(
+            errln!(
                 "interrupted: stopping, removing temp files (press Ctrl-C again to exit at once)"
             );
             t.cancel();

@@ -1,6 +1,8 @@
 //! The `stowage` binary: parses arguments, runs one library operation, prints its summary
 //! and maps the outcome to an exit code.
 
+#[macro_use]
+mod output;
 mod cli;
 mod commands;
 mod exit;
@@ -19,7 +21,7 @@ fn main() -> std::process::ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            errln!("error: cannot start the async runtime: {e}");
             return Exit::Error.into();
         }
     };
@@ -37,7 +39,7 @@ fn main() -> std::process::ExitCode {
 
 /// Prints a fatal error the way every command does, and returns the matching exit.
 pub(crate) fn fatal(e: &stowage::Error) -> Exit {
-    eprintln!("error: {e}");
+    errln!("error: {e}");
     match e {
         stowage::Error::Interrupted => Exit::Interrupted,
         _ => Exit::Error,

@@ -104,7 +104,7 @@ impl Plain {
         let of = |n: Option<u64>, f: &dyn Fn(u64) -> String| {
             n.map(|n| format!("/{}", f(n))).unwrap_or_default()
         };
-        eprintln!(
+        errln!(
             "[{:>6.0}s] {phase}: {items}{} objects, {}{} ({}/s), {} listed",
             secs,
             of(total_items, &|n| n.to_string()),
@@ -134,7 +134,7 @@ impl Reporter for Progress {
                     (name.to_owned(), total_items, total_bytes);
                 p.items.store(0, Ordering::Relaxed);
                 p.bytes.store(0, Ordering::Relaxed);
-                eprintln!(
+                errln!(
                     "{name}{}",
                     match (total_items, total_bytes) {
                         (Some(i), Some(b)) => format!(": {i} objects, {}", human_bytes(b)),
@@ -186,7 +186,7 @@ impl Reporter for Progress {
         match self {
             Progress::Quiet => {}
             Progress::Bars(b) => b.items.println(msg),
-            Progress::Plain(_) => eprintln!("{msg}"),
+            Progress::Plain(_) => errln!("{msg}"),
         }
     }
 }

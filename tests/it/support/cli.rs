@@ -76,7 +76,7 @@ pub fn output(o: Output) -> Run {
 }
 
 /// Every file under `root` (relative path → MD5 of its content), not following symlinks,
-/// leaving out stowage's lock file. Digests keep failed assertions readable.
+/// leaving out stowage's lock file and store marker. Digests keep failed assertions readable.
 pub fn tree(root: &Path) -> std::collections::BTreeMap<String, String> {
     let mut out = std::collections::BTreeMap::new();
     let mut stack = vec![root.to_path_buf()];
@@ -93,7 +93,7 @@ pub fn tree(root: &Path) -> std::collections::BTreeMap<String, String> {
                     .to_string_lossy()
                     .into_owned();
                 // A temp file may vanish while a live run is being watched.
-                if rel != ".stowage.lock" {
+                if rel != ".stowage.lock" && rel != ".stowage" {
                     if let Ok(data) = std::fs::read(e.path()) {
                         out.insert(rel, digest(&data));
                     }

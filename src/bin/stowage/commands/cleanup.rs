@@ -3,7 +3,6 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use stowage::local::LOCK_FILE_NAME;
 use stowage::ops::cleanup::{cleanup, CleanupOptions, CleanupSummary};
 use stowage::report::Reporter;
 use stowage::size::{human_bytes, SizeSpec};
@@ -18,20 +17,28 @@ const ERRORS_SHOWN: usize = 20;
 /// are never followed or deleted, other filesystems mounted inside the root are not
 /// entered, the root itself is never deleted, and stowage's own files (writes in progress
 /// `.stowage-tmp.*`, the lock `.stowage.lock`) are skipped. Directories left empty are
-/// removed. A second run while one is going says so and exits 0 without deleting.
+/// removed. A run that finds another (cleanup or migrate) holding the store lock waits
+/// up to --wait for it, then exits 3 naming the holder (pid, since when, command).
+///
+/// Refuses a --root that is not marked as a stowage store (a `.stowage` file; see
+/// --init-store), and `/`. A run that would delete more than half of the store's files is
+/// refused, before deleting anything, unless --force.
 ///
 /// Examples:
 ///   stowage cleanup --max-age 7d
 ///   stowage cleanup --max-age 30d --max-used 50GB --json
 ///   stowage cleanup --max-age 24h --dry-run
 ///
-/// Exit status: 0 done (or another run holds the lock), 1 some files could not be
-/// deleted (listed), 2 the run could not be done (root missing, bad option).
+/// Exit status: 0 done, 1 some files could not be deleted (listed) or --max-delete was
+/// reached, 2 the run could not be done (root missing or unmarked, bad option, more than
+/// half the store without --force), 3 another run held the lock for all of --wait,
+/// 141 the reader of the output went away.
 #[derive(clap::Args, Debug)]
 #[command(verbatim_doc_comment)]
 pub(crate) struct CleanupArgs {
-    /// Delete files not modified for this long: 90m, 24h, 7d, 2weeks.
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    /// Delete files not modified for this long: 90min, 24h, 7d, 2weeks (a unit is
+    /// required; `m`/`M` are refused as ambiguous).
+    #[arg(long, value_name = "DURATION", value_parser = super::parse_age)]
     pub(crate) max_age: Duration,
 
     /// The store root.
@@ -44,13 +51,38 @@ pub(crate) struct CleanupArgs {
     pub(crate) root: PathBuf,
 
     /// Then delete the oldest files until the store (sum of file sizes) is at most SIZE:
-    /// 50GB, 45GiB, or a share of the filesystem such as 80%.
-    #[arg(long, value_name = "SIZE")]
+    /// 50GB, 45GiB, or a share of the filesystem such as 80% (a unit is required).
+    #[arg(long, value_name = "SIZE", value_parser = SizeSpec::parse_with_unit)]
     pub(crate) max_used: Option<SizeSpec>,
+
+    /// --max-used never deletes a file modified less than this long ago.
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = super::parse_age)]
+    pub(crate) min_age: Duration,
+
+    /// Go ahead even if the run deletes more than half of the store's files (refused
+    /// otherwise, before anything is deleted, with what it would delete).
+    #[arg(long)]
+    pub(crate) force: bool,
+
+    /// Delete at most N files in this run, then stop and exit 1 saying so. No limit by
+    /// default.
+    #[arg(long, value_name = "N")]
+    pub(crate) max_delete: Option<u64>,
+
+    /// Mark --root as a stowage store (create its `.stowage` file) if it is not yet.
+    /// cleanup refuses an unmarked directory; stores written by this version of stowage
+    /// are marked already.
+    #[arg(long)]
+    pub(crate) init_store: bool,
 
     /// Print what would be deleted and the bytes it would free; delete nothing.
     #[arg(long)]
     pub(crate) dry_run: bool,
+
+    /// If another run (cleanup or migrate) holds the store lock, wait this long for it,
+    /// then give up with exit status 3, naming the holder.
+    #[arg(long, value_name = "DURATION", default_value = "5min", value_parser = super::parse_age)]
+    pub(crate) wait: Duration,
 
     /// Print the summary as JSON (deleted, bytes_freed, errors, elapsed_s, ...).
     #[arg(long)]
@@ -61,7 +93,12 @@ impl CleanupArgs {
     fn to_options(&self) -> CleanupOptions {
         let mut o = CleanupOptions::new(&self.root, self.max_age);
         o.max_used = self.max_used;
+        o.min_age = self.min_age;
         o.dry_run = self.dry_run;
+        o.force = self.force;
+        o.max_delete = self.max_delete;
+        o.init_store = self.init_store;
+        o.wait = self.wait;
         o
     }
 }
@@ -75,9 +112,9 @@ struct NotePrinter {
 impl Reporter for NotePrinter {
     fn note(&self, msg: &str) {
         if msg.starts_with("would delete") && !self.json {
-            println!("{msg}");
+            outln!("{msg}");
         } else {
-            eprintln!("{msg}");
+            errln!("{msg}");
         }
     }
 }
@@ -88,15 +125,26 @@ pub(crate) fn run(args: CleanupArgs) -> u8 {
         Ok(s) => s,
         Err(e) => return super::root_error("cleanup", &args.root, &e),
     };
+    if summary.locked {
+        // The note above named the holder; stdout gets only the JSON (for scripts).
+        if args.json {
+            let _ = super::print_json(&summary);
+        }
+        errln!(
+            "stowage cleanup: gave up after waiting {}; if that run is stuck, stop it (--wait sets how long to wait)",
+            humantime::format_duration(args.wait)
+        );
+        return 3;
+    }
     if args.json {
         if let Err(e) = super::print_json(&summary) {
-            eprintln!("stowage cleanup: cannot encode the summary: {e}");
+            errln!("stowage cleanup: cannot encode the summary: {e}");
             return 2;
         }
     } else {
-        print!("{}", human_summary(&summary));
+        out!("{}", human_summary(&summary));
     }
-    if summary.errors.is_empty() {
+    if summary.errors.is_empty() && !summary.max_delete_reached {
         0
     } else {
         1
@@ -107,16 +155,12 @@ fn human_summary(s: &CleanupSummary) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
     let root = s.root.display();
-    if s.locked {
-        let _ = writeln!(
-            out,
-            "stowage cleanup {root}: another run holds {}; nothing done",
-            s.root.join(LOCK_FILE_NAME).display()
-        );
-        return out;
-    }
     let age = humantime::format_duration(Duration::from_secs(s.max_age_s));
-    let _ = write!(out, "stowage cleanup {root}: max age {age}");
+    let _ = write!(
+        out,
+        "stowage cleanup {root}: max age {age} (files modified before {})",
+        s.modified_before
+    );
     if let Some(m) = s.max_used_bytes {
         let _ = write!(out, ", max used {}", human_bytes(m));
     }
@@ -150,6 +194,20 @@ fn human_summary(s: &CleanupSummary) -> String {
             if s.dry_run { "would be" } else { "now" },
             human_bytes(after),
             human_bytes(max)
+        );
+    }
+    if s.leftovers_removed > 0 {
+        let _ = writeln!(
+            out,
+            "  removed {} .stowage-del.* files left by an interrupted run",
+            s.leftovers_removed
+        );
+    }
+    if s.max_delete_reached {
+        let _ = writeln!(
+            out,
+            "  stopped at --max-delete ({} files): run again to go on",
+            s.deleted
         );
     }
     let mut skipped = Vec::new();

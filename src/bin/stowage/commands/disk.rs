@@ -35,7 +35,7 @@ pub(crate) struct DiskArgs {
     pub(crate) root: PathBuf,
 
     /// Also show what `stowage cleanup --max-age DURATION` would free now: 24h, 7d.
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = super::parse_age)]
     pub(crate) max_age: Option<Duration>,
 
     /// Warn and exit 1 above this: a size (50GB, 45GiB) is compared with the store's
@@ -76,20 +76,21 @@ pub(crate) fn run(args: DiskArgs) -> u8 {
     };
     if let Some(path) = &args.prometheus {
         if let Err(e) = report.write_prometheus(path) {
-            eprintln!("stowage disk: {e}");
+            errln!("stowage disk: {e}");
             status = 2;
         }
     }
+    // Warnings first: they are the point of a monitoring run, whatever happens to stdout.
+    for w in &report.warnings {
+        errln!("WARNING: {w}");
+    }
     if args.json {
         if let Err(e) = super::print_json(&report) {
-            eprintln!("stowage disk: cannot encode the report: {e}");
+            errln!("stowage disk: cannot encode the report: {e}");
             return 2;
         }
     } else {
-        print!("{}", human_report(&report));
-    }
-    for w in &report.warnings {
-        eprintln!("WARNING: {w}");
+        out!("{}", human_report(&report));
     }
     status
 }

@@ -188,31 +188,31 @@ pub(crate) async fn run(cmd: MigrateCommand) -> Exit {
 fn print_human(s: &MigrateSummary) {
     let secs = s.elapsed_s.max(0.001);
     let verb = if s.dry_run { "would copy" } else { "copied" };
-    println!(
+    outln!(
         "migrate {}: {} -> {}{}",
         s.direction,
         s.source,
         s.destination,
         if s.dry_run { " (dry run)" } else { "" }
     );
-    println!("  listed      {:>8} objects", s.listed);
+    outln!("  listed      {:>8} objects", s.listed);
     if s.dry_run {
-        println!(
+        outln!(
             "  {verb:<10}  {:>8} objects, {} (space needed)",
             s.would_copy.len(),
             human_bytes(s.bytes_planned)
         );
         for k in s.would_copy.iter().take(50) {
-            println!("      {k}");
+            outln!("      {k}");
         }
         if s.would_copy.len() > 50 {
-            println!(
+            outln!(
                 "      ... and {} more (--json lists all)",
                 s.would_copy.len() - 50
             );
         }
     } else {
-        println!(
+        outln!(
             "  {verb:<10}  {:>8} objects, {} in {:.1} s ({:.0} objects/s, {}/s)",
             s.copied,
             human_bytes(s.bytes_copied),
@@ -221,22 +221,22 @@ fn print_human(s: &MigrateSummary) {
             human_bytes((s.bytes_copied as f64 / secs) as u64)
         );
     }
-    println!("  skipped     {:>8} already present", s.skipped);
+    outln!("  skipped     {:>8} already present", s.skipped);
     if s.folders > 0 {
-        println!("  folders     {:>8} folder markers", s.folders);
+        outln!("  folders     {:>8} folder markers", s.folders);
     }
     for (title, items) in [
         ("rejected", &s.rejected),
         ("failed", &s.failed),
         ("unverified", &s.unverified_reasons),
     ] {
-        println!("  {title:<10}  {:>8}", items.len());
+        outln!("  {title:<10}  {:>8}", items.len());
         super::print_key_reasons(items);
     }
     if let Some(a) = &s.aborted {
-        println!("  STOPPED: {a}");
+        outln!("  STOPPED: {a}");
     }
     if s.interrupted {
-        println!("  INTERRUPTED: run the same command again to resume");
+        outln!("  INTERRUPTED: run the same command again to resume");
     }
 }

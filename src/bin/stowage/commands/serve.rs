@@ -138,12 +138,12 @@ pub(crate) async fn run(args: ServeArgs) -> Exit {
     let listener = match tokio::net::TcpListener::bind(args.listen).await {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("error: cannot listen on {}: {e}", args.listen);
+            errln!("error: cannot listen on {}: {e}", args.listen);
             return Exit::Error;
         }
     };
     let addr = listener.local_addr().unwrap_or(args.listen);
-    eprintln!(
+    errln!(
         "stowage serve: {described} listening on http://{addr}{}/ (signed URLs {})",
         plan.base_path,
         if signed { "required" } else { "off" }
@@ -155,16 +155,16 @@ pub(crate) async fn run(args: ServeArgs) -> Exit {
     )
     .with_graceful_shutdown(async move {
         cancel.cancelled().await;
-        eprintln!("stowage serve: no longer accepting connections; finishing in-flight requests");
+        errln!("stowage serve: no longer accepting connections; finishing in-flight requests");
     })
     .await;
     match served {
         Ok(()) => {
-            eprintln!("stowage serve: stopped");
+            errln!("stowage serve: stopped");
             Exit::Success
         }
         Err(e) => {
-            eprintln!("error: serving on {addr}: {e}");
+            errln!("error: serving on {addr}: {e}");
             Exit::Error
         }
     }
@@ -224,13 +224,19 @@ impl Drop for LogLine {
     fn drop(&mut self) {
         let ms = self.start.elapsed().as_secs_f64() * 1e3;
         match &self.error {
-            Some(e) => eprintln!(
+            Some(e) => logln!(
                 "{} \"{}\" {} {} {ms:.1}ms error: {e}",
-                self.client, self.request, self.status, self.bytes
+                self.client,
+                self.request,
+                self.status,
+                self.bytes
             ),
-            None => eprintln!(
+            None => logln!(
                 "{} \"{}\" {} {} {ms:.1}ms",
-                self.client, self.request, self.status, self.bytes
+                self.client,
+                self.request,
+                self.status,
+                self.bytes
             ),
         }
     }

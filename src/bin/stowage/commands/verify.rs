@@ -78,8 +78,8 @@ pub(crate) async fn run(cmd: VerifyCommand) -> Exit {
 }
 
 fn print_human(s: &VerifySummary) {
-    println!("verify: {} vs {}", s.source, s.destination);
-    println!(
+    outln!("verify: {} vs {}", s.source, s.destination);
+    outln!(
         "  listed {} objects; {} identical ({} hashed in {:.1} s)",
         s.listed,
         s.identical,
@@ -88,7 +88,7 @@ fn print_human(s: &VerifySummary) {
     );
     let list = |title: &str, items: &[KeyReason]| {
         if !items.is_empty() {
-            println!("  {title}: {}", items.len());
+            outln!("  {title}: {}", items.len());
             super::print_key_reasons(items);
         }
     };
@@ -99,8 +99,8 @@ fn print_human(s: &VerifySummary) {
     list("unverifiable", &s.unverifiable);
     list("rejected (unsafe keys, never copied)", &s.rejected);
     if s.interrupted {
-        println!("  INTERRUPTED: the lists above are incomplete");
+        outln!("  INTERRUPTED: the lists above are incomplete");
     } else if !s.has_differences() {
-        println!("  OK: the local copy is identical to the bucket");
+        outln!("  OK: the local copy is identical to the bucket");
     }
 }
