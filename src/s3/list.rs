@@ -150,8 +150,9 @@ impl RawLister {
     /// stream with [`Error::Backend`]. After an `Err` the stream ends.
     ///
     /// Errors: [`Error::AccessDenied`] on 401/403, [`Error::NoSuchBucket`] on a missing
-    /// bucket, [`Error::Backend`] for anything else, including transient failures that
-    /// outlasted the retries.
+    /// bucket, [`Error::Unreachable`] when the endpoint could not be reached (refused, DNS,
+    /// TLS, timeout) through every retry, [`Error::Backend`] for anything else, including
+    /// other transient failures that outlasted the retries.
     pub fn list(&self, prefix: &str, strip: &str) -> BoxStream<'static, Result<ListedObject>> {
         let state = PageState {
             inner: self.inner.clone(),
@@ -299,17 +300,32 @@ struct PageState {
 
 /// Why one attempt at a page failed.
 enum AttemptError {
-    /// Worth trying again (5xx, throttling, connection trouble).
+    /// Worth trying again (5xx, throttling, a dropped body).
     Transient(String),
+    /// The endpoint could not be reached (`cause`: "connection refused", ...); retried too.
+    Unreachable {
+        endpoint: String,
+        cause: &'static str,
+    },
     /// Retrying cannot help.
     Fatal(Error),
 }
 
 impl Inner {
-    fn backend(&self, msg: impl Into<String>) -> Error {
-        Error::Backend {
-            store: self.endpoint_desc.clone(),
-            source: msg.into().into(),
+    fn backend(&self, msg: impl AsRef<str>) -> Error {
+        Error::backend_msg(self.endpoint_desc.clone(), msg)
+    }
+
+    /// A failed request or body read, without the presigned URL reqwest would print (it
+    /// holds the access key id, the session token and the signature).
+    fn http_failure(&self, what: &str, endpoint: &str, e: reqwest::Error) -> AttemptError {
+        let e = e.without_url();
+        match crate::error::network_cause(&e) {
+            Some(cause) => AttemptError::Unreachable {
+                endpoint: endpoint.to_owned(),
+                cause,
+            },
+            None => AttemptError::Transient(format!("{what} {endpoint} failed: {e}")),
         }
     }
 
@@ -334,7 +350,17 @@ impl Inner {
                         self.bucket
                     )));
                 }
-                Err(AttemptError::Transient(_)) => {
+                Err(AttemptError::Unreachable { endpoint, cause })
+                    if attempt >= self.retry.attempts =>
+                {
+                    return Err(Error::Unreachable {
+                        store: self.endpoint_desc.clone(),
+                        endpoint,
+                        cause: cause.to_owned(),
+                        detail: format!("; gave up listing after {attempt} attempts"),
+                    });
+                }
+                Err(AttemptError::Transient(_) | AttemptError::Unreachable { .. }) => {
                     tokio::time::sleep(self.retry.delay(attempt)).await;
                     attempt += 1;
                 }
@@ -375,27 +401,28 @@ impl Inner {
                 AttemptError::Fatal(if self.ambient_credentials {
                     Error::AccessDenied {
                         store: self.endpoint_desc.clone(),
-                        detail: format!(
+                        detail: crate::error::redact(&format!(
                             "no credentials were found (none in the environment or ~/.aws/credentials, and the machine provided none: {e})"
-                        ),
+                        )),
                     }
                 } else {
-                    Error::Backend { store: self.endpoint_desc.clone(), source: Box::new(e) }
+                    Error::backend(self.endpoint_desc.clone(), &e)
                 })
             })?;
 
+        let endpoint = crate::error::endpoint_of(&url);
         let resp = self
             .http
             .get(url)
             .timeout(PAGE_TIMEOUT)
             .send()
             .await
-            .map_err(|e| AttemptError::Transient(format!("request failed: {e}")))?;
+            .map_err(|e| self.http_failure("request to", &endpoint, e))?;
         let status = resp.status();
         let body = resp
             .bytes()
             .await
-            .map_err(|e| AttemptError::Transient(format!("reading the response failed: {e}")))?;
+            .map_err(|e| self.http_failure("reading the response from", &endpoint, e))?;
         let text = String::from_utf8_lossy(&body);
 
         if status.is_success() {
@@ -406,11 +433,11 @@ impl Inner {
 
         let err = quick_xml::de::from_str::<S3Error>(&text).unwrap_or_default();
         let code = err.code.unwrap_or_default();
-        let detail = match (&code, err.message) {
+        let detail = crate::error::redact(&match (&code, err.message) {
             (c, Some(m)) if !c.is_empty() => format!("{status} {c}: {m}"),
             (c, None) if !c.is_empty() => format!("{status} {c}"),
             _ => format!("{status}: {}", text.chars().take(200).collect::<String>()),
-        };
+        });
         Err(match status.as_u16() {
             500..=599 | 429 => AttemptError::Transient(detail),
             _ if code == "SlowDown" || code == "RequestTimeout" => AttemptError::Transient(detail),

@@ -378,7 +378,7 @@ async fn test_server_env_and_put_raw_reach_the_same_bucket() {
 }
 
 #[tokio::test]
-async fn connection_errors_are_retried_then_reported_as_backend() {
+async fn connection_errors_are_retried_then_reported_as_unreachable() {
     // A port that was just free: nothing listens there, so every attempt is refused.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -406,8 +406,27 @@ async fn connection_errors_are_retried_then_reported_as_backend() {
         .try_collect::<Vec<_>>()
         .await
         .unwrap_err();
-    assert!(matches!(err, Error::Backend { .. }), "{err:?}");
-    assert!(err.to_string().contains("after 2 attempts"), "{err}");
+    match &err {
+        Error::Unreachable {
+            endpoint, cause, ..
+        } => {
+            assert_eq!(endpoint, &format!("http://127.0.0.1:{port}"));
+            assert_eq!(cause, "connection refused");
+        }
+        other => panic!("{other:?}"),
+    }
+    let text = err.to_string();
+    assert!(
+        text.contains(&format!(
+            "cannot reach http://127.0.0.1:{port} (connection refused"
+        )) && text.contains("after 2 attempts")
+            && text.contains("AWS_ENDPOINT_URL"),
+        "{text}"
+    );
+    for leak in ["?", "X-Amz", "list-type"] {
+        assert!(!text.contains(leak), "{leak:?} in {text}");
+        assert!(!format!("{err:?}").contains(leak), "{leak:?} in {err:?}");
+    }
 }
 
 /// The fanned-out listing yields exactly what the sequential one does, in the same order:

@@ -57,16 +57,19 @@ pub struct TestS3 {
 impl TestS3 {
     /// Starts s3s-fs in-process on 127.0.0.1 with SigV4 auth and one empty bucket.
     pub fn start() -> TestS3 {
+        TestS3::start_with_credentials(IN_PROCESS_ACCESS_KEY, IN_PROCESS_SECRET_KEY)
+    }
+
+    /// [`TestS3::start`] accepting these credentials instead of the fixed test ones (a
+    /// session token, if sent, is signed over but not checked).
+    pub fn start_with_credentials(access_key: &str, secret_key: &str) -> TestS3 {
         let root = tempfile::tempdir().expect("temp dir");
         let bucket = "stowage-test".to_owned();
         // For s3s-fs a bucket is a top-level directory.
         std::fs::create_dir(root.path().join(&bucket)).expect("bucket dir");
         let fs = s3s_fs::FileSystem::new(root.path()).expect("s3s-fs root");
         let mut builder = s3s::service::S3ServiceBuilder::new(fs);
-        builder.set_auth(s3s::auth::SimpleAuth::from_single(
-            IN_PROCESS_ACCESS_KEY,
-            IN_PROCESS_SECRET_KEY,
-        ));
+        builder.set_auth(s3s::auth::SimpleAuth::from_single(access_key, secret_key));
         let service = builder.build();
 
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
@@ -94,8 +97,8 @@ impl TestS3 {
         TestS3 {
             endpoint: format!("http://{addr}"),
             bucket,
-            access_key: IN_PROCESS_ACCESS_KEY.to_owned(),
-            secret_key: IN_PROCESS_SECRET_KEY.to_owned(),
+            access_key: access_key.to_owned(),
+            secret_key: secret_key.to_owned(),
             faults: Some(faults),
             _server: Some(InProcessServer {
                 stop: Some(stop_tx),
