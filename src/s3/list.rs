@@ -29,6 +29,10 @@ const PAGE_SIZE: &str = "1000";
 const URL_TTL: Duration = Duration::from_secs(15 * 60);
 /// Upper bound for one page request, body included.
 const PAGE_TIMEOUT: Duration = Duration::from_secs(120);
+/// The largest page body read. 1,000 keys of at most 1,024 bytes, URL-encoded, stay under
+/// 4 MiB; anything past this is not a listing we can use, and reading on would let a
+/// hostile or broken endpoint fill our memory.
+pub const MAX_PAGE_BYTES: usize = 16 << 20;
 
 /// One entry of a raw S3 listing: the key exactly as stored, relative to the `strip` prefix
 /// given to [`RawLister::list`].
@@ -44,6 +48,12 @@ pub struct ListedObject {
     /// The ETag as the server sent it, quotes included; `None` when the server sends none
     /// (s3s-fs does not in listings).
     pub etag: Option<String>,
+    /// Why this entry cannot be used as listed (its key is not UTF-8 once URL-decoded, its
+    /// `LastModified` is unreadable); `None` for a sound entry. The rest of the listing is
+    /// unaffected: `migrate` and `verify` report such an entry as rejected and go on. When
+    /// set, `key` may be a lossy rendering (U+FFFD for bad bytes), and `last_modified` the
+    /// Unix epoch.
+    pub problem: Option<String>,
 }
 
 /// How often and how patiently a page request is retried.
@@ -85,6 +95,7 @@ struct Inner {
     retry: Retry,
     url_encoding: bool,
     ambient_credentials: bool,
+    max_page_bytes: usize,
 }
 
 impl RawLister {
@@ -109,6 +120,7 @@ impl RawLister {
                 },
                 url_encoding: true,
                 ambient_credentials: false,
+                max_page_bytes: MAX_PAGE_BYTES,
             }),
         }
     }
@@ -142,17 +154,27 @@ impl RawLister {
         self
     }
 
+    /// Changes the largest page body read before the listing fails ([`MAX_PAGE_BYTES`] by
+    /// default).
+    pub fn with_max_page_bytes(mut self, bytes: usize) -> Self {
+        Arc::make_mut(&mut self.inner).max_page_bytes = bytes;
+        self
+    }
+
     /// Streams every object whose full key starts with `prefix` (may be empty), in listing
     /// order, fetching 1,000 entries per page and following `NextContinuationToken`.
     ///
     /// `strip` is removed from the front of each returned key (a store's own key prefix);
     /// `prefix` should start with it. A listed key that does not start with `strip` ends the
-    /// stream with [`Error::Backend`]. After an `Err` the stream ends.
+    /// stream with [`Error::Backend`]. An entry whose key cannot be decoded or whose
+    /// `LastModified` cannot be read is yielded with [`ListedObject::problem`] set, and the
+    /// listing goes on. After an `Err` the stream ends.
     ///
     /// Errors: [`Error::AccessDenied`] on 401/403, [`Error::NoSuchBucket`] on a missing
     /// bucket, [`Error::Unreachable`] when the endpoint could not be reached (refused, DNS,
     /// TLS, timeout) through every retry, [`Error::Backend`] for anything else, including
-    /// other transient failures that outlasted the retries.
+    /// other transient failures that outlasted the retries and a page body over
+    /// [`MAX_PAGE_BYTES`].
     pub fn list(&self, prefix: &str, strip: &str) -> BoxStream<'static, Result<ListedObject>> {
         let state = PageState {
             inner: self.inner.clone(),
@@ -211,7 +233,10 @@ impl RawLister {
     /// holds several "directories" (`prefix/a/`, `prefix/b/`, ...) and fits in one page,
     /// lists up to [`LIST_FANOUT`] of them at once, each buffering at most a page ahead.
     /// Costs one extra request; a flat or very wide level falls back to one sequential
-    /// listing. Used by `migrate` and `verify`, where listing time is waiting time.
+    /// listing, and so does a level with a prefix that is not UTF-8 once decoded (listing
+    /// under a mangled prefix would silently miss its objects; the sequential listing
+    /// yields each of them with [`ListedObject::problem`] set). Used by `migrate` and
+    /// `verify`, where listing time is waiting time.
     pub fn list_parallel(
         &self,
         prefix: &str,
@@ -233,6 +258,16 @@ impl RawLister {
             }
             let url_encoded =
                 this.inner.url_encoding && page.encoding_type.as_deref() == Some("url");
+            let mut prefixes = Vec::with_capacity(page.common_prefixes.len());
+            for cp in page.common_prefixes {
+                match url_encoded {
+                    true => match url_decode(&cp.prefix) {
+                        Some(p) => prefixes.push(p),
+                        None => return this.list(&prefix, &strip),
+                    },
+                    false => prefixes.push(cp.prefix),
+                }
+            }
             // Objects at this level and the prefixes below it, in key order: every key
             // under `p/` sorts exactly where `p/` does among keys without a `/`.
             let mut segments: Vec<(String, Segment)> = Vec::new();
@@ -248,12 +283,7 @@ impl RawLister {
                     Segment::Object(this.inner.entry(c, url_encoded, &strip)),
                 ));
             }
-            for cp in page.common_prefixes {
-                let p = if url_encoded {
-                    url_decode(&cp.prefix).unwrap_or(cp.prefix)
-                } else {
-                    cp.prefix
-                };
+            for p in prefixes {
                 segments.push((p.clone(), Segment::Prefix(p)));
             }
             segments.sort_by(|a, b| a.0.cmp(&b.0));
@@ -411,7 +441,7 @@ impl Inner {
             })?;
 
         let endpoint = crate::error::endpoint_of(&url);
-        let resp = self
+        let mut resp = self
             .http
             .get(url)
             .timeout(PAGE_TIMEOUT)
@@ -419,10 +449,30 @@ impl Inner {
             .await
             .map_err(|e| self.http_failure("request to", &endpoint, e))?;
         let status = resp.status();
-        let body = resp
-            .bytes()
+        let too_big = || {
+            AttemptError::Fatal(self.backend(format!(
+                "the ListObjectsV2 response from {endpoint} for s3://{}/{prefix} is larger than {} MiB, far more than a page of 1,000 keys: not read (is the endpoint an S3 server?)",
+                self.bucket,
+                self.max_page_bytes >> 20
+            )))
+        };
+        if resp
+            .content_length()
+            .is_some_and(|n| n > self.max_page_bytes as u64)
+        {
+            return Err(too_big());
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = resp
+            .chunk()
             .await
-            .map_err(|e| self.http_failure("reading the response from", &endpoint, e))?;
+            .map_err(|e| self.http_failure("reading the response from", &endpoint, e))?
+        {
+            if body.len() + chunk.len() > self.max_page_bytes {
+                return Err(too_big());
+            }
+            body.extend_from_slice(&chunk);
+        }
         let text = String::from_utf8_lossy(&body);
 
         if status.is_success() {
@@ -453,31 +503,42 @@ impl Inner {
         })
     }
 
+    /// One listed entry. What is wrong with the entry alone becomes its `problem`; only a
+    /// key outside the store prefix, which means the server ignored our `prefix`, is an
+    /// error.
     fn entry(&self, c: Contents, url_encoded: bool, strip: &str) -> Result<ListedObject> {
-        let key = if url_encoded {
-            url_decode(&c.key).ok_or_else(|| {
-                self.backend(format!("listed key {:?} is not UTF-8 once decoded", c.key))
-            })?
-        } else {
-            c.key
+        let mut problems = Vec::new();
+        let key = match url_encoded {
+            true => url_decode(&c.key).unwrap_or_else(|| {
+                problems.push(format!(
+                    "the key is not UTF-8 once URL-decoded (listed as {:?})",
+                    c.key
+                ));
+                url_decode_lossy(&c.key)
+            }),
+            false => c.key,
         };
-        let Some(rel) = key.strip_prefix(strip) else {
-            return Err(self.backend(format!(
-                "listed key {key:?} does not start with the store prefix {strip:?}"
-            )));
+        let rel = match key.strip_prefix(strip) {
+            Some(rel) => rel,
+            // A lossy key may have lost the prefix's bytes; the problem is reported anyway.
+            None if !problems.is_empty() => key.as_str(),
+            None => {
+                return Err(self.backend(format!(
+                    "listed key {key:?} does not start with the store prefix {strip:?}"
+                )))
+            }
         };
-        let last_modified = parse_time(&c.last_modified).ok_or_else(|| {
-            self.backend(format!(
-                "listed key {key:?}: unreadable LastModified {:?}",
-                c.last_modified
-            ))
-        })?;
+        let last_modified = parse_time(&c.last_modified).unwrap_or_else(|| {
+            problems.push(format!("unreadable LastModified {:?}", c.last_modified));
+            DateTime::UNIX_EPOCH
+        });
         Ok(ListedObject {
             key: rel.to_owned(),
             size: c.size,
             last_modified,
             // Some servers send an empty <ETag/>: that is no ETag.
             etag: c.etag.filter(|e| !e.trim_matches('"').is_empty()),
+            problem: (!problems.is_empty()).then(|| problems.join("; ")),
         })
     }
 }
@@ -490,6 +551,14 @@ fn url_decode(s: &str) -> Option<String> {
         .decode_utf8()
         .ok()
         .map(|k| k.into_owned())
+}
+
+/// [`url_decode`] for a key that is not UTF-8: bad bytes become U+FFFD, for reports only.
+fn url_decode_lossy(s: &str) -> String {
+    let plus_as_space = s.replace('+', " ");
+    percent_encoding::percent_decode_str(&plus_as_space)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 fn parse_time(s: &str) -> Option<DateTime<Utc>> {
