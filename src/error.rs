@@ -281,12 +281,16 @@ fn strip_secret_params(text: &str) -> String {
 }
 
 /// The network failure behind `e`, in a few words, when its source chain shows one:
-/// "connection refused", "DNS failure", "TLS failure", "timeout", "connection reset".
+/// "connection refused", "DNS failure", "TLS failure", "timeout", "connection reset", or
+/// "connection failed" for another failure to connect.
 pub(crate) fn network_cause(e: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
     let mut found = None;
+    // While connecting, rustls reports a failed handshake as InvalidData.
+    let (mut connecting, mut invalid_data) = (false, false);
     let mut next = Some(e);
     while let Some(err) = next {
         if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            invalid_data |= io.kind() == std::io::ErrorKind::InvalidData;
             match io.kind() {
                 std::io::ErrorKind::ConnectionRefused => return Some("connection refused"),
                 std::io::ErrorKind::TimedOut => return Some("timeout"),
@@ -300,6 +304,7 @@ pub(crate) fn network_cause(e: &(dyn std::error::Error + 'static)) -> Option<&'s
             if r.is_timeout() {
                 return Some("timeout");
             }
+            connecting |= r.is_connect();
         }
         // hyper-util and rustls name these only in text; the source chain carries no type
         // we could match without depending on them.
@@ -307,7 +312,11 @@ pub(crate) fn network_cause(e: &(dyn std::error::Error + 'static)) -> Option<&'s
         if text.contains("dns error") || text.contains("failed to lookup address") {
             return Some("DNS failure");
         }
-        if text.contains("certificate") || text.contains("tls") || text.contains("handshake") {
+        connecting |= text.contains("client error (connect)");
+        if ["certificate", "tls", "handshake", "corrupt message"]
+            .iter()
+            .any(|t| text.contains(t))
+        {
             found = found.or(Some("TLS failure"));
         }
         if text.contains("timed out") || text.contains("timeout") {
@@ -315,7 +324,12 @@ pub(crate) fn network_cause(e: &(dyn std::error::Error + 'static)) -> Option<&'s
         }
         next = err.source();
     }
-    found
+    match found {
+        Some(cause) => Some(cause),
+        None if connecting && invalid_data => Some("TLS failure"),
+        None if connecting => Some("connection failed"),
+        None => None,
+    }
 }
 
 /// `scheme://host:port` of `url` (the port spelled out even when it is the default), for
@@ -402,6 +416,12 @@ mod tests {
         let dns = std::io::Error::other("dns error: failed to lookup address information");
         assert_eq!(network_cause(&dns), Some("DNS failure"));
         let tls = std::io::Error::other("invalid peer certificate: UnknownIssuer");
+        assert_eq!(network_cause(&tls), Some("TLS failure"));
+        // rustls, when an https endpoint answers in plain HTTP.
+        let tls = std::io::Error::other(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "received corrupt message of type InvalidContentType",
+        ));
         assert_eq!(network_cause(&tls), Some("TLS failure"));
         assert_eq!(network_cause(&std::io::Error::other("boom")), None);
     }

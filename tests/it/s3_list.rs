@@ -429,6 +429,36 @@ async fn connection_errors_are_retried_then_reported_as_unreachable() {
     }
 }
 
+#[tokio::test]
+async fn an_https_endpoint_that_speaks_plain_http_is_a_tls_failure() {
+    let s3 = TestS3::start();
+    let endpoint = s3.endpoint().replace("http://", "https://");
+    let store = object_store::aws::AmazonS3Builder::new()
+        .with_endpoint(&endpoint)
+        .with_bucket_name(s3.bucket())
+        .with_access_key_id(s3.access_key())
+        .with_secret_access_key(s3.secret_key())
+        .with_region(s3.region())
+        .build()
+        .unwrap();
+    let err = RawLister::new(
+        Arc::new(store),
+        reqwest::Client::new(),
+        endpoint.clone(),
+        s3.bucket().into(),
+    )
+    .with_retry(1, Duration::from_millis(1), Duration::from_millis(1))
+    .list("", "")
+    .try_collect::<Vec<_>>()
+    .await
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains(&format!("cannot reach {endpoint} (TLS failure")),
+        "{err}"
+    );
+}
+
 /// The fanned-out listing yields exactly what the sequential one does, in the same order:
 /// objects at the top level interleaved with the contents of each prefix.
 #[tokio::test]
