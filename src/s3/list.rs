@@ -86,7 +86,7 @@ pub struct RawLister {
     inner: Arc<Inner>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 struct Inner {
     signer: Arc<dyn Signer>,
     http: reqwest::Client,
@@ -96,6 +96,20 @@ struct Inner {
     url_encoding: bool,
     ambient_credentials: bool,
     max_page_bytes: usize,
+}
+
+/// Leaves out the signer: object_store's `Debug` of it shows the access key id, and the
+/// credential provider is no business of a log line.
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawLister")
+            .field("store", &self.endpoint_desc)
+            .field("bucket", &self.bucket)
+            .field("retry", &self.retry)
+            .field("url_encoding", &self.url_encoding)
+            .field("max_page_bytes", &self.max_page_bytes)
+            .finish_non_exhaustive()
+    }
 }
 
 impl RawLister {

@@ -286,6 +286,7 @@ async fn errors_hold_no_secret_in_display_or_debug() {
         "leak-check".into(),
     )
     .with_retry(1, Duration::from_millis(1), Duration::from_millis(1));
+    assert_clean("RawLister", &format!("{lister:?}"));
     let err = lister
         .list("", "")
         .try_collect::<Vec<_>>()
