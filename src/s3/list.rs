@@ -286,11 +286,11 @@ impl RawLister {
             // under `p/` sorts exactly where `p/` does among keys without a `/`.
             let mut segments: Vec<(String, Segment)> = Vec::new();
             for c in page.contents {
-                let raw = c.key.clone();
+                // Sorted by the key the entry will carry (lossy for an undecodable one).
                 let key = if url_encoded {
-                    url_decode(&raw).unwrap_or(raw)
+                    url_decode_lossy(&c.key)
                 } else {
-                    raw
+                    c.key.clone()
                 };
                 segments.push((
                     key,

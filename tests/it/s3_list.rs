@@ -513,7 +513,10 @@ fn problems(objects: &[ListedObject]) -> Vec<(&str, Option<&str>)> {
 #[tokio::test]
 async fn a_bad_entry_is_reported_on_its_own_and_the_listing_goes_on() {
     let s3 = TestS3::start();
-    s3.faults().answer_lists_with(listing_with_bad_entries());
+    let mut entries = listing_with_bad_entries();
+    // At the top level, where the parallel listing orders objects among the prefixes.
+    entries.push(CannedEntry::new(b"\xfe-top".to_vec(), 1));
+    s3.faults().answer_lists_with(entries);
     let l = lister(&s3);
     for parallel in [false, true] {
         let got: Vec<ListedObject> = match parallel {
@@ -531,6 +534,10 @@ async fn a_bad_entry_is_reported_on_its_own_and_the_listing_goes_on() {
                 ),
                 ("c", Some("unreadable LastModified \"yesterday\"")),
                 ("d", None),
+                (
+                    "\u{fffd}-top",
+                    Some("the key is not UTF-8 once URL-decoded (listed as \"%FE-top\")")
+                ),
             ],
             "parallel {parallel}"
         );
