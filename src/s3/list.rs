@@ -49,10 +49,10 @@ pub struct ListedObject {
     /// (s3s-fs does not in listings).
     pub etag: Option<String>,
     /// Why this entry cannot be used as listed (its key is not UTF-8 once URL-decoded, its
-    /// `LastModified` is unreadable); `None` for a sound entry. The rest of the listing is
+    /// `LastModified` or `Size` is unreadable); `None` for a sound entry. The rest of the listing is
     /// unaffected: `migrate` and `verify` report such an entry as rejected and go on. When
-    /// set, `key` may be a lossy rendering (U+FFFD for bad bytes), and `last_modified` the
-    /// Unix epoch.
+    /// set, `key` may be a lossy rendering (U+FFFD for bad bytes), `last_modified` the
+    /// Unix epoch and `size` 0.
     pub problem: Option<String>,
 }
 
@@ -181,7 +181,7 @@ impl RawLister {
     /// `strip` is removed from the front of each returned key (a store's own key prefix);
     /// `prefix` should start with it. A listed key that does not start with `strip` ends the
     /// stream with [`Error::Backend`]. An entry whose key cannot be decoded or whose
-    /// `LastModified` cannot be read is yielded with [`ListedObject::problem`] set, and the
+    /// `LastModified` or `Size` cannot be read is yielded with [`ListedObject::problem`] set, and the
     /// listing goes on. After an `Err` the stream ends.
     ///
     /// Errors: [`Error::AccessDenied`] on 401/403, [`Error::NoSuchBucket`] on a missing
@@ -546,9 +546,13 @@ impl Inner {
             problems.push(format!("unreadable LastModified {:?}", c.last_modified));
             DateTime::UNIX_EPOCH
         });
+        let size = c.size.trim().parse::<u64>().unwrap_or_else(|_| {
+            problems.push(format!("unreadable Size {:?}", c.size));
+            0
+        });
         Ok(ListedObject {
             key: rel.to_owned(),
-            size: c.size,
+            size,
             last_modified,
             // Some servers send an empty <ETag/>: that is no ETag.
             etag: c.etag.filter(|e| !e.trim_matches('"').is_empty()),
@@ -611,7 +615,9 @@ struct Contents {
     last_modified: String,
     #[serde(rename = "ETag", default)]
     etag: Option<String>,
-    size: u64,
+    /// Read as text so one bad value makes one bad entry, not an unreadable page.
+    #[serde(default)]
+    size: String,
 }
 
 /// An S3 error body: `<Error><Code>…</Code><Message>…</Message></Error>`.

@@ -516,6 +516,10 @@ async fn a_bad_entry_is_reported_on_its_own_and_the_listing_goes_on() {
     let mut entries = listing_with_bad_entries();
     // At the top level, where the parallel listing orders objects among the prefixes.
     entries.push(CannedEntry::new(b"\xfe-top".to_vec(), 1));
+    entries.push(CannedEntry {
+        size: "1e3".into(),
+        ..CannedEntry::new("e", 1)
+    });
     s3.faults().answer_lists_with(entries);
     let l = lister(&s3);
     for parallel in [false, true] {
@@ -534,6 +538,7 @@ async fn a_bad_entry_is_reported_on_its_own_and_the_listing_goes_on() {
                 ),
                 ("c", Some("unreadable LastModified \"yesterday\"")),
                 ("d", None),
+                ("e", Some("unreadable Size \"1e3\"")),
                 (
                     "\u{fffd}-top",
                     Some("the key is not UTF-8 once URL-decoded (listed as \"%FE-top\")")

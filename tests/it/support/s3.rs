@@ -401,8 +401,8 @@ pub struct Faults {
 pub struct CannedEntry {
     /// The key as bytes: it need not be UTF-8 (it is sent URL-encoded).
     pub key: Vec<u8>,
-    /// `<Size>`.
-    pub size: u64,
+    /// `<Size>`, sent as given (so it may be unreadable).
+    pub size: String,
     /// `<LastModified>`, sent as given (so it may be unreadable).
     pub last_modified: String,
 }
@@ -412,7 +412,7 @@ impl CannedEntry {
     pub fn new(key: impl Into<Vec<u8>>, size: u64) -> CannedEntry {
         CannedEntry {
             key: key.into(),
-            size,
+            size: size.to_string(),
             last_modified: "2024-05-01T10:20:30.000Z".to_owned(),
         }
     }
