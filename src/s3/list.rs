@@ -49,10 +49,10 @@ pub struct ListedObject {
     /// (s3s-fs does not in listings).
     pub etag: Option<String>,
     /// Why this entry cannot be used as listed (its key is not UTF-8 once URL-decoded, its
-    /// `LastModified` or `Size` is unreadable); `None` for a sound entry. The rest of the listing is
-    /// unaffected: `migrate` and `verify` report such an entry as rejected and go on. When
-    /// set, `key` may be a lossy rendering (U+FFFD for bad bytes), `last_modified` the
-    /// Unix epoch and `size` 0.
+    /// `LastModified` or `Size` is unreadable); `None` for a sound entry. The rest of the
+    /// listing is unaffected: `migrate` and `verify` report such an entry as rejected and
+    /// go on. When set, `key` may be a lossy rendering (U+FFFD for bad bytes),
+    /// `last_modified` the Unix epoch and `size` 0.
     pub problem: Option<String>,
 }
 
@@ -181,8 +181,8 @@ impl RawLister {
     /// `strip` is removed from the front of each returned key (a store's own key prefix);
     /// `prefix` should start with it. A listed key that does not start with `strip` ends the
     /// stream with [`Error::Backend`]. An entry whose key cannot be decoded or whose
-    /// `LastModified` or `Size` cannot be read is yielded with [`ListedObject::problem`] set, and the
-    /// listing goes on. After an `Err` the stream ends.
+    /// `LastModified` or `Size` cannot be read is yielded with [`ListedObject::problem`]
+    /// set, and the listing goes on. After an `Err` the stream ends.
     ///
     /// Errors: [`Error::AccessDenied`] on 401/403, [`Error::NoSuchBucket`] on a missing
     /// bucket, [`Error::Unreachable`] when the endpoint could not be reached (refused, DNS,
