@@ -102,7 +102,10 @@ impl std::fmt::Debug for S3Config {
             .field("prefix", &self.prefix)
             .field("region", &self.region)
             .field("endpoint", &self.endpoint)
-            .field("access_key_id", &self.access_key_id)
+            .field(
+                "access_key_id",
+                &self.access_key_id.as_deref().map(masked_key_id),
+            )
             .field(
                 "secret_access_key",
                 &self.secret_access_key.as_ref().map(|_| "<redacted>"),
@@ -116,6 +119,20 @@ impl std::fmt::Debug for S3Config {
             .field("url_encoded_listing", &self.url_encoded_listing)
             .finish()
     }
+}
+
+/// An access key id as `aws configure list` shows it: only its last four characters. Not a
+/// secret on its own, but it names the account and need not sit in every log.
+fn masked_key_id(id: &str) -> String {
+    let tail: String = id
+        .chars()
+        .rev()
+        .take(4)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    format!("****{tail}")
 }
 
 impl S3Config {

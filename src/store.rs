@@ -345,10 +345,7 @@ impl BlobStore {
                 .with_attributes(attributes(content_type));
                 let res: Result<()> = async {
                     while let Some(chunk) = body.next().await {
-                        let chunk = chunk.map_err(|e| Error::Backend {
-                            store: o.name.clone(),
-                            source: Box::new(e),
-                        })?;
+                        let chunk = chunk.map_err(|e| Error::backend(o.name.clone(), &e))?;
                         w.write_all(&chunk).await.map_err(|e| o.io_err(key, e))?;
                     }
                     w.shutdown().await.map_err(|e| o.io_err(key, e))
@@ -458,10 +455,7 @@ impl BlobStore {
                 let name = o.name.clone();
                 let body = res
                     .into_stream()
-                    .map_err(move |e| Error::Backend {
-                        store: name.clone(),
-                        source: Box::new(e),
-                    })
+                    .map_err(move |e| Error::backend(name.clone(), &e))
                     .boxed();
                 Ok(GetStream {
                     meta,
@@ -591,10 +585,7 @@ impl BlobStore {
                                     }))
                                 }
                                 Ok(_) => None,
-                                Err(e) => Some(Err(Error::Backend {
-                                    store: name.clone(),
-                                    source: Box::new(e),
-                                })),
+                                Err(e) => Some(Err(Error::backend(name.clone(), &e))),
                             };
                             futures::future::ready(res)
                         })
@@ -664,10 +655,7 @@ impl BlobStore {
 impl ObjectBackend {
     pub(crate) fn path(&self, key: &Key) -> Result<ObjPath> {
         let full = format!("{}{}", self.prefix, key.as_str());
-        ObjPath::parse(&full).map_err(|e| Error::Backend {
-            store: self.name.clone(),
-            source: Box::new(e),
-        })
+        ObjPath::parse(&full).map_err(|e| Error::backend(self.name.clone(), &e))
     }
 
     fn meta(&self, key: Key, m: &object_store::ObjectMeta, attrs: &Attributes) -> Meta {
@@ -690,10 +678,7 @@ impl ObjectBackend {
         match e.into_inner() {
             Some(inner) => match inner.downcast::<object_store::Error>() {
                 Ok(oe) => self.err(key, *oe),
-                Err(other) => Error::Backend {
-                    store: self.name.clone(),
-                    source: other,
-                },
+                Err(other) => Error::backend(self.name.clone(), &*other),
             },
             None => Error::Backend {
                 store: self.name.clone(),
@@ -703,7 +688,8 @@ impl ObjectBackend {
     }
 }
 
-/// Maps an object_store error to ours, keeping the semantic cases.
+/// Maps an object_store error to ours, keeping the semantic cases. Its text goes through
+/// [`crate::error::redact`] like every backend error (object_store names request URLs).
 pub(crate) fn map_object_error(store: &str, key: Option<&Key>, e: object_store::Error) -> Error {
     match e {
         object_store::Error::NotFound { .. } if key.is_some() => Error::NotFound {
@@ -712,12 +698,9 @@ pub(crate) fn map_object_error(store: &str, key: Option<&Key>, e: object_store::
         object_store::Error::PermissionDenied { source, .. }
         | object_store::Error::Unauthenticated { source, .. } => Error::AccessDenied {
             store: store.to_owned(),
-            detail: source.to_string(),
+            detail: crate::error::redact(&source.to_string()),
         },
-        e => Error::Backend {
-            store: store.to_owned(),
-            source: Box::new(e),
-        },
+        e => Error::backend(store, &e),
     }
 }
 

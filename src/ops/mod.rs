@@ -41,6 +41,7 @@ pub(crate) fn source_listing<'a>(
                     size: m.size,
                     last_modified: m.last_modified,
                     etag: m.etag,
+                    problem: None,
                 })
             })
             .boxed(),
@@ -54,24 +55,47 @@ pub(crate) enum Placement {
     /// A regular file.
     File(Key),
     /// A key that cannot be stored safely; `folder` when it was a folder marker.
-    Unsafe { reason: KeyError, folder: bool },
+    Unsafe { reason: Unsafe, folder: bool },
+}
+
+/// Why a listed object cannot be placed.
+pub(crate) enum Unsafe {
+    /// The key breaks a rule of [`Key`].
+    Key(KeyError),
+    /// The listing entry itself is unusable ([`ListedObject::problem`]).
+    Listing(String),
+}
+
+impl std::fmt::Display for Unsafe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unsafe::Key(e) => e.fmt(f),
+            Unsafe::Listing(p) => f.write_str(p),
+        }
+    }
 }
 
 impl Placement {
     pub(crate) fn of(o: &ListedObject) -> Placement {
+        if let Some(p) = &o.problem {
+            return Placement::Unsafe {
+                reason: Unsafe::Listing(p.clone()),
+                folder: false,
+            };
+        }
         match o.key.strip_suffix('/') {
             Some("") if o.size == 0 => Placement::Folder(None),
             Some(dir) if o.size == 0 => match Key::new(dir) {
                 Ok(k) => Placement::Folder(Some(k)),
                 Err(reason) => Placement::Unsafe {
-                    reason,
+                    reason: Unsafe::Key(reason),
                     folder: true,
                 },
             },
             _ => match Key::new(o.key.as_str()) {
                 Ok(k) => Placement::File(k),
                 Err(reason) => Placement::Unsafe {
-                    reason,
+                    reason: Unsafe::Key(reason),
                     folder: false,
                 },
             },

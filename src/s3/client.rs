@@ -42,8 +42,9 @@ pub(crate) fn build(cfg: &S3Config) -> Result<AmazonS3> {
             b = b.with_token(t);
         }
     }
+    // The builder's errors quote the endpoint URL, user info and query included.
     b.build()
-        .map_err(|e| Error::config("S3 configuration", e.to_string()))
+        .map_err(|e| Error::config("S3 configuration", crate::error::redact(&e.to_string())))
 }
 
 /// Opens a [`BlobStore`] on the bucket.

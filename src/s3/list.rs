@@ -29,6 +29,10 @@ const PAGE_SIZE: &str = "1000";
 const URL_TTL: Duration = Duration::from_secs(15 * 60);
 /// Upper bound for one page request, body included.
 const PAGE_TIMEOUT: Duration = Duration::from_secs(120);
+/// The largest page body read. 1,000 keys of at most 1,024 bytes, URL-encoded, stay under
+/// 4 MiB; anything past this is not a listing we can use, and reading on would let a
+/// hostile or broken endpoint fill our memory.
+pub const MAX_PAGE_BYTES: usize = 16 << 20;
 
 /// One entry of a raw S3 listing: the key exactly as stored, relative to the `strip` prefix
 /// given to [`RawLister::list`].
@@ -44,6 +48,12 @@ pub struct ListedObject {
     /// The ETag as the server sent it, quotes included; `None` when the server sends none
     /// (s3s-fs does not in listings).
     pub etag: Option<String>,
+    /// Why this entry cannot be used as listed (its key is not UTF-8 once URL-decoded, its
+    /// `LastModified` or `Size` is unreadable); `None` for a sound entry. The rest of the
+    /// listing is unaffected: `migrate` and `verify` report such an entry as rejected and
+    /// go on. When set, `key` may be a lossy rendering (U+FFFD for bad bytes),
+    /// `last_modified` the Unix epoch and `size` 0.
+    pub problem: Option<String>,
 }
 
 /// How often and how patiently a page request is retried.
@@ -76,7 +86,7 @@ pub struct RawLister {
     inner: Arc<Inner>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 struct Inner {
     signer: Arc<dyn Signer>,
     http: reqwest::Client,
@@ -85,6 +95,21 @@ struct Inner {
     retry: Retry,
     url_encoding: bool,
     ambient_credentials: bool,
+    max_page_bytes: usize,
+}
+
+/// Leaves out the signer: object_store's `Debug` of it shows the access key id, and the
+/// credential provider is no business of a log line.
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawLister")
+            .field("store", &self.endpoint_desc)
+            .field("bucket", &self.bucket)
+            .field("retry", &self.retry)
+            .field("url_encoding", &self.url_encoding)
+            .field("max_page_bytes", &self.max_page_bytes)
+            .finish_non_exhaustive()
+    }
 }
 
 impl RawLister {
@@ -109,6 +134,7 @@ impl RawLister {
                 },
                 url_encoding: true,
                 ambient_credentials: false,
+                max_page_bytes: MAX_PAGE_BYTES,
             }),
         }
     }
@@ -142,16 +168,27 @@ impl RawLister {
         self
     }
 
+    /// Changes the largest page body read before the listing fails ([`MAX_PAGE_BYTES`] by
+    /// default).
+    pub fn with_max_page_bytes(mut self, bytes: usize) -> Self {
+        Arc::make_mut(&mut self.inner).max_page_bytes = bytes;
+        self
+    }
+
     /// Streams every object whose full key starts with `prefix` (may be empty), in listing
     /// order, fetching 1,000 entries per page and following `NextContinuationToken`.
     ///
     /// `strip` is removed from the front of each returned key (a store's own key prefix);
     /// `prefix` should start with it. A listed key that does not start with `strip` ends the
-    /// stream with [`Error::Backend`]. After an `Err` the stream ends.
+    /// stream with [`Error::Backend`]. An entry whose key cannot be decoded or whose
+    /// `LastModified` or `Size` cannot be read is yielded with [`ListedObject::problem`]
+    /// set, and the listing goes on. After an `Err` the stream ends.
     ///
     /// Errors: [`Error::AccessDenied`] on 401/403, [`Error::NoSuchBucket`] on a missing
-    /// bucket, [`Error::Backend`] for anything else, including transient failures that
-    /// outlasted the retries.
+    /// bucket, [`Error::Unreachable`] when the endpoint could not be reached (refused, DNS,
+    /// TLS, timeout) through every retry, [`Error::Backend`] for anything else, including
+    /// other transient failures that outlasted the retries and a page body over
+    /// [`MAX_PAGE_BYTES`].
     pub fn list(&self, prefix: &str, strip: &str) -> BoxStream<'static, Result<ListedObject>> {
         let state = PageState {
             inner: self.inner.clone(),
@@ -210,7 +247,10 @@ impl RawLister {
     /// holds several "directories" (`prefix/a/`, `prefix/b/`, ...) and fits in one page,
     /// lists up to [`LIST_FANOUT`] of them at once, each buffering at most a page ahead.
     /// Costs one extra request; a flat or very wide level falls back to one sequential
-    /// listing. Used by `migrate` and `verify`, where listing time is waiting time.
+    /// listing, and so does a level with a prefix that is not UTF-8 once decoded (listing
+    /// under a mangled prefix would silently miss its objects; the sequential listing
+    /// yields each of them with [`ListedObject::problem`] set). Used by `migrate` and
+    /// `verify`, where listing time is waiting time.
     pub fn list_parallel(
         &self,
         prefix: &str,
@@ -232,27 +272,32 @@ impl RawLister {
             }
             let url_encoded =
                 this.inner.url_encoding && page.encoding_type.as_deref() == Some("url");
+            let mut prefixes = Vec::with_capacity(page.common_prefixes.len());
+            for cp in page.common_prefixes {
+                match url_encoded {
+                    true => match url_decode(&cp.prefix) {
+                        Some(p) => prefixes.push(p),
+                        None => return this.list(&prefix, &strip),
+                    },
+                    false => prefixes.push(cp.prefix),
+                }
+            }
             // Objects at this level and the prefixes below it, in key order: every key
             // under `p/` sorts exactly where `p/` does among keys without a `/`.
             let mut segments: Vec<(String, Segment)> = Vec::new();
             for c in page.contents {
-                let raw = c.key.clone();
+                // Sorted by the key the entry will carry (lossy for an undecodable one).
                 let key = if url_encoded {
-                    url_decode(&raw).unwrap_or(raw)
+                    url_decode_lossy(&c.key)
                 } else {
-                    raw
+                    c.key.clone()
                 };
                 segments.push((
                     key,
                     Segment::Object(this.inner.entry(c, url_encoded, &strip)),
                 ));
             }
-            for cp in page.common_prefixes {
-                let p = if url_encoded {
-                    url_decode(&cp.prefix).unwrap_or(cp.prefix)
-                } else {
-                    cp.prefix
-                };
+            for p in prefixes {
                 segments.push((p.clone(), Segment::Prefix(p)));
             }
             segments.sort_by(|a, b| a.0.cmp(&b.0));
@@ -299,17 +344,32 @@ struct PageState {
 
 /// Why one attempt at a page failed.
 enum AttemptError {
-    /// Worth trying again (5xx, throttling, connection trouble).
+    /// Worth trying again (5xx, throttling, a dropped body).
     Transient(String),
+    /// The endpoint could not be reached (`cause`: "connection refused", ...); retried too.
+    Unreachable {
+        endpoint: String,
+        cause: &'static str,
+    },
     /// Retrying cannot help.
     Fatal(Error),
 }
 
 impl Inner {
-    fn backend(&self, msg: impl Into<String>) -> Error {
-        Error::Backend {
-            store: self.endpoint_desc.clone(),
-            source: msg.into().into(),
+    fn backend(&self, msg: impl AsRef<str>) -> Error {
+        Error::backend_msg(self.endpoint_desc.clone(), msg)
+    }
+
+    /// A failed request or body read, without the presigned URL reqwest would print (it
+    /// holds the access key id, the session token and the signature).
+    fn http_failure(&self, what: &str, endpoint: &str, e: reqwest::Error) -> AttemptError {
+        let e = e.without_url();
+        match crate::error::network_cause(&e) {
+            Some(cause) => AttemptError::Unreachable {
+                endpoint: endpoint.to_owned(),
+                cause,
+            },
+            None => AttemptError::Transient(format!("{what} {endpoint} failed: {e}")),
         }
     }
 
@@ -334,7 +394,17 @@ impl Inner {
                         self.bucket
                     )));
                 }
-                Err(AttemptError::Transient(_)) => {
+                Err(AttemptError::Unreachable { endpoint, cause })
+                    if attempt >= self.retry.attempts =>
+                {
+                    return Err(Error::Unreachable {
+                        store: self.endpoint_desc.clone(),
+                        endpoint,
+                        cause: cause.to_owned(),
+                        detail: format!("; gave up listing after {attempt} attempts"),
+                    });
+                }
+                Err(AttemptError::Transient(_) | AttemptError::Unreachable { .. }) => {
                     tokio::time::sleep(self.retry.delay(attempt)).await;
                     attempt += 1;
                 }
@@ -375,27 +445,48 @@ impl Inner {
                 AttemptError::Fatal(if self.ambient_credentials {
                     Error::AccessDenied {
                         store: self.endpoint_desc.clone(),
-                        detail: format!(
+                        detail: crate::error::redact(&format!(
                             "no credentials were found (none in the environment or ~/.aws/credentials, and the machine provided none: {e})"
-                        ),
+                        )),
                     }
                 } else {
-                    Error::Backend { store: self.endpoint_desc.clone(), source: Box::new(e) }
+                    Error::backend(self.endpoint_desc.clone(), &e)
                 })
             })?;
 
-        let resp = self
+        let endpoint = crate::error::endpoint_of(&url);
+        let mut resp = self
             .http
             .get(url)
             .timeout(PAGE_TIMEOUT)
             .send()
             .await
-            .map_err(|e| AttemptError::Transient(format!("request failed: {e}")))?;
+            .map_err(|e| self.http_failure("request to", &endpoint, e))?;
         let status = resp.status();
-        let body = resp
-            .bytes()
+        let too_big = || {
+            AttemptError::Fatal(self.backend(format!(
+                "the ListObjectsV2 response from {endpoint} for s3://{}/{prefix} is larger than {} MiB, far more than a page of 1,000 keys: not read (is the endpoint an S3 server?)",
+                self.bucket,
+                self.max_page_bytes >> 20
+            )))
+        };
+        if resp
+            .content_length()
+            .is_some_and(|n| n > self.max_page_bytes as u64)
+        {
+            return Err(too_big());
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = resp
+            .chunk()
             .await
-            .map_err(|e| AttemptError::Transient(format!("reading the response failed: {e}")))?;
+            .map_err(|e| self.http_failure("reading the response from", &endpoint, e))?
+        {
+            if body.len() + chunk.len() > self.max_page_bytes {
+                return Err(too_big());
+            }
+            body.extend_from_slice(&chunk);
+        }
         let text = String::from_utf8_lossy(&body);
 
         if status.is_success() {
@@ -406,11 +497,11 @@ impl Inner {
 
         let err = quick_xml::de::from_str::<S3Error>(&text).unwrap_or_default();
         let code = err.code.unwrap_or_default();
-        let detail = match (&code, err.message) {
+        let detail = crate::error::redact(&match (&code, err.message) {
             (c, Some(m)) if !c.is_empty() => format!("{status} {c}: {m}"),
             (c, None) if !c.is_empty() => format!("{status} {c}"),
             _ => format!("{status}: {}", text.chars().take(200).collect::<String>()),
-        };
+        });
         Err(match status.as_u16() {
             500..=599 | 429 => AttemptError::Transient(detail),
             _ if code == "SlowDown" || code == "RequestTimeout" => AttemptError::Transient(detail),
@@ -426,31 +517,46 @@ impl Inner {
         })
     }
 
+    /// One listed entry. What is wrong with the entry alone becomes its `problem`; only a
+    /// key outside the store prefix, which means the server ignored our `prefix`, is an
+    /// error.
     fn entry(&self, c: Contents, url_encoded: bool, strip: &str) -> Result<ListedObject> {
-        let key = if url_encoded {
-            url_decode(&c.key).ok_or_else(|| {
-                self.backend(format!("listed key {:?} is not UTF-8 once decoded", c.key))
-            })?
-        } else {
-            c.key
+        let mut problems = Vec::new();
+        let key = match url_encoded {
+            true => url_decode(&c.key).unwrap_or_else(|| {
+                problems.push(format!(
+                    "the key is not UTF-8 once URL-decoded (listed as {:?})",
+                    c.key
+                ));
+                url_decode_lossy(&c.key)
+            }),
+            false => c.key,
         };
-        let Some(rel) = key.strip_prefix(strip) else {
-            return Err(self.backend(format!(
-                "listed key {key:?} does not start with the store prefix {strip:?}"
-            )));
+        let rel = match key.strip_prefix(strip) {
+            Some(rel) => rel,
+            // A lossy key may have lost the prefix's bytes; the problem is reported anyway.
+            None if !problems.is_empty() => key.as_str(),
+            None => {
+                return Err(self.backend(format!(
+                    "listed key {key:?} does not start with the store prefix {strip:?}"
+                )))
+            }
         };
-        let last_modified = parse_time(&c.last_modified).ok_or_else(|| {
-            self.backend(format!(
-                "listed key {key:?}: unreadable LastModified {:?}",
-                c.last_modified
-            ))
-        })?;
+        let last_modified = parse_time(&c.last_modified).unwrap_or_else(|| {
+            problems.push(format!("unreadable LastModified {:?}", c.last_modified));
+            DateTime::UNIX_EPOCH
+        });
+        let size = c.size.trim().parse::<u64>().unwrap_or_else(|_| {
+            problems.push(format!("unreadable Size {:?}", c.size));
+            0
+        });
         Ok(ListedObject {
             key: rel.to_owned(),
-            size: c.size,
+            size,
             last_modified,
             // Some servers send an empty <ETag/>: that is no ETag.
             etag: c.etag.filter(|e| !e.trim_matches('"').is_empty()),
+            problem: (!problems.is_empty()).then(|| problems.join("; ")),
         })
     }
 }
@@ -463,6 +569,14 @@ fn url_decode(s: &str) -> Option<String> {
         .decode_utf8()
         .ok()
         .map(|k| k.into_owned())
+}
+
+/// [`url_decode`] for a key that is not UTF-8: bad bytes become U+FFFD, for reports only.
+fn url_decode_lossy(s: &str) -> String {
+    let plus_as_space = s.replace('+', " ");
+    percent_encoding::percent_decode_str(&plus_as_space)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 fn parse_time(s: &str) -> Option<DateTime<Utc>> {
@@ -501,7 +615,9 @@ struct Contents {
     last_modified: String,
     #[serde(rename = "ETag", default)]
     etag: Option<String>,
-    size: u64,
+    /// Read as text so one bad value makes one bad entry, not an unreadable page.
+    #[serde(default)]
+    size: String,
 }
 
 /// An S3 error body: `<Error><Code>…</Code><Message>…</Message></Error>`.

@@ -10,5 +10,6 @@ mod migrate;
 mod object_store_suite;
 mod pipe;
 mod s3_list;
+mod secrets;
 mod support;
 mod verify;

@@ -12,7 +12,7 @@ use object_store::ObjectStoreExt;
 use stowage::s3::{ListedObject, RawLister};
 use stowage::Error;
 
-use crate::support::s3::TestS3;
+use crate::support::s3::{CannedEntry, TestS3};
 
 fn lister(s3: &TestS3) -> RawLister {
     lister_for(s3, s3.object_store(), s3.bucket())
@@ -376,7 +376,7 @@ async fn test_server_env_and_put_raw_reach_the_same_bucket() {
 }
 
 #[tokio::test]
-async fn connection_errors_are_retried_then_reported_as_backend() {
+async fn connection_errors_are_retried_then_reported_as_unreachable() {
     // A port that was just free: nothing listens there, so every attempt is refused.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -404,8 +404,57 @@ async fn connection_errors_are_retried_then_reported_as_backend() {
         .try_collect::<Vec<_>>()
         .await
         .unwrap_err();
-    assert!(matches!(err, Error::Backend { .. }), "{err:?}");
-    assert!(err.to_string().contains("after 2 attempts"), "{err}");
+    match &err {
+        Error::Unreachable {
+            endpoint, cause, ..
+        } => {
+            assert_eq!(endpoint, &format!("http://127.0.0.1:{port}"));
+            assert_eq!(cause, "connection refused");
+        }
+        other => panic!("{other:?}"),
+    }
+    let text = err.to_string();
+    assert!(
+        text.contains(&format!(
+            "cannot reach http://127.0.0.1:{port} (connection refused"
+        )) && text.contains("after 2 attempts")
+            && text.contains("AWS_ENDPOINT_URL"),
+        "{text}"
+    );
+    for leak in ["?", "X-Amz", "list-type"] {
+        assert!(!text.contains(leak), "{leak:?} in {text}");
+        assert!(!format!("{err:?}").contains(leak), "{leak:?} in {err:?}");
+    }
+}
+
+#[tokio::test]
+async fn an_https_endpoint_that_speaks_plain_http_is_a_tls_failure() {
+    let s3 = TestS3::start();
+    let endpoint = s3.endpoint().replace("http://", "https://");
+    let store = object_store::aws::AmazonS3Builder::new()
+        .with_endpoint(&endpoint)
+        .with_bucket_name(s3.bucket())
+        .with_access_key_id(s3.access_key())
+        .with_secret_access_key(s3.secret_key())
+        .with_region(s3.region())
+        .build()
+        .unwrap();
+    let err = RawLister::new(
+        Arc::new(store),
+        reqwest::Client::new(),
+        endpoint.clone(),
+        s3.bucket().into(),
+    )
+    .with_retry(1, Duration::from_millis(1), Duration::from_millis(1))
+    .list("", "")
+    .try_collect::<Vec<_>>()
+    .await
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains(&format!("cannot reach {endpoint} (TLS failure")),
+        "{err}"
+    );
 }
 
 /// The fanned-out listing yields exactly what the sequential one does, in the same order:
@@ -433,4 +482,173 @@ async fn the_parallel_listing_matches_the_sequential_one() {
     // A level with a single prefix falls back to the plain listing.
     let par: Vec<ListedObject> = l.list_parallel("deep/", "").try_collect().await.unwrap();
     assert_eq!(par.len(), 5);
+}
+
+// Untrusted listings: what a hostile or broken endpoint sends must not stop the run, hide
+// objects or fill memory.
+
+/// A sound object `a/1`, then `b/<0xFF>` whose key is not UTF-8, `c` with an unreadable
+/// LastModified, and a sound `d`.
+fn listing_with_bad_entries() -> Vec<CannedEntry> {
+    vec![
+        CannedEntry::new("a/1", 3),
+        CannedEntry::new(b"b/\xff".to_vec(), 4),
+        CannedEntry {
+            last_modified: "yesterday".into(),
+            ..CannedEntry::new("c", 1)
+        },
+        CannedEntry::new("d", 1),
+    ]
+}
+
+fn problems(objects: &[ListedObject]) -> Vec<(&str, Option<&str>)> {
+    objects
+        .iter()
+        .map(|o| (o.key.as_str(), o.problem.as_deref()))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_bad_entry_is_reported_on_its_own_and_the_listing_goes_on() {
+    let s3 = TestS3::start();
+    let mut entries = listing_with_bad_entries();
+    // At the top level, where the parallel listing orders objects among the prefixes.
+    entries.push(CannedEntry::new(b"\xfe-top".to_vec(), 1));
+    entries.push(CannedEntry {
+        size: "1e3".into(),
+        ..CannedEntry::new("e", 1)
+    });
+    s3.faults().answer_lists_with(entries);
+    let l = lister(&s3);
+    for parallel in [false, true] {
+        let got: Vec<ListedObject> = match parallel {
+            false => l.list("", "").try_collect().await,
+            true => l.list_parallel("", "").try_collect().await,
+        }
+        .unwrap_or_else(|e| panic!("parallel {parallel}: {e}"));
+        assert_eq!(
+            problems(&got),
+            [
+                ("a/1", None),
+                (
+                    "b/\u{fffd}",
+                    Some("the key is not UTF-8 once URL-decoded (listed as \"b/%FF\")")
+                ),
+                ("c", Some("unreadable LastModified \"yesterday\"")),
+                ("d", None),
+                ("e", Some("unreadable Size \"1e3\"")),
+                (
+                    "\u{fffd}-top",
+                    Some("the key is not UTF-8 once URL-decoded (listed as \"%FE-top\")")
+                ),
+            ],
+            "parallel {parallel}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_undecodable_common_prefix_loses_no_objects_in_the_parallel_listing() {
+    let s3 = TestS3::start();
+    let mut entries = vec![
+        CannedEntry::new("a/1", 1),
+        CannedEntry::new("a/2", 1),
+        CannedEntry::new("z/1", 1),
+    ];
+    entries.extend([b"\xff/1".to_vec(), b"\xff/2".to_vec()].map(|k| CannedEntry::new(k, 1)));
+    s3.faults().answer_lists_with(entries);
+    let l = lister(&s3);
+    let sequential = list_all(&l, "", "").await;
+    let parallel: Vec<ListedObject> = l.list_parallel("", "").try_collect().await.unwrap();
+    assert_eq!(sequential.len(), 5);
+    assert_eq!(problems(&parallel), problems(&sequential));
+    assert_eq!(
+        parallel.iter().filter(|o| o.problem.is_some()).count(),
+        2,
+        "{parallel:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_page_body_over_the_cap_ends_the_listing_with_a_clear_error() {
+    let s3 = TestS3::start();
+    seed(&s3, &["a".to_owned()]).await;
+    s3.faults()
+        .oversize_next_lists(1, stowage::s3::list::MAX_PAGE_BYTES + (4 << 20));
+    let err = lister(&s3)
+        .list("", "")
+        .try_collect::<Vec<_>>()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Backend { .. }), "{err:?}");
+    assert!(err.to_string().contains("larger than 16 MiB"), "{err}");
+
+    // A smaller cap, and a page under it, for the boundary.
+    s3.faults().oversize_next_lists(1, 60 << 10);
+    let got = lister(&s3)
+        .with_max_page_bytes(64 << 10)
+        .list("", "")
+        .try_collect::<Vec<_>>()
+        .await
+        .unwrap();
+    assert!(got.is_empty(), "the padded page holds no entries: {got:?}");
+    s3.faults().oversize_next_lists(1, 70 << 10);
+    let err = lister(&s3)
+        .with_max_page_bytes(64 << 10)
+        .list("", "")
+        .try_collect::<Vec<_>>()
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("larger than"), "{err}");
+}
+
+/// migrate and verify report the bad entries as rejected and deal with the rest, where
+/// one bad entry used to abort both.
+#[tokio::test(flavor = "multi_thread")]
+async fn migrate_and_verify_reject_bad_listing_entries_and_go_on() {
+    let s3 = TestS3::start();
+    let sound = ["a/1", "d"];
+    for k in sound {
+        s3.put_raw(k, k.as_bytes()).unwrap();
+    }
+    s3.faults().answer_lists_with(listing_with_bad_entries());
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().join("store");
+    let dest = dest.to_str().unwrap();
+    let with_url_listing = |args: &[&str]| {
+        let mut cmd = crate::support::cli::stowage(Some(&s3), args);
+        // The crafted listing encodes its keys, as AWS and moto do.
+        cmd.env("S3_URL_ENCODED_LISTING", "true");
+        crate::support::cli::output(cmd.output().unwrap())
+    };
+
+    let r = with_url_listing(&["migrate", "s3-to-local", "--dest", dest, "--json"]);
+    assert_eq!(
+        r.code, 1,
+        "rejected entries are problems, not a failed run: {r:?}"
+    );
+    let j = r.json();
+    assert!(j["aborted"].is_null(), "{r:?}");
+    let rejected: Vec<&str> = j["rejected"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|kr| kr["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(rejected, ["b/\u{fffd}", "c"], "{r:?}");
+    assert_eq!(
+        crate::support::cli::tree(std::path::Path::new(dest))
+            .keys()
+            .collect::<Vec<_>>(),
+        ["a/1", "d"]
+    );
+
+    let r = with_url_listing(&["verify", "s3-to-local", "--dest", dest, "--json"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    let j = r.json();
+    assert_eq!(j["rejected"].as_array().unwrap().len(), 2, "{r:?}");
+    assert!(
+        r.stderr.contains("not UTF-8") || r.stdout.contains("not UTF-8"),
+        "{r:?}"
+    );
 }

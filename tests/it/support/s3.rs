@@ -57,16 +57,19 @@ pub struct TestS3 {
 impl TestS3 {
     /// Starts s3s-fs in-process on 127.0.0.1 with SigV4 auth and one empty bucket.
     pub fn start() -> TestS3 {
+        TestS3::start_with_credentials(IN_PROCESS_ACCESS_KEY, IN_PROCESS_SECRET_KEY)
+    }
+
+    /// [`TestS3::start`] accepting these credentials instead of the fixed test ones (a
+    /// session token, if sent, is signed over but not checked).
+    pub fn start_with_credentials(access_key: &str, secret_key: &str) -> TestS3 {
         let root = tempfile::tempdir().expect("temp dir");
         let bucket = "stowage-test".to_owned();
         // For s3s-fs a bucket is a top-level directory.
         std::fs::create_dir(root.path().join(&bucket)).expect("bucket dir");
         let fs = s3s_fs::FileSystem::new(root.path()).expect("s3s-fs root");
         let mut builder = s3s::service::S3ServiceBuilder::new(fs);
-        builder.set_auth(s3s::auth::SimpleAuth::from_single(
-            IN_PROCESS_ACCESS_KEY,
-            IN_PROCESS_SECRET_KEY,
-        ));
+        builder.set_auth(s3s::auth::SimpleAuth::from_single(access_key, secret_key));
         let service = builder.build();
 
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
@@ -94,8 +97,8 @@ impl TestS3 {
         TestS3 {
             endpoint: format!("http://{addr}"),
             bucket,
-            access_key: IN_PROCESS_ACCESS_KEY.to_owned(),
-            secret_key: IN_PROCESS_SECRET_KEY.to_owned(),
+            access_key: access_key.to_owned(),
+            secret_key: secret_key.to_owned(),
             faults: Some(faults),
             _server: Some(InProcessServer {
                 stop: Some(stop_tx),
@@ -389,6 +392,30 @@ pub struct Faults {
     gets: AtomicU64,
     fail: Mutex<VecDeque<u16>>,
     get_faults: Mutex<VecDeque<GetFault>>,
+    canned_listing: Mutex<Option<Arc<Vec<CannedEntry>>>>,
+    oversize_lists: Mutex<VecDeque<usize>>,
+}
+
+/// One entry of a crafted listing ([`Faults::answer_lists_with`]).
+#[derive(Debug, Clone)]
+pub struct CannedEntry {
+    /// The key as bytes: it need not be UTF-8 (it is sent URL-encoded).
+    pub key: Vec<u8>,
+    /// `<Size>`, sent as given (so it may be unreadable).
+    pub size: String,
+    /// `<LastModified>`, sent as given (so it may be unreadable).
+    pub last_modified: String,
+}
+
+impl CannedEntry {
+    /// An entry with a sound `LastModified`.
+    pub fn new(key: impl Into<Vec<u8>>, size: u64) -> CannedEntry {
+        CannedEntry {
+            key: key.into(),
+            size: size.to_string(),
+            last_modified: "2024-05-01T10:20:30.000Z".to_owned(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -423,6 +450,22 @@ impl Faults {
             .lock()
             .unwrap()
             .extend(std::iter::repeat_n(GetFault::Corrupt, n));
+    }
+
+    /// From now on answers every ListObjectsV2 request from `entries` instead of the bucket
+    /// (`prefix` and `delimiter` honoured, keys URL-encoded when `encoding-type=url` was asked,
+    /// no ETags, as s3s-fs; everything in one page). Objects themselves are still served from the bucket.
+    pub fn answer_lists_with(&self, entries: Vec<CannedEntry>) {
+        *self.canned_listing.lock().unwrap() = Some(Arc::new(entries));
+    }
+
+    /// Answers the next `n` ListObjectsV2 requests with 200 and a well-formed but `bytes`
+    /// long body, streamed without Content-Length.
+    pub fn oversize_next_lists(&self, n: usize, bytes: usize) {
+        self.oversize_lists
+            .lock()
+            .unwrap()
+            .extend(std::iter::repeat_n(bytes, n));
     }
 
     /// Requests seen so far, of any kind (failed ones included).
@@ -477,6 +520,15 @@ async fn with_faults(
     }
     if is_directory_object(&req, data_root) {
         return Ok(error_response(404));
+    }
+    if let Some(query) = list_query(&req) {
+        if let Some(bytes) = faults.oversize_lists.lock().unwrap().pop_front() {
+            return Ok(oversize_list_response(bytes));
+        }
+        let canned = faults.canned_listing.lock().unwrap().clone();
+        if let Some(entries) = canned {
+            return Ok(canned_list_response(&entries, &query));
+        }
     }
 
     let resp = service
@@ -547,4 +599,125 @@ fn error_response(status: u16) -> Response<RespBody> {
         hyper::header::HeaderValue::from_static("application/xml"),
     );
     resp
+}
+
+/// The query parameters of a ListObjectsV2 request (`GET /bucket?list-type=2...`), values
+/// percent-decoded to bytes; `None` for any other request.
+fn list_query<B>(req: &Request<B>) -> Option<Vec<(String, Vec<u8>)>> {
+    if req.method() != hyper::Method::GET || object_path(req).is_some() {
+        return None;
+    }
+    let params: Vec<(String, Vec<u8>)> = req
+        .uri()
+        .query()?
+        .split('&')
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            let v = v.replace('+', " ");
+            (
+                k.to_owned(),
+                percent_encoding::percent_decode_str(&v).collect(),
+            )
+        })
+        .collect();
+    params
+        .iter()
+        .any(|(k, v)| k == "list-type" && v == b"2")
+        .then_some(params)
+}
+
+fn xml_response(body: RespBody) -> Response<RespBody> {
+    let mut resp = Response::new(body);
+    resp.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/xml"),
+    );
+    resp
+}
+
+/// A ListObjectsV2 page over `entries`, as S3 would answer `query`.
+fn canned_list_response(
+    entries: &[CannedEntry],
+    query: &[(String, Vec<u8>)],
+) -> Response<RespBody> {
+    let param = |name: &str| {
+        query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    let prefix = param("prefix").unwrap_or_default();
+    let delimiter = param("delimiter").filter(|d| !d.is_empty());
+    let url = param("encoding-type").as_deref() == Some(b"url".as_slice());
+    let show = |k: &[u8]| -> String {
+        if url {
+            percent_encoding::percent_encode(k, KEY_PATH).to_string()
+        } else {
+            String::from_utf8_lossy(k)
+                .replace('&', "&amp;")
+                .replace('<', "&lt;")
+                .replace('>', "&gt;")
+        }
+    };
+    let mut sorted: Vec<&CannedEntry> = entries
+        .iter()
+        .filter(|e| e.key.starts_with(&prefix))
+        .collect();
+    sorted.sort_by(|a, b| a.key.cmp(&b.key));
+    let mut contents = String::new();
+    let mut prefixes: Vec<Vec<u8>> = Vec::new();
+    for e in sorted {
+        let rest = &e.key[prefix.len()..];
+        if let Some(d) = &delimiter {
+            if let Some(i) = rest.windows(d.len()).position(|w| w == d.as_slice()) {
+                let p = e.key[..prefix.len() + i + d.len()].to_vec();
+                if prefixes.last() != Some(&p) {
+                    prefixes.push(p);
+                }
+                continue;
+            }
+        }
+        contents.push_str(&format!(
+            "<Contents><Key>{}</Key><LastModified>{}</LastModified><Size>{}</Size></Contents>",
+            show(&e.key),
+            e.last_modified,
+            e.size
+        ));
+    }
+    let common: String = prefixes
+        .iter()
+        .map(|p| {
+            format!(
+                "<CommonPrefixes><Prefix>{}</Prefix></CommonPrefixes>",
+                show(p)
+            )
+        })
+        .collect();
+    let xml = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<ListBucketResult><Name>canned</Name><Prefix>{}</Prefix>{}<IsTruncated>false</IsTruncated>{contents}{common}</ListBucketResult>",
+        show(&prefix),
+        if url { "<EncodingType>url</EncodingType>" } else { "" },
+    );
+    xml_response(
+        Full::new(Bytes::from(xml))
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    )
+}
+
+/// 200 with a `bytes`-long empty listing (most of it one XML comment), in 64 KiB chunks and
+/// without Content-Length, so only a reader that counts can tell its size.
+fn oversize_list_response(bytes: usize) -> Response<RespBody> {
+    const CHUNK: usize = 64 << 10;
+    let head = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<ListBucketResult><IsTruncated>false</IsTruncated><!--";
+    let tail = "--></ListBucketResult>";
+    let filler = bytes.saturating_sub(head.len() + tail.len());
+    let chunks = std::iter::once(Bytes::from_static(head.as_bytes()))
+        .chain(
+            (0..filler.div_ceil(CHUNK))
+                .map(move |i| Bytes::from(vec![b'x'; CHUNK.min(filler - i * CHUNK)])),
+        )
+        .chain(std::iter::once(Bytes::from_static(tail.as_bytes())))
+        .map(|b| Ok::<_, BoxError>(Frame::data(b)));
+    xml_response(StreamBody::new(futures::stream::iter(chunks)).boxed_unsync())
 }
