@@ -66,9 +66,49 @@ pub enum PlaceError {
     /// A component of the path is a symbolic link; stowage never follows them.
     #[error("a path component is a symbolic link")]
     Symlink,
+    /// The name no longer holds what the plan saw there (another writer, such as the
+    /// service, put or removed a file since): left as it is.
+    #[error("{0}")]
+    Changed(&'static str),
     /// Any other filesystem error.
     #[error(transparent)]
     Io(#[from] io::Error),
+}
+
+/// What a commit may replace under the final name, as seen when the copy was planned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// Nothing: the name must still be free (`RENAME_NOREPLACE`).
+    Absent,
+    /// Exactly this file, unchanged (`RENAME_EXCHANGE`, then the displaced inode is checked).
+    File(FileId),
+}
+
+/// Identity and state of a regular file: the same inode, size and mtime mean nobody wrote
+/// it in between (a rewrite in place changes the mtime, a replacement the inode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileId {
+    /// Device of the filesystem.
+    pub dev: u64,
+    /// Inode number.
+    pub ino: u64,
+    /// Apparent size in bytes.
+    pub size: u64,
+    /// Modification time.
+    pub mtime: SystemTime,
+}
+
+impl FileId {
+    // `stat` field widths differ between architectures; the casts are not all no-ops.
+    #[allow(clippy::unnecessary_cast)]
+    fn of(st: &rfs::Stat) -> FileId {
+        FileId {
+            dev: st.st_dev as u64,
+            ino: st.st_ino as u64,
+            size: st.st_size.max(0) as u64,
+            mtime: crate::walk::system_time(st.st_mtime as i64, st.st_mtime_nsec as i64),
+        }
+    }
 }
 
 impl PlaceError {
@@ -321,9 +361,7 @@ impl AtomicFile {
     /// durable by the caller, who must fsync the returned directory (or `syncfs`) before
     /// reporting the file as stored. Lets a bulk copy sync once instead of per file.
     pub fn commit_unsynced_dir(mut self) -> Result<OwnedFd, PlaceError> {
-        let file = self.file.take().expect("file present until commit");
-        file.sync_all()?;
-        drop(file);
+        self.file().sync_all()?;
         rfs::renameat(
             &self.dir,
             self.temp_name.as_str(),
@@ -331,10 +369,125 @@ impl AtomicFile {
             self.final_name.as_str(),
         )
         .map_err(PlaceError::from_errno)?;
+        self.committed()
+    }
+
+    /// Like [`AtomicFile::commit_unsynced_dir`], but never replaces a file the caller did
+    /// not plan to replace: with [`Expect::Absent`] the name must still be free, with
+    /// [`Expect::File`] it must still hold that very file, unchanged. Otherwise nothing is
+    /// replaced and the error is [`PlaceError::Changed`].
+    pub fn commit_unsynced_dir_expecting(mut self, expect: Expect) -> Result<OwnedFd, PlaceError> {
+        self.file().sync_all()?;
+        match expect {
+            Expect::Absent => self.rename_noreplace()?,
+            Expect::File(id) => self.exchange_checked(id)?,
+        }
+        self.committed()
+    }
+
+    /// The temp name is gone: nothing left for `Drop` to remove. The file stays open
+    /// (and its temp lock held) until here, so a temp sweep never takes it mid-commit.
+    fn committed(&mut self) -> Result<OwnedFd, PlaceError> {
         self.temp_name.clear();
+        self.file = None;
         Ok(self.dir.try_clone()?)
     }
+
+    fn rename_noreplace(&self) -> Result<(), PlaceError> {
+        let (temp, fin) = (self.temp_name.as_str(), self.final_name.as_str());
+        let res = match rfs::renameat_with(
+            &self.dir,
+            temp,
+            &self.dir,
+            fin,
+            rfs::RenameFlags::NOREPLACE,
+        ) {
+            // Filesystems without renameat2 flags: a hard link never replaces either.
+            Err(Errno::INVAL) | Err(Errno::NOSYS) => {
+                rfs::linkat(&self.dir, temp, &self.dir, fin, AtFlags::empty()).map(|()| {
+                    let _ = rfs::unlinkat(&self.dir, temp, AtFlags::empty());
+                })
+            }
+            other => other,
+        };
+        match res {
+            Ok(()) => Ok(()),
+            Err(Errno::EXIST) if self.final_is_dir() => Err(PlaceError::Clash),
+            Err(Errno::EXIST) => Err(PlaceError::Changed(WRITTEN_SINCE_PLANNING)),
+            Err(e) => Err(PlaceError::from_errno(e)),
+        }
+    }
+
+    /// Swaps the new file in, then checks that what it displaced (now under the temp
+    /// name) is `expected`; if not, swaps back. Readers see the new content only for
+    /// that moment, and no other writer's file is ever lost.
+    fn exchange_checked(&mut self, expected: FileId) -> Result<(), PlaceError> {
+        let (temp, fin) = (self.temp_name.clone(), self.final_name.clone());
+        let exchange = |dir: &OwnedFd| {
+            rfs::renameat_with(
+                dir,
+                temp.as_str(),
+                dir,
+                fin.as_str(),
+                rfs::RenameFlags::EXCHANGE,
+            )
+        };
+        match exchange(&self.dir) {
+            Ok(()) => {}
+            Err(Errno::NOENT) => return Err(PlaceError::Changed(REMOVED_SINCE_PLANNING)),
+            Err(Errno::INVAL) | Err(Errno::NOSYS) => {
+                // No RENAME_EXCHANGE here: check, then rename. The window between the two
+                // is the only one left; filesystems stowage targets (ext4, xfs, btrfs,
+                // tmpfs) never take this path.
+                return match self.stat_name(&fin) {
+                    Some(id) if id == expected => {
+                        rfs::renameat(&self.dir, temp.as_str(), &self.dir, fin.as_str())
+                            .map_err(PlaceError::from_errno)
+                    }
+                    Some(_) => Err(PlaceError::Changed(WRITTEN_SINCE_PLANNING)),
+                    None => Err(PlaceError::Changed(REMOVED_SINCE_PLANNING)),
+                };
+            }
+            Err(e) => return Err(PlaceError::from_errno(e)),
+        }
+        if self.stat_name(&temp) == Some(expected) {
+            let _ = rfs::unlinkat(&self.dir, temp.as_str(), AtFlags::empty());
+            return Ok(());
+        }
+        // Someone wrote the name since planning: put their file back.
+        exchange(&self.dir).map_err(PlaceError::from_errno)?;
+        let ours = FileId::of(&rfs::fstat(self.file()).map_err(io::Error::from)?);
+        if self
+            .stat_name(&temp)
+            .is_some_and(|id| id.ino != ours.ino || id.dev != ours.dev)
+        {
+            // Yet another file was renamed onto the name while ours was there: it is the
+            // newest, so it goes back under the final name too.
+            exchange(&self.dir).map_err(PlaceError::from_errno)?;
+        }
+        Err(PlaceError::Changed(WRITTEN_SINCE_PLANNING))
+    }
+
+    fn stat_name(&self, name: &str) -> Option<FileId> {
+        rfs::statat(&self.dir, name, AtFlags::SYMLINK_NOFOLLOW)
+            .ok()
+            .filter(|st| rfs::FileType::from_raw_mode(st.st_mode) == rfs::FileType::RegularFile)
+            .map(|st| FileId::of(&st))
+    }
+
+    fn final_is_dir(&self) -> bool {
+        rfs::statat(
+            &self.dir,
+            self.final_name.as_str(),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .is_ok_and(|st| rfs::FileType::from_raw_mode(st.st_mode) == rfs::FileType::Directory)
+    }
 }
+
+/// Why [`AtomicFile::commit_unsynced_dir_expecting`] left a name alone.
+const WRITTEN_SINCE_PLANNING: &str = "written locally since planning";
+const REMOVED_SINCE_PLANNING: &str = "removed locally since planning";
 
 impl Drop for AtomicFile {
     fn drop(&mut self) {
@@ -417,6 +570,12 @@ pub fn create_dir_beneath(root: &Path, key: &Key) -> Result<(), PlaceError> {
 /// Size and modification time of the regular file for `key`, if there is one (symlinks
 /// and other kinds of file count as absent).
 pub fn stat_file(root: &Path, key: &Key) -> io::Result<Option<(u64, SystemTime)>> {
+    Ok(stat_file_id(root, key)?.map(|id| (id.size, id.mtime)))
+}
+
+/// Like [`stat_file`], with the file's identity, so a later commit can check that it
+/// replaces this very file ([`Expect::File`]).
+pub fn stat_file_id(root: &Path, key: &Key) -> io::Result<Option<FileId>> {
     let dir = match open_parent_dir(root, key, false) {
         Ok(d) => d,
         Err(PlaceError::Io(e)) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -425,11 +584,24 @@ pub fn stat_file(root: &Path, key: &Key) -> io::Result<Option<(u64, SystemTime)>
     };
     match rfs::statat(&dir, key.file_name(), AtFlags::SYMLINK_NOFOLLOW) {
         Ok(st) if rfs::FileType::from_raw_mode(st.st_mode) == rfs::FileType::RegularFile => {
-            let mtime = SystemTime::UNIX_EPOCH
-                + std::time::Duration::new(st.st_mtime.max(0) as u64, st.st_mtime_nsec as u32);
-            Ok(Some((st.st_size as u64, mtime)))
+            Ok(Some(FileId::of(&st)))
         }
         Ok(_) | Err(Errno::NOENT) | Err(Errno::NOTDIR) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// True when `key` names a directory under `root` (reached without following symlinks).
+pub fn is_dir_beneath(root: &Path, key: &Key) -> io::Result<bool> {
+    let dir = match open_parent_dir(root, key, false) {
+        Ok(d) => d,
+        Err(PlaceError::Io(e)) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(PlaceError::Io(e)) => return Err(e),
+        Err(_) => return Ok(false),
+    };
+    match rfs::statat(&dir, key.file_name(), AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) => Ok(rfs::FileType::from_raw_mode(st.st_mode) == rfs::FileType::Directory),
+        Err(Errno::NOENT) | Err(Errno::NOTDIR) => Ok(false),
         Err(e) => Err(e.into()),
     }
 }

@@ -34,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 use crate::error::{Error, Result};
 use crate::etag::{self, ContentHasher, Verdict};
 use crate::key::Key;
-use crate::local::{self, AtomicFile, PlaceError, StoreLock};
+use crate::local::{self, AtomicFile, Expect, PlaceError, StoreLock};
 use crate::report::Reporter;
 use crate::s3::list::ListedObject;
 use crate::size::{human_bytes, SizeSpec};
@@ -116,6 +116,10 @@ pub struct MigrateSummary {
     pub failed: Vec<KeyReason>,
     /// Keys that cannot be stored safely, with the rule they break.
     pub rejected: Vec<KeyReason>,
+    /// Objects not copied because the local file is not what the bucket's version may
+    /// replace: written (or removed) locally since planning, or newer than the object.
+    /// The local file is left as it is.
+    pub conflicts: Vec<KeyReason>,
     /// Objects copied whose content could not be checked against their ETag.
     pub unverified: Vec<String>,
     /// Why each unverified object could not be checked.
@@ -132,9 +136,13 @@ pub struct MigrateSummary {
 }
 
 impl MigrateSummary {
-    /// True when some object failed, was rejected or is unverified.
+    /// True when some object failed, was rejected, is unverified or was left alone for a
+    /// newer local file.
     pub fn has_problems(&self) -> bool {
-        !self.failed.is_empty() || !self.rejected.is_empty() || !self.unverified.is_empty()
+        !self.failed.is_empty()
+            || !self.rejected.is_empty()
+            || !self.unverified.is_empty()
+            || !self.conflicts.is_empty()
     }
 }
 
@@ -143,10 +151,13 @@ impl MigrateSummary {
 struct Planned {
     key: Key,
     raw: ListedObject,
+    /// What the commit may replace: what was under the name when this was planned.
+    expect: Expect,
 }
 
 enum Class {
     Rejected(KeyReason),
+    Conflict(KeyReason),
     Folder(Option<Key>),
     Present,
     Copy(Planned),
@@ -159,6 +170,8 @@ enum Outcome {
     },
     Failed(String),
     Rejected(String),
+    /// Left alone: the local file changed since planning.
+    Conflict(String),
     Fatal(Error),
     /// Stopped by an interruption or a fatal error elsewhere; nothing left behind.
     Cancelled,
@@ -217,6 +230,10 @@ pub async fn s3_to_local(
                     Class::Rejected(kr) => {
                         reporter.note(&format!("rejected {:?}: {}", kr.key, kr.reason));
                         summary.rejected.push(kr);
+                    }
+                    Class::Conflict(kr) => {
+                        reporter.note(&format!("left alone {:?}: {}", kr.key, kr.reason));
+                        summary.conflicts.push(kr);
                     }
                     Class::Folder(k) => folders.extend(k),
                     Class::Present => summary.skipped += 1,
@@ -367,6 +384,14 @@ pub async fn s3_to_local(
                 });
                 reporter.item_done(&key, false);
             }
+            Outcome::Conflict(reason) => {
+                reporter.note(&format!("left alone {key:?}: {reason}"));
+                summary.conflicts.push(KeyReason {
+                    key: key.clone(),
+                    reason,
+                });
+                reporter.item_done(&key, false);
+            }
             Outcome::Fatal(e) => {
                 // Disk full, access revoked, listing lost: stop, drain, report.
                 if summary.aborted.is_none() {
@@ -476,12 +501,32 @@ fn classify(root: &Path, o: ListedObject) -> Class {
         }
         Placement::File(k) => k,
     };
-    match local::stat_file(root, &key) {
-        Ok(Some((size, mtime))) if size == o.size && same_time(mtime, o.last_modified) => {
-            Class::Present
+    let expect = match local::stat_file_id(root, &key) {
+        Ok(Some(id)) if id.size == o.size && same_time(id.mtime, o.last_modified) => {
+            return Class::Present
         }
-        _ => Class::Copy(Planned { key, raw: o }),
-    }
+        // The service wrote it after the bucket's version: never replaced by the older one.
+        Ok(Some(id)) if newer(id.mtime, o.last_modified) => {
+            return Class::Conflict(KeyReason {
+                key: o.key,
+                reason: "the local file is newer than the bucket's version (written locally since); left as it is".into(),
+            })
+        }
+        Ok(Some(id)) => Expect::File(id),
+        // Unreadable or absent: the commit must then find the name free.
+        Ok(None) | Err(_) => Expect::Absent,
+    };
+    Class::Copy(Planned {
+        key,
+        raw: o,
+        expect,
+    })
+}
+
+/// True when a local mtime is later than LastModified (compared to the millisecond, as
+/// listings give it).
+fn newer(mtime: SystemTime, lm: DateTime<Utc>) -> bool {
+    DateTime::<Utc>::from(mtime).timestamp_millis() > lm.timestamp_millis()
 }
 
 /// Local mtimes are set from LastModified, which listings give to the millisecond.
@@ -718,11 +763,12 @@ async fn copy_one(ctx: &CopyCtx, p: Planned, reporter: &dyn Reporter) -> Outcome
         }
         // The body is complete: write what is held, check it, then place it, in one
         // blocking task.
-        let (root, key, etag2, lm) = (
+        let (root, key, etag2, lm, expect) = (
             ctx.root.clone(),
             p.key.clone(),
             etag.clone(),
             p.raw.last_modified,
+            p.expect,
         );
         let ct = content_type.clone();
         let rest = std::mem::take(&mut buf);
@@ -759,7 +805,8 @@ async fn copy_one(ctx: &CopyCtx, p: Planned, reporter: &dyn Reporter) -> Outcome
                 }
                 // The data is fsynced before the rename; the renames of the whole run are
                 // made durable by one syncfs before the summary is returned.
-                file.commit_unsynced_dir()?;
+                // Never over a file the plan did not see there.
+                file.commit_unsynced_dir_expecting(expect)?;
                 Ok(Finished::Committed { unverified })
             })
             .await
@@ -905,6 +952,7 @@ async fn backoff(attempt: u32) {
 fn place_outcome(root: &Path, key: &Key, e: PlaceError) -> Outcome {
     match e {
         PlaceError::Io(io) => io_outcome(root, key, io),
+        PlaceError::Changed(reason) => Outcome::Conflict(reason.into()),
         other => Outcome::Rejected(other.to_string()),
     }
 }
@@ -1026,6 +1074,9 @@ pub async fn local_to_s3(
             UploadOutcome::Done(Outcome::Fatal(e)) => {
                 summary.aborted = Some(e.to_string());
                 break;
+            }
+            UploadOutcome::Done(Outcome::Conflict(reason)) => {
+                summary.conflicts.push(KeyReason { key, reason });
             }
             UploadOutcome::Done(Outcome::Cancelled) => {}
         }

@@ -602,3 +602,131 @@ fn migrate_under_way(
     }
     child
 }
+
+/// Writes files through a local `BlobStore` (as the service does) when migrate enters its
+/// copy phase: after planning, before any commit.
+struct ServiceWritesWhenCopying {
+    root: std::path::PathBuf,
+    files: Vec<(&'static str, &'static [u8])>,
+}
+
+impl stowage::Reporter for ServiceWritesWhenCopying {
+    fn phase(&self, name: &str, _items: Option<u64>, _bytes: Option<u64>) {
+        if name != "copying" {
+            return;
+        }
+        let (root, files) = (self.root.clone(), self.files.clone());
+        // Its own runtime: the reporter is called from migrate's async context.
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let service = stowage::BlobStore::local(root).unwrap();
+                for (k, data) in files {
+                    let key = stowage::Key::new(k).unwrap();
+                    service.put(&key, data.to_vec().into()).await.unwrap();
+                }
+            })
+        })
+        .join()
+        .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_file_the_service_writes_after_planning_is_never_replaced() {
+    let s3 = TestS3::start();
+    seed(
+        &s3,
+        &[
+            ("clips/new/video.mp4".into(), 1000),
+            ("clips/old/video.mp4".into(), 1000),
+            ("clips/other/video.mp4".into(), 1000),
+        ],
+    )
+    .await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join("store");
+    // An older, different local copy the plan will see and mean to replace.
+    std::fs::create_dir_all(dest.join("clips/old")).unwrap();
+    let stale = dest.join("clips/old/video.mp4");
+    std::fs::write(&stale, b"stale").unwrap();
+    let old = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+    std::fs::File::options()
+        .write(true)
+        .open(&stale)
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+
+    let reporter = ServiceWritesWhenCopying {
+        root: dest.clone(),
+        files: vec![
+            ("clips/new/video.mp4", b"NEW-SERVICE-RENDER"),
+            ("clips/old/video.mp4", b"RE-RENDERED-BY-THE-SERVICE"),
+        ],
+    };
+    let opts = stowage::ops::migrate::MigrateOptions::default();
+    let summary = stowage::ops::migrate::s3_to_local(&s3.blob_store(), &dest, &opts, &reporter)
+        .await
+        .unwrap();
+
+    let now = tree(&dest);
+    assert_eq!(now["clips/new/video.mp4"], digest(b"NEW-SERVICE-RENDER"));
+    assert_eq!(
+        now["clips/old/video.mp4"],
+        digest(b"RE-RENDERED-BY-THE-SERVICE")
+    );
+    assert_eq!(
+        now["clips/other/video.mp4"],
+        digest(&body("clips/other/video.mp4", 1000))
+    );
+    assert_eq!(summary.copied, 1, "{summary:?}");
+    let mut conflicts: Vec<&str> = summary.conflicts.iter().map(|c| c.key.as_str()).collect();
+    conflicts.sort();
+    assert_eq!(
+        conflicts,
+        ["clips/new/video.mp4", "clips/old/video.mp4"],
+        "{summary:?}"
+    );
+    assert!(summary
+        .conflicts
+        .iter()
+        .all(|c| c.reason.contains("written locally since planning")));
+    assert!(summary.has_problems());
+    let leftovers: Vec<String> = tree(&dest)
+        .into_keys()
+        .filter(|k| k.contains(".stowage-tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_local_file_newer_than_the_object_is_left_alone_and_reported() {
+    let s3 = TestS3::start();
+    seed(&s3, &[("clips/j1/video.mp4".into(), 1000)]).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join("store");
+    std::fs::create_dir_all(dest.join("clips/j1")).unwrap();
+    // Written by the service after the bucket's version (its mtime is now).
+    std::fs::write(dest.join("clips/j1/video.mp4"), b"NEW-SERVICE-RENDER").unwrap();
+
+    let r = migrate(&s3, &dest, &["--json"]);
+    assert_eq!(r.code, 1, "a conflict is reported as a problem: {r:?}");
+    let j = r.json();
+    assert_eq!(j["copied"], 0, "{j}");
+    assert_eq!(j["conflicts"][0]["key"], "clips/j1/video.mp4", "{j}");
+    assert!(
+        j["conflicts"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("newer than the bucket's version"),
+        "{j}"
+    );
+    assert_eq!(
+        std::fs::read(dest.join("clips/j1/video.mp4")).unwrap(),
+        b"NEW-SERVICE-RENDER"
+    );
+}
