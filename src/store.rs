@@ -365,6 +365,19 @@ impl BlobStore {
         let file = tokio::fs::File::open(path)
             .await
             .map_err(|e| Error::io("open", path, e))?;
+        self.put_open_file(key, file.into_std().await, content_type)
+            .await
+    }
+
+    /// Stores what `file` holds from its current offset under `key`, streaming it. For
+    /// callers that opened (and checked) the file themselves: no path is resolved again.
+    pub async fn put_open_file(
+        &self,
+        key: &Key,
+        file: std::fs::File,
+        content_type: Option<&str>,
+    ) -> Result<()> {
+        let file = tokio::fs::File::from_std(file);
         let stream = tokio_util::io::ReaderStream::with_capacity(file, READ_CHUNK);
         self.put_stream(key, stream, content_type).await
     }

@@ -1093,12 +1093,26 @@ enum UploadOutcome {
     Done(Outcome),
 }
 
-/// A regular file found under the source root: its key (or why it is not one) and path.
+/// A regular file found under the source root: its key (or why it is not one), the walk
+/// entry it came from (read through its parent's handle, never by path) and its path
+/// (for messages).
 struct LocalFile {
     rel: String,
     key: std::result::Result<Key, String>,
+    entry: crate::walk::Entry,
     path: PathBuf,
     size: u64,
+}
+
+/// Runs `f` on the blocking pool with a shared handle to `file`.
+async fn with_file<T: Send + 'static>(
+    file: &Arc<std::fs::File>,
+    f: impl FnOnce(&std::fs::File) -> T + Send + 'static,
+) -> T {
+    let file = Arc::clone(file);
+    tokio::task::spawn_blocking(move || f(&file))
+        .await
+        .expect("file reads do not panic")
 }
 
 async fn upload_one(
@@ -1113,6 +1127,17 @@ async fn upload_one(
         Err(reason) => return (f.rel, UploadOutcome::Done(Outcome::Rejected(reason))),
     };
     let name = key.to_string();
+    let failed = |reason: String| UploadOutcome::Done(Outcome::Failed(reason));
+    // One handle for the hash, the xattr and the upload: the very inode the walk saw, so
+    // a file swapped for a link to something outside the store is never read.
+    let entry = f.entry.clone();
+    let file = match tokio::task::spawn_blocking(move || entry.open_file())
+        .await
+        .expect("open does not panic")
+    {
+        Ok(file) => Arc::new(file),
+        Err(e) => return (name, failed(format!("{}: {e}", f.path.display()))),
+    };
     if let Some((size, etag)) = existing.get(&name) {
         if *size == f.size {
             // Some servers list without ETags (s3s-fs): ask for it.
@@ -1120,11 +1145,11 @@ async fn upload_one(
                 Some(e) => Some(e.clone()),
                 None => dst.head(&key).await.ok().and_then(|m| m.etag),
             };
-            let (path, size) = (f.path.clone(), *size);
-            let same =
-                tokio::task::spawn_blocking(move || etag::check_file(&path, size, etag.as_deref()))
-                    .await
-                    .expect("hashing does not panic");
+            let size = *size;
+            let same = with_file(&file, move |fh| {
+                etag::check_open_file(fh, size, etag.as_deref())
+            })
+            .await;
             if matches!(same, Ok(Verdict::Match { .. })) {
                 reporter.bytes_done(f.size);
                 return (name, UploadOutcome::Skipped);
@@ -1134,17 +1159,12 @@ async fn upload_one(
     if dry_run {
         return (name, UploadOutcome::WouldCopy(f.size));
     }
-    let ct = {
-        let path = f.path.clone();
-        tokio::task::spawn_blocking(move || {
-            std::fs::File::open(path)
-                .ok()
-                .and_then(|fh| local::read_content_type(&fh))
-        })
-        .await
-        .expect("xattr read does not panic")
+    let ct = with_file(&file, local::read_content_type).await;
+    let upload = match file.try_clone() {
+        Ok(fh) => fh,
+        Err(e) => return (name, failed(format!("{}: {e}", f.path.display()))),
     };
-    if let Err(e) = dst.put_file(&key, &f.path, ct.as_deref()).await {
+    if let Err(e) = dst.put_open_file(&key, upload, ct.as_deref()).await {
         return (
             name,
             UploadOutcome::Done(match e {
@@ -1160,26 +1180,24 @@ async fn upload_one(
         Err(e) => {
             return (
                 name,
-                UploadOutcome::Done(Outcome::Failed(format!(
-                    "uploaded but cannot be read back: {e}"
-                ))),
+                failed(format!("uploaded but cannot be read back: {e}")),
             )
         }
     };
     if meta.size != f.size {
         return (
             name,
-            UploadOutcome::Done(Outcome::Failed(format!(
+            failed(format!(
                 "uploaded {} bytes but the bucket holds {}",
                 f.size, meta.size
-            ))),
+            )),
         );
     }
-    let (path, size, etag) = (f.path.clone(), f.size, meta.etag.clone());
-    let verdict =
-        tokio::task::spawn_blocking(move || etag::check_file(&path, size, etag.as_deref()))
-            .await
-            .expect("no panic");
+    let (size, etag) = (f.size, meta.etag.clone());
+    let verdict = with_file(&file, move |fh| {
+        etag::check_open_file(fh, size, etag.as_deref())
+    })
+    .await;
     let outcome = match verdict {
         Ok(Verdict::Match { .. }) => Outcome::Copied {
             bytes: f.size,
@@ -1213,6 +1231,7 @@ fn local_files(root: PathBuf, prefix: String) -> BoxStream<'static, Result<Local
                 key,
                 path: root.join(e.path()),
                 size: e.size(),
+                entry: e,
             })
         })
         .boxed()

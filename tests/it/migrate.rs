@@ -730,3 +730,74 @@ async fn a_local_file_newer_than_the_object_is_left_alone_and_reported() {
         b"NEW-SERVICE-RENDER"
     );
 }
+
+/// Once the first file is uploaded, swaps every other listed file for a symlink to
+/// `target` (outside the store): the walk has already seen them as regular files.
+struct SwapForLinkAfterFirstUpload {
+    files: Vec<std::path::PathBuf>,
+    target: std::path::PathBuf,
+    swapped: std::sync::Mutex<Vec<String>>,
+}
+
+impl stowage::Reporter for SwapForLinkAfterFirstUpload {
+    fn item_done(&self, key: &str, _ok: bool) {
+        let mut swapped = self.swapped.lock().unwrap();
+        if !swapped.is_empty() {
+            return;
+        }
+        for f in &self.files {
+            if !f.ends_with(key) {
+                std::fs::remove_file(f).unwrap();
+                std::os::unix::fs::symlink(&self.target, f).unwrap();
+                swapped.push(f.display().to_string());
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn local_to_s3_never_uploads_a_file_swapped_for_a_symlink_after_the_walk() {
+    let s3 = TestS3::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("store");
+    std::fs::create_dir_all(src.join("clips/a")).unwrap();
+    std::fs::create_dir_all(src.join("clips/b")).unwrap();
+    let secret = tmp.path().join("secret.txt");
+    std::fs::write(&secret, b"OUTSIDE-THE-STORE").unwrap();
+    let files = vec![src.join("clips/a/video.mp4"), src.join("clips/b/video.mp4")];
+    for f in &files {
+        std::fs::write(f, b"a clip").unwrap();
+    }
+    let reporter = SwapForLinkAfterFirstUpload {
+        files: files.clone(),
+        target: secret,
+        swapped: Default::default(),
+    };
+    let opts = stowage::ops::migrate::MigrateOptions {
+        concurrency: 1,
+        ..Default::default()
+    };
+    let summary = stowage::ops::migrate::local_to_s3(&src, &s3.blob_store(), &opts, &reporter)
+        .await
+        .unwrap();
+
+    assert_eq!(summary.listed, 2, "the walk saw both files: {summary:?}");
+    assert_eq!(reporter.swapped.lock().unwrap().len(), 1);
+    let store = s3.object_store();
+    for k in ["clips/a/video.mp4", "clips/b/video.mp4"] {
+        if let Ok(got) = store.get(&ObjPath::parse(k).unwrap()).await {
+            let got = got.bytes().await.unwrap();
+            assert_eq!(
+                String::from_utf8_lossy(&got),
+                "a clip",
+                "{k}: content from outside the store"
+            );
+        }
+    }
+    assert_eq!(summary.copied, 1, "{summary:?}");
+    assert_eq!(summary.failed.len(), 1, "{summary:?}");
+    assert!(
+        summary.failed[0].reason.contains("symbolic link"),
+        "{summary:?}"
+    );
+}
