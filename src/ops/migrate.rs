@@ -205,6 +205,13 @@ pub async fn s3_to_local(
             format!("{} is relative; give an absolute directory", dest.display()),
         ));
     }
+    // The lock comes before the listing: a cleanup during a long listing would otherwise
+    // delete files the plan counts as present. A dry run writes nothing and takes none.
+    let mut lock = if opts.dry_run {
+        None
+    } else {
+        Some(RunLock::take(dest)?)
+    };
     // 1. Plan.
     reporter.phase("listing", None, None);
     let mut buffered: Option<Vec<Planned>> = Some(Vec::new());
@@ -266,15 +273,11 @@ pub async fn s3_to_local(
         summary.elapsed_s = started.elapsed().as_secs_f64();
         return Ok(summary);
     }
-    // Nothing is written before the preflight passed: then the directory, the lock that
-    // keeps a concurrent cleanup or migration out, and the removal of temp files left by
-    // an interrupted run.
-    std::fs::create_dir_all(dest).map_err(|e| Error::io("create directory", dest, e))?;
-    let _lock = StoreLock::try_acquire(dest)
-        .map_err(|e| Error::io("lock", dest.join(local::LOCK_FILE_NAME), e))?
-        .ok_or_else(|| Error::Locked {
-            path: dest.join(local::LOCK_FILE_NAME),
-        })?;
+    // Nothing but the lock is written before the preflight passed; from here on the
+    // directory and lock file stay. Then the removal of temp files left by a killed run.
+    if let Some(lock) = &mut lock {
+        lock.keep();
+    }
     let removed = remove_leftover_temp_files(dest).await?;
     if removed > 0 {
         reporter.note(&format!(
@@ -415,6 +418,59 @@ pub async fn s3_to_local(
     }
     summary.elapsed_s = started.elapsed().as_secs_f64();
     Ok(summary)
+}
+
+/// The store lock of a run, taken before planning. Until [`RunLock::keep`], dropping it
+/// removes the lock file and destination directory it created, so a run refused before
+/// copying (no space, no credentials, nothing to do) leaves the disk as it found it.
+struct RunLock {
+    dest: PathBuf,
+    lock: Option<StoreLock>,
+    created_dir: bool,
+    created_lock_file: bool,
+}
+
+impl RunLock {
+    fn take(dest: &Path) -> Result<RunLock> {
+        let created_dir = !dest.exists();
+        std::fs::create_dir_all(dest).map_err(|e| Error::io("create directory", dest, e))?;
+        let lock_path = dest.join(local::LOCK_FILE_NAME);
+        let mut run = RunLock {
+            dest: dest.to_path_buf(),
+            lock: None,
+            created_dir,
+            created_lock_file: !lock_path.exists(),
+        };
+        match StoreLock::try_acquire(dest) {
+            Ok(Some(l)) => run.lock = Some(l),
+            Ok(None) => {
+                // Another run's lock file: never ours to remove.
+                run.created_lock_file = false;
+                return Err(Error::Locked { path: lock_path });
+            }
+            Err(e) => return Err(Error::io("lock", lock_path, e)),
+        }
+        Ok(run)
+    }
+
+    /// The run writes: what was created stays.
+    fn keep(&mut self) {
+        self.created_dir = false;
+        self.created_lock_file = false;
+    }
+}
+
+impl Drop for RunLock {
+    fn drop(&mut self) {
+        // The file is removed while still locked, then the lock released.
+        if self.created_lock_file {
+            let _ = std::fs::remove_file(self.dest.join(local::LOCK_FILE_NAME));
+        }
+        drop(self.lock.take());
+        if self.created_dir {
+            let _ = std::fs::remove_dir(&self.dest);
+        }
+    }
 }
 
 struct CopyCtx {

@@ -801,3 +801,42 @@ async fn local_to_s3_never_uploads_a_file_swapped_for_a_symlink_after_the_walk()
         "{summary:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_store_is_locked_before_the_listing_starts() {
+    let s3 = TestS3::start();
+    let want = seed(&s3, &[("clips/1/video.mp4".into(), 1000)]).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join("store");
+    s3.faults().delay_next_lists(1, Duration::from_secs(2));
+    let child = stowage(
+        Some(&s3),
+        &[
+            "migrate",
+            "s3-to-local",
+            "--dest",
+            &dest_arg(&dest),
+            "--json",
+        ],
+    )
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    for _ in 0..1000 {
+        if s3.faults().lists() > 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(s3.faults().lists() > 0, "the listing never started");
+    // The first listing request is being held: a cleanup now must find the store locked.
+    let lock = stowage::local::StoreLock::try_acquire(&dest);
+    assert!(
+        matches!(lock, Ok(None)),
+        "the store is not locked while migrate lists it: {lock:?}"
+    );
+    let r = crate::support::cli::output(child.wait_with_output().unwrap());
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(tree(&dest), want);
+}

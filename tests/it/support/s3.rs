@@ -389,6 +389,8 @@ pub struct Faults {
     gets: AtomicU64,
     fail: Mutex<VecDeque<u16>>,
     get_faults: Mutex<VecDeque<GetFault>>,
+    lists: AtomicU64,
+    list_delays: Mutex<VecDeque<Duration>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -423,6 +425,20 @@ impl Faults {
             .lock()
             .unwrap()
             .extend(std::iter::repeat_n(GetFault::Corrupt, n));
+    }
+
+    /// Holds the next `n` bucket listings (ListObjects) for `delay` before answering, to
+    /// catch what a client does while a long listing runs.
+    pub fn delay_next_lists(&self, n: usize, delay: Duration) {
+        self.list_delays
+            .lock()
+            .unwrap()
+            .extend(std::iter::repeat_n(delay, n));
+    }
+
+    /// Bucket listings seen so far (counted when they arrive, before any delay).
+    pub fn lists(&self) -> u64 {
+        self.lists.load(Ordering::SeqCst)
     }
 
     /// Requests seen so far, of any kind (failed ones included).
@@ -471,6 +487,13 @@ async fn with_faults(
     let get_object = is_get_object(&req);
     if get_object {
         faults.gets.fetch_add(1, Ordering::SeqCst);
+    }
+    if req.method() == hyper::Method::GET && object_path(&req).is_none() {
+        faults.lists.fetch_add(1, Ordering::SeqCst);
+        let delay = faults.list_delays.lock().unwrap().pop_front();
+        if let Some(delay) = delay {
+            tokio::time::sleep(delay).await;
+        }
     }
     if let Some(status) = faults.fail.lock().unwrap().pop_front() {
         return Ok(error_response(status));
