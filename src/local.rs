@@ -215,7 +215,26 @@ pub struct AtomicFile {
 
 impl AtomicFile {
     /// Creates the temp file for `key` under `root`, creating parent directories.
+    ///
+    /// The temp file stays locked (`flock`, shared) until committed or dropped, so a sweep
+    /// of leftover temp files ([`remove_if_stale_temp`]) never takes a live writer's. A
+    /// parent directory removed meanwhile by another writer pruning empty directories
+    /// ([`remove`]) is created again.
     pub fn create(root: &Path, key: &Key) -> Result<AtomicFile, PlaceError> {
+        let mut attempt = 0;
+        loop {
+            match AtomicFile::create_once(root, key) {
+                Err(PlaceError::Io(e))
+                    if e.kind() == io::ErrorKind::NotFound && attempt < CREATE_ATTEMPTS =>
+                {
+                    attempt += 1;
+                }
+                res => return res,
+            }
+        }
+    }
+
+    fn create_once(root: &Path, key: &Key) -> Result<AtomicFile, PlaceError> {
         let dir = open_parent_dir(root, key, true)?;
         let final_name = key.file_name().to_owned();
         // Refuse early if the final name is a directory: the rename would fail only
@@ -234,13 +253,20 @@ impl AtomicFile {
                 Mode::from_raw_mode(0o644),
             ) {
                 Ok(fd) => {
+                    rfs::flock(&fd, rfs::FlockOperation::LockShared).map_err(io::Error::from)?;
+                    // A sweep may have taken the file between its creation and the lock.
+                    let ours = rfs::fstat(&fd).map_err(io::Error::from)?;
+                    match rfs::statat(&dir, temp_name.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
+                        Ok(st) if st.st_ino == ours.st_ino && st.st_dev == ours.st_dev => {}
+                        _ => continue,
+                    }
                     return Ok(AtomicFile {
                         dir,
                         temp_name,
                         final_name,
                         file: Some(File::from(fd)),
                         final_path: key.to_path(root),
-                    })
+                    });
                 }
                 Err(Errno::EXIST) => continue,
                 Err(e) => return Err(PlaceError::from_errno(e)),
@@ -485,6 +511,49 @@ impl AtomicFile {
     }
 }
 
+/// Tries of [`AtomicFile::create`] when a parent directory vanishes under it (another
+/// writer pruned it as empty): each try creates it again, so a few always suffice unless
+/// something keeps removing it.
+const CREATE_ATTEMPTS: u32 = 5;
+
+/// Removes the temp file `name` in `dir` if no live writer holds it, i.e. it was left by
+/// a killed process. Every [`AtomicFile`] holds a shared `flock` on its temp file until
+/// it is committed or dropped, and the kernel releases it when the process dies; so an
+/// exclusive lock that can be taken means nobody is writing it. The age of the file says
+/// nothing here: a running service's upload may stall for an hour, and a run killed a
+/// second ago leaves temp files no one will finish. Returns whether it was removed.
+pub fn remove_if_stale_temp(dir: &impl AsFd, name: &OsStr) -> io::Result<bool> {
+    if !is_temp_name(name) {
+        return Ok(false);
+    }
+    let fd = match rfs::openat(
+        dir,
+        name,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(fd) => fd,
+        Err(Errno::NOENT) => return Ok(false),
+        Err(e) => return Err(e.into()),
+    };
+    match rfs::flock(&fd, rfs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => {}
+        Err(Errno::WOULDBLOCK) => return Ok(false),
+        Err(e) => return Err(e.into()),
+    }
+    // Still the same file under that name (not one created since we opened it)?
+    let ours = rfs::fstat(&fd)?;
+    match rfs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) if st.st_ino == ours.st_ino && st.st_dev == ours.st_dev => {}
+        _ => return Ok(false),
+    }
+    match rfs::unlinkat(dir, name, AtFlags::empty()) {
+        Ok(()) => Ok(true),
+        Err(Errno::NOENT) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Why [`AtomicFile::commit_unsynced_dir_expecting`] left a name alone.
 const WRITTEN_SINCE_PLANNING: &str = "written locally since planning";
 const REMOVED_SINCE_PLANNING: &str = "removed locally since planning";
@@ -643,4 +712,56 @@ pub fn sync_filesystem(root: &Path) -> io::Result<()> {
     let dir = open_root(root)?;
     rfs::syncfs(&dir)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two writers putting and removing siblings: each removal prunes the directories it
+    /// emptied, which used to make the other's put fail with ENOENT.
+    #[test]
+    fn a_put_survives_its_parent_being_pruned_by_a_sibling_removal() {
+        let tmp = tempfile::tempdir().unwrap();
+        let writers: Vec<_> = ["x", "y"]
+            .into_iter()
+            .map(|name| {
+                let root = tmp.path().to_path_buf();
+                std::thread::spawn(move || {
+                    let key = Key::new(format!("a/b/c/{name}")).unwrap();
+                    for i in 0..500 {
+                        let mut f = AtomicFile::create(&root, &key)
+                            .unwrap_or_else(|e| panic!("create #{i}: {e}"));
+                        f.write_all(b"clip").unwrap();
+                        f.commit().unwrap_or_else(|e| panic!("commit #{i}: {e}"));
+                        remove(&root, &key).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for w in writers {
+            w.join().unwrap();
+        }
+    }
+
+    #[test]
+    fn only_temp_files_no_writer_holds_are_stale() {
+        let tmp = tempfile::tempdir().unwrap();
+        let key = Key::new("clips/live.mp4").unwrap();
+        let mut live = AtomicFile::create(tmp.path(), &key).unwrap();
+        live.write_all(b"in flight").unwrap();
+        let dir = tmp.path().join("clips");
+        std::fs::write(dir.join(".stowage-tmp.00000000deadbeef"), b"left by a kill").unwrap();
+        let dir_fd = open_root(&dir).unwrap();
+        let mut removed = Vec::new();
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let name = e.unwrap().file_name();
+            if remove_if_stale_temp(&dir_fd, &name).unwrap() {
+                removed.push(name);
+            }
+        }
+        assert_eq!(removed, [OsStr::new(".stowage-tmp.00000000deadbeef")]);
+        live.commit().unwrap();
+        assert_eq!(std::fs::read(dir.join("live.mp4")).unwrap(), b"in flight");
+    }
 }

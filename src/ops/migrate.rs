@@ -684,7 +684,9 @@ fn store_bytes(root: &Path) -> Result<u64> {
     Ok(total)
 }
 
-/// Removes `.stowage-tmp.*` files left by a killed run. Returns how many.
+/// Removes `.stowage-tmp.*` files left by a killed process, never those a live writer
+/// (the service's `put`, another process) is still writing: see
+/// [`local::remove_if_stale_temp`]. Returns how many.
 async fn remove_leftover_temp_files(root: &Path) -> Result<u64> {
     let root = root.to_path_buf();
     tokio::task::spawn_blocking(move || {
@@ -693,8 +695,7 @@ async fn remove_leftover_temp_files(root: &Path) -> Result<u64> {
             let Ok(e) = entry else { continue };
             if e.kind() == EntryKind::File
                 && local::is_temp_name(e.file_name())
-                && rustix::fs::unlinkat(e.parent_fd(), e.file_name(), rustix::fs::AtFlags::empty())
-                    .is_ok()
+                && local::remove_if_stale_temp(&e.parent_fd(), e.file_name()).unwrap_or(false)
             {
                 removed += 1;
             }

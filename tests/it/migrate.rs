@@ -840,3 +840,29 @@ async fn the_store_is_locked_before_the_listing_starts() {
     assert_eq!(r.code, 0, "{r:?}");
     assert_eq!(tree(&dest), want);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_temp_sweep_keeps_a_live_writers_temp_file() {
+    let s3 = TestS3::start();
+    let want = seed(&s3, &[("clips/1/video.mp4".into(), 1000)]).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join("store");
+    std::fs::create_dir_all(dest.join("clips/live")).unwrap();
+    // The service's put, in flight while migrate starts.
+    let key = stowage::Key::new("clips/live/video.mp4").unwrap();
+    let mut live = stowage::local::AtomicFile::create(&dest, &key).unwrap();
+    live.write_all(b"NEW-SERVICE-RENDER").unwrap();
+    // And one left by a killed run.
+    std::fs::write(dest.join("clips/.stowage-tmp.00000000deadbeef"), b"partial").unwrap();
+
+    let r = migrate(&s3, &dest, &["--json"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        !dest.join("clips/.stowage-tmp.00000000deadbeef").exists(),
+        "a dead writer's temp file is swept"
+    );
+    live.commit().expect("the live put commits");
+    let mut want = want;
+    want.insert("clips/live/video.mp4".into(), digest(b"NEW-SERVICE-RENDER"));
+    assert_eq!(tree(&dest), want);
+}
