@@ -349,13 +349,17 @@ impl BlobStore {
                         })?;
                         w.write_all(&chunk).await.map_err(|e| o.io_err(key, e))?;
                     }
-                    w.shutdown().await.map_err(|e| o.io_err(key, e))
+                    Ok(())
                 }
                 .await;
-                if res.is_err() {
+                if let Err(e) = res {
+                    // Abort any multipart upload under way (parts are billed until then).
                     let _ = w.abort().await;
+                    return Err(e);
                 }
-                res
+                // Once shut down the writer cannot be aborted (object_store panics): a failed
+                // final PUT or CompleteMultipartUpload is returned as is.
+                w.shutdown().await.map_err(|e| o.io_err(key, e))
             }
         }
     }

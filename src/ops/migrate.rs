@@ -56,6 +56,8 @@ const WRITE_BUFFER: usize = 256 << 10;
 /// stream holds up to a write buffer plus the HTTP client's read buffer: this cap, not
 /// `concurrency`, keeps peak RSS flat whatever the object size.
 const MAX_STREAMS: usize = 16;
+/// Bytes read from a local file per chunk of an upload (the stop check runs per chunk).
+const UPLOAD_CHUNK: usize = 256 << 10;
 /// Attempts per object for broken or corrupt bodies.
 const MAX_ATTEMPTS: u32 = 6;
 
@@ -1077,15 +1079,19 @@ pub async fn local_to_s3(
         None,
     );
     let existing = Arc::new(existing);
-    // Uploads are atomic on S3: once stopped, no new ones start and those in flight
-    // finish, so the summary counts exactly what is in the bucket.
+    // Uploads are atomic on S3. Once stopped (interrupted, or a fatal error), no new ones
+    // start, and those in flight stop at their next chunk, aborting their multipart
+    // upload; the loop below drains them, so the summary counts exactly what is in the
+    // bucket and no parts are left behind.
+    let stop = opts.cancel.child_token();
     let mut running = files
-        .take_until(Box::pin(opts.cancel.clone().cancelled_owned()))
+        .take_until(Box::pin(stop.clone().cancelled_owned()))
         .map(|f| {
             let existing = Arc::clone(&existing);
+            let stop = &stop;
             async move {
                 match f {
-                    Ok(f) => upload_one(dst, f, &existing, opts.dry_run, reporter).await,
+                    Ok(f) => upload_one(dst, f, &existing, opts.dry_run, stop, reporter).await,
                     // An unreadable directory is one failure, not the end of the run.
                     Err(e) => (
                         String::new(),
@@ -1129,8 +1135,11 @@ pub async fn local_to_s3(
                 summary.rejected.push(KeyReason { key, reason });
             }
             UploadOutcome::Done(Outcome::Fatal(e)) => {
-                summary.aborted = Some(e.to_string());
-                break;
+                // Access revoked, bucket gone: stop, drain, report.
+                if summary.aborted.is_none() {
+                    summary.aborted = Some(e.to_string());
+                }
+                stop.cancel();
             }
             UploadOutcome::Done(Outcome::Conflict(reason)) => {
                 summary.conflicts.push(KeyReason { key, reason });
@@ -1177,6 +1186,7 @@ async fn upload_one(
     f: LocalFile,
     existing: &std::collections::HashMap<String, (u64, Option<String>)>,
     dry_run: bool,
+    stop: &CancellationToken,
     reporter: &dyn Reporter,
 ) -> (String, UploadOutcome) {
     let key = match f.key {
@@ -1221,11 +1231,21 @@ async fn upload_one(
         Ok(fh) => fh,
         Err(e) => return (name, failed(format!("{}: {e}", f.path.display()))),
     };
-    if let Err(e) = dst.put_open_file(&key, upload, ct.as_deref()).await {
+    // A stopped run ends the body with an error, which aborts a multipart upload.
+    let body = tokio_util::io::ReaderStream::with_capacity(
+        tokio::fs::File::from_std(upload),
+        UPLOAD_CHUNK,
+    )
+    .map(|chunk| match stop.is_cancelled() {
+        true => Err(std::io::Error::other("migration stopped")),
+        false => chunk,
+    });
+    if let Err(e) = dst.put_stream(&key, body, ct.as_deref()).await {
         return (
             name,
             UploadOutcome::Done(match e {
                 e @ (Error::AccessDenied { .. } | Error::NoSuchBucket { .. }) => Outcome::Fatal(e),
+                _ if stop.is_cancelled() => Outcome::Cancelled,
                 e => Outcome::Failed(e.to_string()),
             }),
         );

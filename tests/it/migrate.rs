@@ -866,3 +866,52 @@ async fn the_temp_sweep_keeps_a_live_writers_temp_file() {
     want.insert("clips/live/video.mp4".into(), digest(b"NEW-SERVICE-RENDER"));
     assert_eq!(tree(&dest), want);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn local_to_s3_stopped_by_a_fatal_error_aborts_its_multipart_uploads() {
+    let s3 = TestS3::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path();
+    std::fs::create_dir_all(src.join("clips")).unwrap();
+    // A multipart upload of 12 parts, each held for a second: more than object_store
+    // keeps in flight (8), so its body is still being read when the small file's PUT is
+    // refused.
+    std::fs::write(src.join("clips/big.mp4"), body("big", 96 << 20)).unwrap();
+    std::fs::write(src.join("clips/small.mp4"), b"small").unwrap();
+    s3.faults()
+        .slow_key("clips/big.mp4", Duration::from_secs(1));
+    s3.faults()
+        .fail_key("clips/small.mp4", 403, Duration::from_millis(300));
+
+    let opts = stowage::ops::migrate::MigrateOptions {
+        concurrency: 2,
+        ..Default::default()
+    };
+    let summary =
+        stowage::ops::migrate::local_to_s3(src, &s3.blob_store(), &opts, &stowage::NoopReporter)
+            .await
+            .unwrap();
+    assert!(
+        summary
+            .aborted
+            .as_deref()
+            .unwrap_or_default()
+            .contains("access denied"),
+        "{summary:?}"
+    );
+    assert_eq!(
+        s3.open_multipart_uploads(),
+        0,
+        "the in-flight multipart upload is aborted, not left behind: {summary:?}"
+    );
+    let in_bucket = s3
+        .object_store()
+        .head(&ObjPath::parse("clips/big.mp4").unwrap())
+        .await
+        .is_ok();
+    assert_eq!(
+        summary.copied,
+        u64::from(in_bucket),
+        "the summary counts exactly what is in the bucket: {summary:?}"
+    );
+}
