@@ -744,6 +744,59 @@ mod tests {
         }
     }
 
+    fn put(root: &Path, key: &Key, data: &[u8]) {
+        let mut f = AtomicFile::create(root, key).unwrap();
+        f.write_all(data).unwrap();
+        f.commit().unwrap();
+    }
+
+    fn commit_expecting(root: &Path, key: &Key, expect: Expect) -> Result<(), PlaceError> {
+        let mut f = AtomicFile::create(root, key).unwrap();
+        f.write_all(b"from the bucket").unwrap();
+        f.commit_unsynced_dir_expecting(expect).map(drop)
+    }
+
+    #[test]
+    fn a_commit_replaces_only_the_file_it_planned_to_replace() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        let key = Key::new("clips/a.mp4").unwrap();
+        let read = || std::fs::read(key.to_path(root)).unwrap();
+        // Planned over nothing, written meanwhile: left alone.
+        put(root, &key, b"service");
+        let r = commit_expecting(root, &key, Expect::Absent);
+        assert!(
+            matches!(r, Err(PlaceError::Changed(WRITTEN_SINCE_PLANNING))),
+            "{r:?}"
+        );
+        assert_eq!(read(), b"service");
+        // Planned over this very file, unchanged: replaced.
+        let planned = stat_file_id(root, &key).unwrap().unwrap();
+        commit_expecting(root, &key, Expect::File(planned)).unwrap();
+        assert_eq!(read(), b"from the bucket");
+        // Planned over a file since replaced by another writer: swapped back.
+        let planned = stat_file_id(root, &key).unwrap().unwrap();
+        put(root, &key, b"service again");
+        let r = commit_expecting(root, &key, Expect::File(planned));
+        assert!(
+            matches!(r, Err(PlaceError::Changed(WRITTEN_SINCE_PLANNING))),
+            "{r:?}"
+        );
+        assert_eq!(read(), b"service again");
+        // Planned over a file since removed: not brought back.
+        let planned = stat_file_id(root, &key).unwrap().unwrap();
+        assert!(remove(root, &key).unwrap());
+        std::fs::create_dir_all(root.join("clips")).unwrap();
+        let r = commit_expecting(root, &key, Expect::File(planned));
+        assert!(
+            matches!(r, Err(PlaceError::Changed(REMOVED_SINCE_PLANNING))),
+            "{r:?}"
+        );
+        assert!(!key.to_path(root).exists());
+        let names: Vec<_> = std::fs::read_dir(root.join("clips")).unwrap().collect();
+        assert!(names.is_empty(), "no temp file left: {names:?}");
+    }
+
     #[test]
     fn only_temp_files_no_writer_holds_are_stale() {
         let tmp = tempfile::tempdir().unwrap();
