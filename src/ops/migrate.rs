@@ -1,10 +1,10 @@
 //! `migrate`: copy a whole bucket to a local directory (and back), verified and resumable.
 //!
-//! The flow is plan → preflight → copy:
+//! The flow is lock → plan → preflight → copy (a dry run takes no lock):
 //! 1. **Plan**: stream the listing (fanned out over top-level prefixes); classify each
 //!    object as rejected (unsafe key, or a key under another key's file — see
 //!    `ClashGuard`), folder marker, already present (same size and mtime as the object's
-//!    LastModified), or to copy. Only the to-copy records are kept, and only up to
+//!    LastModified), conflict (a local file newer than the object), or to copy. Only the to-copy records are kept, and only up to
 //!    [`PLAN_BUFFER_LIMIT`]; beyond that the copy pass lists again and copies as it
 //!    lists, so memory stays flat however big the bucket.
 //! 2. **Preflight**: the bytes to copy (rounded up to the block size) and the files to
@@ -12,7 +12,11 @@
 //!    under `max_used`) before the first byte is written.
 //! 3. **Copy**: up to `concurrency` objects at once, each streamed into an [`AtomicFile`]
 //!    while hashed, checked against its size and ETag, given the object's mtime and
-//!    Content-Type, fsynced and renamed into place. A broken body resumes with a Range
+//!    Content-Type, fsynced and renamed into place — never over a file the plan did not
+//!    see there (the service writes the same store while we run): a free name must still
+//!    be free, a file to replace must still be that very file; otherwise the key is a
+//!    conflict and the local file stays. A local file newer than the object is never
+//!    planned for replacement at all. A broken body resumes with a Range
 //!    request pinned to the ETag; a corrupt one is fetched again. One `syncfs` makes the
 //!    run's renames durable before the summary is returned.
 //!
