@@ -360,6 +360,31 @@ pub fn check_reader<R: Read>(
     }
 }
 
+/// Checks the open `file` against `etag` (see [`check_reader`]), reading it from the
+/// start with positioned reads: the file's offset is left alone, and no path is resolved.
+pub fn check_open_file(
+    file: &std::fs::File,
+    size: u64,
+    etag: Option<&str>,
+) -> std::io::Result<Verdict> {
+    check_reader(etag, size, || Ok(ReadAt { file, pos: 0 }))
+}
+
+/// Sequential reads of a file through `pread`.
+struct ReadAt<'a> {
+    file: &'a std::fs::File,
+    pos: u64,
+}
+
+impl Read for ReadAt<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        let n = self.file.read_at(buf, self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
 /// Checks the file at `path` against `etag` (see [`check_reader`]).
 pub fn check_file(
     path: &std::path::Path,

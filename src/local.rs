@@ -73,9 +73,49 @@ pub enum PlaceError {
     /// A component of the path is a symbolic link; stowage never follows them.
     #[error("a path component is a symbolic link")]
     Symlink,
+    /// The name no longer holds what the plan saw there (another writer, such as the
+    /// service, put or removed a file since): left as it is.
+    #[error("{0}")]
+    Changed(&'static str),
     /// Any other filesystem error.
     #[error(transparent)]
     Io(#[from] io::Error),
+}
+
+/// What a commit may replace under the final name, as seen when the copy was planned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// Nothing: the name must still be free (`RENAME_NOREPLACE`).
+    Absent,
+    /// Exactly this file, unchanged (`RENAME_EXCHANGE`, then the displaced inode is checked).
+    File(FileId),
+}
+
+/// Identity and state of a regular file: the same inode, size and mtime mean nobody wrote
+/// it in between (a rewrite in place changes the mtime, a replacement the inode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileId {
+    /// Device of the filesystem.
+    pub dev: u64,
+    /// Inode number.
+    pub ino: u64,
+    /// Apparent size in bytes.
+    pub size: u64,
+    /// Modification time.
+    pub mtime: SystemTime,
+}
+
+impl FileId {
+    // `stat` field widths differ between architectures; the casts are not all no-ops.
+    #[allow(clippy::unnecessary_cast)]
+    fn of(st: &rfs::Stat) -> FileId {
+        FileId {
+            dev: st.st_dev as u64,
+            ino: st.st_ino as u64,
+            size: st.st_size.max(0) as u64,
+            mtime: crate::walk::system_time(st.st_mtime as i64, st.st_mtime_nsec as i64),
+        }
+    }
 }
 
 impl PlaceError {
@@ -182,7 +222,26 @@ pub struct AtomicFile {
 
 impl AtomicFile {
     /// Creates the temp file for `key` under `root`, creating parent directories.
+    ///
+    /// The temp file stays locked (`flock`, shared) until committed or dropped, so a sweep
+    /// of leftover temp files ([`remove_if_stale_temp`]) never takes a live writer's. A
+    /// parent directory removed meanwhile by another writer pruning empty directories
+    /// ([`remove`]) is created again.
     pub fn create(root: &Path, key: &Key) -> Result<AtomicFile, PlaceError> {
+        let mut attempt = 0;
+        loop {
+            match AtomicFile::create_once(root, key) {
+                Err(PlaceError::Io(e))
+                    if e.kind() == io::ErrorKind::NotFound && attempt < CREATE_ATTEMPTS =>
+                {
+                    attempt += 1;
+                }
+                res => return res,
+            }
+        }
+    }
+
+    fn create_once(root: &Path, key: &Key) -> Result<AtomicFile, PlaceError> {
         let dir = open_parent_dir(root, key, true)?;
         let final_name = key.file_name().to_owned();
         // Refuse early if the final name is a directory: the rename would fail only
@@ -201,13 +260,20 @@ impl AtomicFile {
                 Mode::from_raw_mode(0o644),
             ) {
                 Ok(fd) => {
+                    rfs::flock(&fd, rfs::FlockOperation::LockShared).map_err(io::Error::from)?;
+                    // A sweep may have taken the file between its creation and the lock.
+                    let ours = rfs::fstat(&fd).map_err(io::Error::from)?;
+                    match rfs::statat(&dir, temp_name.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
+                        Ok(st) if st.st_ino == ours.st_ino && st.st_dev == ours.st_dev => {}
+                        _ => continue,
+                    }
                     return Ok(AtomicFile {
                         dir,
                         temp_name,
                         final_name,
                         file: Some(File::from(fd)),
                         final_path: key.to_path(root),
-                    })
+                    });
                 }
                 Err(Errno::EXIST) => continue,
                 Err(e) => return Err(PlaceError::from_errno(e)),
@@ -328,9 +394,7 @@ impl AtomicFile {
     /// durable by the caller, who must fsync the returned directory (or `syncfs`) before
     /// reporting the file as stored. Lets a bulk copy sync once instead of per file.
     pub fn commit_unsynced_dir(mut self) -> Result<OwnedFd, PlaceError> {
-        let file = self.file.take().expect("file present until commit");
-        file.sync_all()?;
-        drop(file);
+        self.file().sync_all()?;
         rfs::renameat(
             &self.dir,
             self.temp_name.as_str(),
@@ -338,10 +402,168 @@ impl AtomicFile {
             self.final_name.as_str(),
         )
         .map_err(PlaceError::from_errno)?;
+        self.committed()
+    }
+
+    /// Like [`AtomicFile::commit_unsynced_dir`], but never replaces a file the caller did
+    /// not plan to replace: with [`Expect::Absent`] the name must still be free, with
+    /// [`Expect::File`] it must still hold that very file, unchanged. Otherwise nothing is
+    /// replaced and the error is [`PlaceError::Changed`].
+    pub fn commit_unsynced_dir_expecting(mut self, expect: Expect) -> Result<OwnedFd, PlaceError> {
+        self.file().sync_all()?;
+        match expect {
+            Expect::Absent => self.rename_noreplace()?,
+            Expect::File(id) => self.exchange_checked(id)?,
+        }
+        self.committed()
+    }
+
+    /// The temp name is gone: nothing left for `Drop` to remove. The file stays open
+    /// (and its temp lock held) until here, so a temp sweep never takes it mid-commit.
+    fn committed(&mut self) -> Result<OwnedFd, PlaceError> {
         self.temp_name.clear();
+        self.file = None;
         Ok(self.dir.try_clone()?)
     }
+
+    fn rename_noreplace(&self) -> Result<(), PlaceError> {
+        let (temp, fin) = (self.temp_name.as_str(), self.final_name.as_str());
+        let res = match rfs::renameat_with(
+            &self.dir,
+            temp,
+            &self.dir,
+            fin,
+            rfs::RenameFlags::NOREPLACE,
+        ) {
+            // Filesystems without renameat2 flags: a hard link never replaces either.
+            Err(Errno::INVAL) | Err(Errno::NOSYS) => {
+                rfs::linkat(&self.dir, temp, &self.dir, fin, AtFlags::empty()).map(|()| {
+                    let _ = rfs::unlinkat(&self.dir, temp, AtFlags::empty());
+                })
+            }
+            other => other,
+        };
+        match res {
+            Ok(()) => Ok(()),
+            Err(Errno::EXIST) if self.final_is_dir() => Err(PlaceError::Clash),
+            Err(Errno::EXIST) => Err(PlaceError::Changed(WRITTEN_SINCE_PLANNING)),
+            Err(e) => Err(PlaceError::from_errno(e)),
+        }
+    }
+
+    /// Swaps the new file in, then checks that what it displaced (now under the temp
+    /// name) is `expected`; if not, swaps back. Readers see the new content only for
+    /// that moment, and no other writer's file is ever lost.
+    fn exchange_checked(&mut self, expected: FileId) -> Result<(), PlaceError> {
+        let (temp, fin) = (self.temp_name.clone(), self.final_name.clone());
+        let exchange = |dir: &OwnedFd| {
+            rfs::renameat_with(
+                dir,
+                temp.as_str(),
+                dir,
+                fin.as_str(),
+                rfs::RenameFlags::EXCHANGE,
+            )
+        };
+        match exchange(&self.dir) {
+            Ok(()) => {}
+            Err(Errno::NOENT) => return Err(PlaceError::Changed(REMOVED_SINCE_PLANNING)),
+            Err(Errno::INVAL) | Err(Errno::NOSYS) => {
+                // No RENAME_EXCHANGE here: check, then rename. The window between the two
+                // is the only one left; filesystems stowage targets (ext4, xfs, btrfs,
+                // tmpfs) never take this path.
+                return match self.stat_name(&fin) {
+                    Some(id) if id == expected => {
+                        rfs::renameat(&self.dir, temp.as_str(), &self.dir, fin.as_str())
+                            .map_err(PlaceError::from_errno)
+                    }
+                    Some(_) => Err(PlaceError::Changed(WRITTEN_SINCE_PLANNING)),
+                    None => Err(PlaceError::Changed(REMOVED_SINCE_PLANNING)),
+                };
+            }
+            Err(e) => return Err(PlaceError::from_errno(e)),
+        }
+        if self.stat_name(&temp) == Some(expected) {
+            let _ = rfs::unlinkat(&self.dir, temp.as_str(), AtFlags::empty());
+            return Ok(());
+        }
+        // Someone wrote the name since planning: put their file back.
+        exchange(&self.dir).map_err(PlaceError::from_errno)?;
+        let ours = FileId::of(&rfs::fstat(self.file()).map_err(io::Error::from)?);
+        if self
+            .stat_name(&temp)
+            .is_some_and(|id| id.ino != ours.ino || id.dev != ours.dev)
+        {
+            // Yet another file was renamed onto the name while ours was there: it is the
+            // newest, so it goes back under the final name too.
+            exchange(&self.dir).map_err(PlaceError::from_errno)?;
+        }
+        Err(PlaceError::Changed(WRITTEN_SINCE_PLANNING))
+    }
+
+    fn stat_name(&self, name: &str) -> Option<FileId> {
+        rfs::statat(&self.dir, name, AtFlags::SYMLINK_NOFOLLOW)
+            .ok()
+            .filter(|st| rfs::FileType::from_raw_mode(st.st_mode) == rfs::FileType::RegularFile)
+            .map(|st| FileId::of(&st))
+    }
+
+    fn final_is_dir(&self) -> bool {
+        rfs::statat(
+            &self.dir,
+            self.final_name.as_str(),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .is_ok_and(|st| rfs::FileType::from_raw_mode(st.st_mode) == rfs::FileType::Directory)
+    }
 }
+
+/// Tries of [`AtomicFile::create`] when a parent directory vanishes under it (another
+/// writer pruned it as empty): each try creates it again, so a few always suffice unless
+/// something keeps removing it.
+const CREATE_ATTEMPTS: u32 = 5;
+
+/// Removes the temp file `name` in `dir` if no live writer holds it, i.e. it was left by
+/// a killed process. Every [`AtomicFile`] holds a shared `flock` on its temp file until
+/// it is committed or dropped, and the kernel releases it when the process dies; so an
+/// exclusive lock that can be taken means nobody is writing it. The age of the file says
+/// nothing here: a running service's upload may stall for an hour, and a run killed a
+/// second ago leaves temp files no one will finish. Returns whether it was removed.
+pub fn remove_if_stale_temp(dir: &impl AsFd, name: &OsStr) -> io::Result<bool> {
+    if !is_temp_name(name) {
+        return Ok(false);
+    }
+    let fd = match rfs::openat(
+        dir,
+        name,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(fd) => fd,
+        Err(Errno::NOENT) => return Ok(false),
+        Err(e) => return Err(e.into()),
+    };
+    match rfs::flock(&fd, rfs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => {}
+        Err(Errno::WOULDBLOCK) => return Ok(false),
+        Err(e) => return Err(e.into()),
+    }
+    // Still the same file under that name (not one created since we opened it)?
+    let ours = rfs::fstat(&fd)?;
+    match rfs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) if st.st_ino == ours.st_ino && st.st_dev == ours.st_dev => {}
+        _ => return Ok(false),
+    }
+    match rfs::unlinkat(dir, name, AtFlags::empty()) {
+        Ok(()) => Ok(true),
+        Err(Errno::NOENT) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Why [`AtomicFile::commit_unsynced_dir_expecting`] left a name alone.
+const WRITTEN_SINCE_PLANNING: &str = "written locally since planning";
+const REMOVED_SINCE_PLANNING: &str = "removed locally since planning";
 
 impl Drop for AtomicFile {
     fn drop(&mut self) {
@@ -424,6 +646,12 @@ pub fn create_dir_beneath(root: &Path, key: &Key) -> Result<(), PlaceError> {
 /// Size and modification time of the regular file for `key`, if there is one (symlinks
 /// and other kinds of file count as absent).
 pub fn stat_file(root: &Path, key: &Key) -> io::Result<Option<(u64, SystemTime)>> {
+    Ok(stat_file_id(root, key)?.map(|id| (id.size, id.mtime)))
+}
+
+/// Like [`stat_file`], with the file's identity, so a later commit can check that it
+/// replaces this very file ([`Expect::File`]).
+pub fn stat_file_id(root: &Path, key: &Key) -> io::Result<Option<FileId>> {
     let dir = match open_parent_dir(root, key, false) {
         Ok(d) => d,
         Err(PlaceError::Io(e)) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -432,11 +660,24 @@ pub fn stat_file(root: &Path, key: &Key) -> io::Result<Option<(u64, SystemTime)>
     };
     match rfs::statat(&dir, key.file_name(), AtFlags::SYMLINK_NOFOLLOW) {
         Ok(st) if rfs::FileType::from_raw_mode(st.st_mode) == rfs::FileType::RegularFile => {
-            let mtime = SystemTime::UNIX_EPOCH
-                + std::time::Duration::new(st.st_mtime.max(0) as u64, st.st_mtime_nsec as u32);
-            Ok(Some((st.st_size as u64, mtime)))
+            Ok(Some(FileId::of(&st)))
         }
         Ok(_) | Err(Errno::NOENT) | Err(Errno::NOTDIR) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// True when `key` names a directory under `root` (reached without following symlinks).
+pub fn is_dir_beneath(root: &Path, key: &Key) -> io::Result<bool> {
+    let dir = match open_parent_dir(root, key, false) {
+        Ok(d) => d,
+        Err(PlaceError::Io(e)) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(PlaceError::Io(e)) => return Err(e),
+        Err(_) => return Ok(false),
+    };
+    match rfs::statat(&dir, key.file_name(), AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) => Ok(rfs::FileType::from_raw_mode(st.st_mode) == rfs::FileType::Directory),
+        Err(Errno::NOENT) | Err(Errno::NOTDIR) => Ok(false),
         Err(e) => Err(e.into()),
     }
 }
@@ -661,5 +902,110 @@ impl AtomicFile {
         self.temp_name.clear();
         rfs::fsync(&self.dir).map_err(io::Error::from)?;
         Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two writers putting and removing siblings: each removal prunes the directories it
+    /// emptied, which used to make the other's put fail with ENOENT.
+    #[test]
+    fn a_put_survives_its_parent_being_pruned_by_a_sibling_removal() {
+        let tmp = tempfile::tempdir().unwrap();
+        let writers: Vec<_> = ["x", "y"]
+            .into_iter()
+            .map(|name| {
+                let root = tmp.path().to_path_buf();
+                std::thread::spawn(move || {
+                    let key = Key::new(format!("a/b/c/{name}")).unwrap();
+                    for i in 0..500 {
+                        let mut f = AtomicFile::create(&root, &key)
+                            .unwrap_or_else(|e| panic!("create #{i}: {e}"));
+                        f.write_all(b"clip").unwrap();
+                        f.commit().unwrap_or_else(|e| panic!("commit #{i}: {e}"));
+                        remove(&root, &key).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for w in writers {
+            w.join().unwrap();
+        }
+    }
+
+    fn put(root: &Path, key: &Key, data: &[u8]) {
+        let mut f = AtomicFile::create(root, key).unwrap();
+        f.write_all(data).unwrap();
+        f.commit().unwrap();
+    }
+
+    fn commit_expecting(root: &Path, key: &Key, expect: Expect) -> Result<(), PlaceError> {
+        let mut f = AtomicFile::create(root, key).unwrap();
+        f.write_all(b"from the bucket").unwrap();
+        f.commit_unsynced_dir_expecting(expect).map(drop)
+    }
+
+    #[test]
+    fn a_commit_replaces_only_the_file_it_planned_to_replace() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        let key = Key::new("clips/a.mp4").unwrap();
+        let read = || std::fs::read(key.to_path(root)).unwrap();
+        // Planned over nothing, written meanwhile: left alone.
+        put(root, &key, b"service");
+        let r = commit_expecting(root, &key, Expect::Absent);
+        assert!(
+            matches!(r, Err(PlaceError::Changed(WRITTEN_SINCE_PLANNING))),
+            "{r:?}"
+        );
+        assert_eq!(read(), b"service");
+        // Planned over this very file, unchanged: replaced.
+        let planned = stat_file_id(root, &key).unwrap().unwrap();
+        commit_expecting(root, &key, Expect::File(planned)).unwrap();
+        assert_eq!(read(), b"from the bucket");
+        // Planned over a file since replaced by another writer: swapped back.
+        let planned = stat_file_id(root, &key).unwrap().unwrap();
+        put(root, &key, b"service again");
+        let r = commit_expecting(root, &key, Expect::File(planned));
+        assert!(
+            matches!(r, Err(PlaceError::Changed(WRITTEN_SINCE_PLANNING))),
+            "{r:?}"
+        );
+        assert_eq!(read(), b"service again");
+        // Planned over a file since removed: not brought back.
+        let planned = stat_file_id(root, &key).unwrap().unwrap();
+        assert!(remove(root, &key).unwrap());
+        std::fs::create_dir_all(root.join("clips")).unwrap();
+        let r = commit_expecting(root, &key, Expect::File(planned));
+        assert!(
+            matches!(r, Err(PlaceError::Changed(REMOVED_SINCE_PLANNING))),
+            "{r:?}"
+        );
+        assert!(!key.to_path(root).exists());
+        let names: Vec<_> = std::fs::read_dir(root.join("clips")).unwrap().collect();
+        assert!(names.is_empty(), "no temp file left: {names:?}");
+    }
+
+    #[test]
+    fn only_temp_files_no_writer_holds_are_stale() {
+        let tmp = tempfile::tempdir().unwrap();
+        let key = Key::new("clips/live.mp4").unwrap();
+        let mut live = AtomicFile::create(tmp.path(), &key).unwrap();
+        live.write_all(b"in flight").unwrap();
+        let dir = tmp.path().join("clips");
+        std::fs::write(dir.join(".stowage-tmp.00000000deadbeef"), b"left by a kill").unwrap();
+        let dir_fd = open_root(&dir).unwrap();
+        let mut removed = Vec::new();
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let name = e.unwrap().file_name();
+            if remove_if_stale_temp(&dir_fd, &name).unwrap() {
+                removed.push(name);
+            }
+        }
+        assert_eq!(removed, [OsStr::new(".stowage-tmp.00000000deadbeef")]);
+        live.commit().unwrap();
+        assert_eq!(std::fs::read(dir.join("live.mp4")).unwrap(), b"in flight");
     }
 }

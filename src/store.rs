@@ -348,13 +348,17 @@ impl BlobStore {
                         let chunk = chunk.map_err(|e| Error::backend(o.name.clone(), &e))?;
                         w.write_all(&chunk).await.map_err(|e| o.io_err(key, e))?;
                     }
-                    w.shutdown().await.map_err(|e| o.io_err(key, e))
+                    Ok(())
                 }
                 .await;
-                if res.is_err() {
+                if let Err(e) = res {
+                    // Abort any multipart upload under way (parts are billed until then).
                     let _ = w.abort().await;
+                    return Err(e);
                 }
-                res
+                // Once shut down the writer cannot be aborted (object_store panics): a failed
+                // final PUT or CompleteMultipartUpload is returned as is.
+                w.shutdown().await.map_err(|e| o.io_err(key, e))
             }
         }
     }
@@ -364,6 +368,19 @@ impl BlobStore {
         let file = tokio::fs::File::open(path)
             .await
             .map_err(|e| Error::io("open", path, e))?;
+        self.put_open_file(key, file.into_std().await, content_type)
+            .await
+    }
+
+    /// Stores what `file` holds from its current offset under `key`, streaming it. For
+    /// callers that opened (and checked) the file themselves: no path is resolved again.
+    pub async fn put_open_file(
+        &self,
+        key: &Key,
+        file: std::fs::File,
+        content_type: Option<&str>,
+    ) -> Result<()> {
+        let file = tokio::fs::File::from_std(file);
         let stream = tokio_util::io::ReaderStream::with_capacity(file, READ_CHUNK);
         self.put_stream(key, stream, content_type).await
     }

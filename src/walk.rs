@@ -187,6 +187,28 @@ impl Entry {
         )?)
     }
 
+    /// Opens this regular file for reading through its parent's handle, never following
+    /// a symlink, and checks that it is still the inode that was listed: a file swapped
+    /// for a link (or any other file) since is an error, not something else read instead.
+    pub fn open_file(&self) -> std::io::Result<std::fs::File> {
+        let fd = rustix::fs::openat(
+            self.parent_fd(),
+            self.file_name_c(),
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK,
+            Mode::empty(),
+        )
+        .map_err(|e| match e {
+            Errno::LOOP => std::io::Error::other("replaced by a symbolic link since it was listed"),
+            e => e.into(),
+        })?;
+        if !self.is_same_file(&rustix::fs::fstat(&fd)?) {
+            return Err(std::io::Error::other(
+                "replaced by another file since it was listed",
+            ));
+        }
+        Ok(std::fs::File::from(fd))
+    }
+
     /// True when `st` describes the same inode on the same device, of the same type.
     pub fn is_same_file(&self, st: &Stat) -> bool {
         st.st_ino == self.stat.st_ino

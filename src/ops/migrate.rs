@@ -1,10 +1,10 @@
 //! `migrate`: copy a whole bucket to a local directory (and back), verified and resumable.
 //!
-//! The flow is plan → preflight → copy:
+//! The flow is lock → plan → preflight → copy (a dry run takes no lock):
 //! 1. **Plan**: stream the listing (fanned out over top-level prefixes); classify each
 //!    object as rejected (unsafe key, or a key under another key's file — see
 //!    `ClashGuard`), folder marker, already present (same size and mtime as the object's
-//!    LastModified), or to copy. Only the to-copy records are kept, and only up to
+//!    LastModified), conflict (a local file newer than the object), or to copy. Only the to-copy records are kept, and only up to
 //!    [`PLAN_BUFFER_LIMIT`]; beyond that the copy pass lists again and copies as it
 //!    lists, so memory stays flat however big the bucket.
 //! 2. **Preflight**: the bytes to copy (rounded up to the block size) and the files to
@@ -12,7 +12,11 @@
 //!    under `max_used`) before the first byte is written.
 //! 3. **Copy**: up to `concurrency` objects at once, each streamed into an [`AtomicFile`]
 //!    while hashed, checked against its size and ETag, given the object's mtime and
-//!    Content-Type, fsynced and renamed into place. A broken body resumes with a Range
+//!    Content-Type, fsynced and renamed into place — never over a file the plan did not
+//!    see there (the service writes the same store while we run): a free name must still
+//!    be free, a file to replace must still be that very file; otherwise the key is a
+//!    conflict and the local file stays. A local file newer than the object is never
+//!    planned for replacement at all. A broken body resumes with a Range
 //!    request pinned to the ETag; a corrupt one is fetched again. One `syncfs` makes the
 //!    run's renames durable before the summary is returned.
 //!
@@ -34,7 +38,7 @@ use tokio_util::sync::CancellationToken;
 use crate::error::{Error, Result};
 use crate::etag::{self, ContentHasher, Verdict};
 use crate::key::Key;
-use crate::local::{self, AtomicFile, PlaceError, StoreLock};
+use crate::local::{self, AtomicFile, Expect, PlaceError, StoreLock};
 use crate::report::Reporter;
 use crate::s3::list::ListedObject;
 use crate::size::{human_bytes, SizeSpec};
@@ -56,6 +60,8 @@ const WRITE_BUFFER: usize = 256 << 10;
 /// stream holds up to a write buffer plus the HTTP client's read buffer: this cap, not
 /// `concurrency`, keeps peak RSS flat whatever the object size.
 const MAX_STREAMS: usize = 16;
+/// Bytes read from a local file per chunk of an upload (the stop check runs per chunk).
+const UPLOAD_CHUNK: usize = 256 << 10;
 /// Attempts per object for broken or corrupt bodies.
 const MAX_ATTEMPTS: u32 = 6;
 
@@ -116,6 +122,10 @@ pub struct MigrateSummary {
     pub failed: Vec<KeyReason>,
     /// Keys that cannot be stored safely, with the rule they break.
     pub rejected: Vec<KeyReason>,
+    /// Objects not copied because the local file is not what the bucket's version may
+    /// replace: written (or removed) locally since planning, or newer than the object.
+    /// The local file is left as it is.
+    pub conflicts: Vec<KeyReason>,
     /// Objects copied whose content could not be checked against their ETag.
     pub unverified: Vec<String>,
     /// Why each unverified object could not be checked.
@@ -132,9 +142,13 @@ pub struct MigrateSummary {
 }
 
 impl MigrateSummary {
-    /// True when some object failed, was rejected or is unverified.
+    /// True when some object failed, was rejected, is unverified or was left alone for a
+    /// newer local file.
     pub fn has_problems(&self) -> bool {
-        !self.failed.is_empty() || !self.rejected.is_empty() || !self.unverified.is_empty()
+        !self.failed.is_empty()
+            || !self.rejected.is_empty()
+            || !self.unverified.is_empty()
+            || !self.conflicts.is_empty()
     }
 }
 
@@ -143,10 +157,13 @@ impl MigrateSummary {
 struct Planned {
     key: Key,
     raw: ListedObject,
+    /// What the commit may replace: what was under the name when this was planned.
+    expect: Expect,
 }
 
 enum Class {
     Rejected(KeyReason),
+    Conflict(KeyReason),
     Folder(Option<Key>),
     Present,
     Copy(Planned),
@@ -159,6 +176,8 @@ enum Outcome {
     },
     Failed(String),
     Rejected(String),
+    /// Left alone: the local file changed since planning.
+    Conflict(String),
     Fatal(Error),
     /// Stopped by an interruption or a fatal error elsewhere; nothing left behind.
     Cancelled,
@@ -192,6 +211,13 @@ pub async fn s3_to_local(
             format!("{} is relative; give an absolute directory", dest.display()),
         ));
     }
+    // The lock comes before the listing: a cleanup during a long listing would otherwise
+    // delete files the plan counts as present. A dry run writes nothing and takes none.
+    let mut lock = if opts.dry_run {
+        None
+    } else {
+        Some(RunLock::take(dest)?)
+    };
     // 1. Plan.
     reporter.phase("listing", None, None);
     let mut buffered: Option<Vec<Planned>> = Some(Vec::new());
@@ -217,6 +243,10 @@ pub async fn s3_to_local(
                     Class::Rejected(kr) => {
                         reporter.note(&format!("rejected {:?}: {}", kr.key, kr.reason));
                         summary.rejected.push(kr);
+                    }
+                    Class::Conflict(kr) => {
+                        reporter.note(&format!("left alone {:?}: {}", kr.key, kr.reason));
+                        summary.conflicts.push(kr);
                     }
                     Class::Folder(k) => folders.extend(k),
                     Class::Present => summary.skipped += 1,
@@ -249,16 +279,12 @@ pub async fn s3_to_local(
         summary.elapsed_s = started.elapsed().as_secs_f64();
         return Ok(summary);
     }
-    // Nothing is written before the preflight passed: then the directory, the lock that
-    // keeps a concurrent cleanup or migration out, and the removal of temp files left by
-    // an interrupted run.
-    std::fs::create_dir_all(dest).map_err(|e| Error::io("create directory", dest, e))?;
-    let _lock = StoreLock::try_acquire(dest)
-        .map_err(|e| Error::io("lock", dest.join(local::LOCK_FILE_NAME), e))?
-        .ok_or_else(|| Error::Locked {
-            path: dest.join(local::LOCK_FILE_NAME),
-        })?;
-    local::mark_store(dest).map_err(|e| Error::io("mark the store", dest, e))?;
+    // Nothing but the lock is written before the preflight passed; from here on the
+    // directory and lock file stay. Then the removal of temp files left by a killed run.
+    if let Some(lock) = &mut lock {
+        lock.keep();
+        local::mark_store(dest).map_err(|e| Error::io("mark the store", dest, e))?;
+    }
     let removed = remove_leftover_temp_files(dest).await?;
     if removed > 0 {
         reporter.note(&format!(
@@ -368,6 +394,14 @@ pub async fn s3_to_local(
                 });
                 reporter.item_done(&key, false);
             }
+            Outcome::Conflict(reason) => {
+                reporter.note(&format!("left alone {key:?}: {reason}"));
+                summary.conflicts.push(KeyReason {
+                    key: key.clone(),
+                    reason,
+                });
+                reporter.item_done(&key, false);
+            }
             Outcome::Fatal(e) => {
                 // Disk full, access revoked, listing lost: stop, drain, report.
                 if summary.aborted.is_none() {
@@ -391,6 +425,59 @@ pub async fn s3_to_local(
     }
     summary.elapsed_s = started.elapsed().as_secs_f64();
     Ok(summary)
+}
+
+/// The store lock of a run, taken before planning. Until [`RunLock::keep`], dropping it
+/// removes the lock file and destination directory it created, so a run refused before
+/// copying (no space, no credentials, nothing to do) leaves the disk as it found it.
+struct RunLock {
+    dest: PathBuf,
+    lock: Option<StoreLock>,
+    created_dir: bool,
+    created_lock_file: bool,
+}
+
+impl RunLock {
+    fn take(dest: &Path) -> Result<RunLock> {
+        let created_dir = !dest.exists();
+        std::fs::create_dir_all(dest).map_err(|e| Error::io("create directory", dest, e))?;
+        let lock_path = dest.join(local::LOCK_FILE_NAME);
+        let mut run = RunLock {
+            dest: dest.to_path_buf(),
+            lock: None,
+            created_dir,
+            created_lock_file: !lock_path.exists(),
+        };
+        match StoreLock::try_acquire(dest) {
+            Ok(Some(l)) => run.lock = Some(l),
+            Ok(None) => {
+                // Another run's lock file: never ours to remove.
+                run.created_lock_file = false;
+                return Err(Error::Locked { path: lock_path });
+            }
+            Err(e) => return Err(Error::io("lock", lock_path, e)),
+        }
+        Ok(run)
+    }
+
+    /// The run writes: what was created stays.
+    fn keep(&mut self) {
+        self.created_dir = false;
+        self.created_lock_file = false;
+    }
+}
+
+impl Drop for RunLock {
+    fn drop(&mut self) {
+        // The file is removed while still locked, then the lock released.
+        if self.created_lock_file {
+            let _ = std::fs::remove_file(self.dest.join(local::LOCK_FILE_NAME));
+        }
+        drop(self.lock.take());
+        if self.created_dir {
+            let _ = std::fs::remove_dir(&self.dest);
+        }
+    }
 }
 
 struct CopyCtx {
@@ -477,12 +564,32 @@ fn classify(root: &Path, o: ListedObject) -> Class {
         }
         Placement::File(k) => k,
     };
-    match local::stat_file(root, &key) {
-        Ok(Some((size, mtime))) if size == o.size && same_time(mtime, o.last_modified) => {
-            Class::Present
+    let expect = match local::stat_file_id(root, &key) {
+        Ok(Some(id)) if id.size == o.size && same_time(id.mtime, o.last_modified) => {
+            return Class::Present
         }
-        _ => Class::Copy(Planned { key, raw: o }),
-    }
+        // The service wrote it after the bucket's version: never replaced by the older one.
+        Ok(Some(id)) if newer(id.mtime, o.last_modified) => {
+            return Class::Conflict(KeyReason {
+                key: o.key,
+                reason: "the local file is newer than the bucket's version (written locally since); left as it is".into(),
+            })
+        }
+        Ok(Some(id)) => Expect::File(id),
+        // Unreadable or absent: the commit must then find the name free.
+        Ok(None) | Err(_) => Expect::Absent,
+    };
+    Class::Copy(Planned {
+        key,
+        raw: o,
+        expect,
+    })
+}
+
+/// True when a local mtime is later than LastModified (compared to the millisecond, as
+/// listings give it).
+fn newer(mtime: SystemTime, lm: DateTime<Utc>) -> bool {
+    DateTime::<Utc>::from(mtime).timestamp_millis() > lm.timestamp_millis()
 }
 
 /// Local mtimes are set from LastModified, which listings give to the millisecond.
@@ -584,7 +691,9 @@ fn store_bytes(root: &Path) -> Result<u64> {
     Ok(total)
 }
 
-/// Removes `.stowage-tmp.*` files left by a killed run. Returns how many.
+/// Removes `.stowage-tmp.*` files left by a killed process, never those a live writer
+/// (the service's `put`, another process) is still writing: see
+/// [`local::remove_if_stale_temp`]. Returns how many.
 async fn remove_leftover_temp_files(root: &Path) -> Result<u64> {
     let root = root.to_path_buf();
     tokio::task::spawn_blocking(move || {
@@ -593,8 +702,7 @@ async fn remove_leftover_temp_files(root: &Path) -> Result<u64> {
             let Ok(e) = entry else { continue };
             if e.kind() == EntryKind::File
                 && local::is_temp_name(e.file_name())
-                && rustix::fs::unlinkat(e.parent_fd(), e.file_name(), rustix::fs::AtFlags::empty())
-                    .is_ok()
+                && local::remove_if_stale_temp(&e.parent_fd(), e.file_name()).unwrap_or(false)
             {
                 removed += 1;
             }
@@ -719,11 +827,12 @@ async fn copy_one(ctx: &CopyCtx, p: Planned, reporter: &dyn Reporter) -> Outcome
         }
         // The body is complete: write what is held, check it, then place it, in one
         // blocking task.
-        let (root, key, etag2, lm) = (
+        let (root, key, etag2, lm, expect) = (
             ctx.root.clone(),
             p.key.clone(),
             etag.clone(),
             p.raw.last_modified,
+            p.expect,
         );
         let ct = content_type.clone();
         let rest = std::mem::take(&mut buf);
@@ -760,7 +869,8 @@ async fn copy_one(ctx: &CopyCtx, p: Planned, reporter: &dyn Reporter) -> Outcome
                 }
                 // The data is fsynced before the rename; the renames of the whole run are
                 // made durable by one syncfs before the summary is returned.
-                file.commit_unsynced_dir()?;
+                // Never over a file the plan did not see there.
+                file.commit_unsynced_dir_expecting(expect)?;
                 Ok(Finished::Committed { unverified })
             })
             .await
@@ -906,6 +1016,7 @@ async fn backoff(attempt: u32) {
 fn place_outcome(root: &Path, key: &Key, e: PlaceError) -> Outcome {
     match e {
         PlaceError::Io(io) => io_outcome(root, key, io),
+        PlaceError::Changed(reason) => Outcome::Conflict(reason.into()),
         other => Outcome::Rejected(other.to_string()),
     }
 }
@@ -973,15 +1084,19 @@ pub async fn local_to_s3(
         None,
     );
     let existing = Arc::new(existing);
-    // Uploads are atomic on S3: once stopped, no new ones start and those in flight
-    // finish, so the summary counts exactly what is in the bucket.
+    // Uploads are atomic on S3. Once stopped (interrupted, or a fatal error), no new ones
+    // start, and those in flight stop at their next chunk, aborting their multipart
+    // upload; the loop below drains them, so the summary counts exactly what is in the
+    // bucket and no parts are left behind.
+    let stop = opts.cancel.child_token();
     let mut running = files
-        .take_until(Box::pin(opts.cancel.clone().cancelled_owned()))
+        .take_until(Box::pin(stop.clone().cancelled_owned()))
         .map(|f| {
             let existing = Arc::clone(&existing);
+            let stop = &stop;
             async move {
                 match f {
-                    Ok(f) => upload_one(dst, f, &existing, opts.dry_run, reporter).await,
+                    Ok(f) => upload_one(dst, f, &existing, opts.dry_run, stop, reporter).await,
                     // An unreadable directory is one failure, not the end of the run.
                     Err(e) => (
                         String::new(),
@@ -1025,8 +1140,14 @@ pub async fn local_to_s3(
                 summary.rejected.push(KeyReason { key, reason });
             }
             UploadOutcome::Done(Outcome::Fatal(e)) => {
-                summary.aborted = Some(e.to_string());
-                break;
+                // Access revoked, bucket gone: stop, drain, report.
+                if summary.aborted.is_none() {
+                    summary.aborted = Some(e.to_string());
+                }
+                stop.cancel();
+            }
+            UploadOutcome::Done(Outcome::Conflict(reason)) => {
+                summary.conflicts.push(KeyReason { key, reason });
             }
             UploadOutcome::Done(Outcome::Cancelled) => {}
         }
@@ -1043,12 +1164,26 @@ enum UploadOutcome {
     Done(Outcome),
 }
 
-/// A regular file found under the source root: its key (or why it is not one) and path.
+/// A regular file found under the source root: its key (or why it is not one), the walk
+/// entry it came from (read through its parent's handle, never by path) and its path
+/// (for messages).
 struct LocalFile {
     rel: String,
     key: std::result::Result<Key, String>,
+    entry: crate::walk::Entry,
     path: PathBuf,
     size: u64,
+}
+
+/// Runs `f` on the blocking pool with a shared handle to `file`.
+async fn with_file<T: Send + 'static>(
+    file: &Arc<std::fs::File>,
+    f: impl FnOnce(&std::fs::File) -> T + Send + 'static,
+) -> T {
+    let file = Arc::clone(file);
+    tokio::task::spawn_blocking(move || f(&file))
+        .await
+        .expect("file reads do not panic")
 }
 
 async fn upload_one(
@@ -1056,6 +1191,7 @@ async fn upload_one(
     f: LocalFile,
     existing: &std::collections::HashMap<String, (u64, Option<String>)>,
     dry_run: bool,
+    stop: &CancellationToken,
     reporter: &dyn Reporter,
 ) -> (String, UploadOutcome) {
     let key = match f.key {
@@ -1063,6 +1199,17 @@ async fn upload_one(
         Err(reason) => return (f.rel, UploadOutcome::Done(Outcome::Rejected(reason))),
     };
     let name = key.to_string();
+    let failed = |reason: String| UploadOutcome::Done(Outcome::Failed(reason));
+    // One handle for the hash, the xattr and the upload: the very inode the walk saw, so
+    // a file swapped for a link to something outside the store is never read.
+    let entry = f.entry.clone();
+    let file = match tokio::task::spawn_blocking(move || entry.open_file())
+        .await
+        .expect("open does not panic")
+    {
+        Ok(file) => Arc::new(file),
+        Err(e) => return (name, failed(format!("{}: {e}", f.path.display()))),
+    };
     if let Some((size, etag)) = existing.get(&name) {
         if *size == f.size {
             // Some servers list without ETags (s3s-fs): ask for it.
@@ -1070,11 +1217,11 @@ async fn upload_one(
                 Some(e) => Some(e.clone()),
                 None => dst.head(&key).await.ok().and_then(|m| m.etag),
             };
-            let (path, size) = (f.path.clone(), *size);
-            let same =
-                tokio::task::spawn_blocking(move || etag::check_file(&path, size, etag.as_deref()))
-                    .await
-                    .expect("hashing does not panic");
+            let size = *size;
+            let same = with_file(&file, move |fh| {
+                etag::check_open_file(fh, size, etag.as_deref())
+            })
+            .await;
             if matches!(same, Ok(Verdict::Match { .. })) {
                 reporter.bytes_done(f.size);
                 return (name, UploadOutcome::Skipped);
@@ -1084,21 +1231,26 @@ async fn upload_one(
     if dry_run {
         return (name, UploadOutcome::WouldCopy(f.size));
     }
-    let ct = {
-        let path = f.path.clone();
-        tokio::task::spawn_blocking(move || {
-            std::fs::File::open(path)
-                .ok()
-                .and_then(|fh| local::read_content_type(&fh))
-        })
-        .await
-        .expect("xattr read does not panic")
+    let ct = with_file(&file, local::read_content_type).await;
+    let upload = match file.try_clone() {
+        Ok(fh) => fh,
+        Err(e) => return (name, failed(format!("{}: {e}", f.path.display()))),
     };
-    if let Err(e) = dst.put_file(&key, &f.path, ct.as_deref()).await {
+    // A stopped run ends the body with an error, which aborts a multipart upload.
+    let body = tokio_util::io::ReaderStream::with_capacity(
+        tokio::fs::File::from_std(upload),
+        UPLOAD_CHUNK,
+    )
+    .map(|chunk| match stop.is_cancelled() {
+        true => Err(std::io::Error::other("migration stopped")),
+        false => chunk,
+    });
+    if let Err(e) = dst.put_stream(&key, body, ct.as_deref()).await {
         return (
             name,
             UploadOutcome::Done(match e {
                 e @ (Error::AccessDenied { .. } | Error::NoSuchBucket { .. }) => Outcome::Fatal(e),
+                _ if stop.is_cancelled() => Outcome::Cancelled,
                 e => Outcome::Failed(e.to_string()),
             }),
         );
@@ -1110,26 +1262,24 @@ async fn upload_one(
         Err(e) => {
             return (
                 name,
-                UploadOutcome::Done(Outcome::Failed(format!(
-                    "uploaded but cannot be read back: {e}"
-                ))),
+                failed(format!("uploaded but cannot be read back: {e}")),
             )
         }
     };
     if meta.size != f.size {
         return (
             name,
-            UploadOutcome::Done(Outcome::Failed(format!(
+            failed(format!(
                 "uploaded {} bytes but the bucket holds {}",
                 f.size, meta.size
-            ))),
+            )),
         );
     }
-    let (path, size, etag) = (f.path.clone(), f.size, meta.etag.clone());
-    let verdict =
-        tokio::task::spawn_blocking(move || etag::check_file(&path, size, etag.as_deref()))
-            .await
-            .expect("no panic");
+    let (size, etag) = (f.size, meta.etag.clone());
+    let verdict = with_file(&file, move |fh| {
+        etag::check_open_file(fh, size, etag.as_deref())
+    })
+    .await;
     let outcome = match verdict {
         Ok(Verdict::Match { .. }) => Outcome::Copied {
             bytes: f.size,
@@ -1163,6 +1313,7 @@ fn local_files(root: PathBuf, prefix: String) -> BoxStream<'static, Result<Local
                 key,
                 path: root.join(e.path()),
                 size: e.size(),
+                entry: e,
             })
         })
         .boxed()

@@ -268,8 +268,21 @@ pub async fn s3_to_local(
 
 fn classify(root: &Path, o: ListedObject, keys: &mut HashSet<Box<str>>) -> Check {
     let key = match Placement::of(&o) {
-        // A folder marker: nothing to compare.
-        Placement::Folder(_) => return Check::Done(Finding::Identical(0)),
+        // A folder marker: identical when its directory exists (a cleanup may have pruned it).
+        Placement::Folder(None) => return Check::Done(Finding::Identical(0)),
+        Placement::Folder(Some(dir)) => {
+            return Check::Done(match local::is_dir_beneath(root, &dir) {
+                Ok(true) => Finding::Identical(0),
+                Ok(false) => Finding::Missing(o.key),
+                Err(e) => Finding::Unverifiable(
+                    KeyReason {
+                        key: o.key,
+                        reason: format!("cannot stat the local directory: {e}"),
+                    },
+                    0,
+                ),
+            })
+        }
         Placement::Unsafe { reason, folder } => {
             let reason = if folder {
                 reason.to_string()
@@ -334,4 +347,39 @@ fn extra_files(root: &Path, prefix: &str, keys: &HashSet<Box<str>>) -> Result<Ve
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn marker(key: &str) -> ListedObject {
+        ListedObject {
+            key: key.into(),
+            size: 0,
+            last_modified: chrono::Utc::now(),
+            etag: None,
+            problem: None,
+        }
+    }
+
+    fn finding(root: &Path, key: &str) -> String {
+        match classify(root, marker(key), &mut HashSet::new()) {
+            Check::Done(Finding::Identical(_)) => "identical".into(),
+            Check::Done(Finding::Missing(k)) => format!("missing {k}"),
+            _ => "other".into(),
+        }
+    }
+
+    #[test]
+    fn a_folder_marker_is_identical_only_when_its_directory_exists() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(tmp.path().join("clips/kept")).unwrap();
+        std::fs::write(tmp.path().join("clips/file"), b"").unwrap();
+        assert_eq!(finding(tmp.path(), "clips/kept/"), "identical");
+        assert_eq!(finding(tmp.path(), "/"), "identical");
+        // Say a cleanup pruned it, or a file holds the name.
+        assert_eq!(finding(tmp.path(), "clips/gone/"), "missing clips/gone/");
+        assert_eq!(finding(tmp.path(), "clips/file/"), "missing clips/file/");
+    }
 }

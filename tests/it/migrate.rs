@@ -606,3 +606,383 @@ fn migrate_under_way(
     }
     child
 }
+
+/// Writes files through a local `BlobStore` (as the service does) when migrate enters its
+/// copy phase: after planning, before any commit.
+struct ServiceWritesWhenCopying {
+    root: std::path::PathBuf,
+    files: Vec<(&'static str, &'static [u8])>,
+}
+
+impl stowage::Reporter for ServiceWritesWhenCopying {
+    fn phase(&self, name: &str, _items: Option<u64>, _bytes: Option<u64>) {
+        if name != "copying" {
+            return;
+        }
+        let (root, files) = (self.root.clone(), self.files.clone());
+        // Its own runtime: the reporter is called from migrate's async context.
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let service = stowage::BlobStore::local(root).unwrap();
+                for (k, data) in files {
+                    let key = stowage::Key::new(k).unwrap();
+                    service.put(&key, data.to_vec().into()).await.unwrap();
+                }
+            })
+        })
+        .join()
+        .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_file_the_service_writes_after_planning_is_never_replaced() {
+    let s3 = TestS3::start();
+    seed(
+        &s3,
+        &[
+            ("clips/new/video.mp4".into(), 1000),
+            ("clips/old/video.mp4".into(), 1000),
+            ("clips/other/video.mp4".into(), 1000),
+        ],
+    )
+    .await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join("store");
+    // An older, different local copy the plan will see and mean to replace.
+    std::fs::create_dir_all(dest.join("clips/old")).unwrap();
+    let stale = dest.join("clips/old/video.mp4");
+    std::fs::write(&stale, b"stale").unwrap();
+    let old = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+    std::fs::File::options()
+        .write(true)
+        .open(&stale)
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+
+    let reporter = ServiceWritesWhenCopying {
+        root: dest.clone(),
+        files: vec![
+            ("clips/new/video.mp4", b"NEW-SERVICE-RENDER"),
+            ("clips/old/video.mp4", b"RE-RENDERED-BY-THE-SERVICE"),
+        ],
+    };
+    let opts = stowage::ops::migrate::MigrateOptions::default();
+    let summary = stowage::ops::migrate::s3_to_local(&s3.blob_store(), &dest, &opts, &reporter)
+        .await
+        .unwrap();
+
+    let now = tree(&dest);
+    assert_eq!(now["clips/new/video.mp4"], digest(b"NEW-SERVICE-RENDER"));
+    assert_eq!(
+        now["clips/old/video.mp4"],
+        digest(b"RE-RENDERED-BY-THE-SERVICE")
+    );
+    assert_eq!(
+        now["clips/other/video.mp4"],
+        digest(&body("clips/other/video.mp4", 1000))
+    );
+    assert_eq!(summary.copied, 1, "{summary:?}");
+    let mut conflicts: Vec<&str> = summary.conflicts.iter().map(|c| c.key.as_str()).collect();
+    conflicts.sort();
+    assert_eq!(
+        conflicts,
+        ["clips/new/video.mp4", "clips/old/video.mp4"],
+        "{summary:?}"
+    );
+    assert!(summary
+        .conflicts
+        .iter()
+        .all(|c| c.reason.contains("written locally since planning")));
+    assert!(summary.has_problems());
+    let leftovers: Vec<String> = tree(&dest)
+        .into_keys()
+        .filter(|k| k.contains(".stowage-tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_local_file_newer_than_the_object_is_left_alone_and_reported() {
+    let s3 = TestS3::start();
+    seed(&s3, &[("clips/j1/video.mp4".into(), 1000)]).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join("store");
+    std::fs::create_dir_all(dest.join("clips/j1")).unwrap();
+    // Written by the service after the bucket's version (its mtime is now).
+    std::fs::write(dest.join("clips/j1/video.mp4"), b"NEW-SERVICE-RENDER").unwrap();
+
+    let r = migrate(&s3, &dest, &["--json"]);
+    assert_eq!(r.code, 1, "a conflict is reported as a problem: {r:?}");
+    let j = r.json();
+    assert_eq!(j["copied"], 0, "{j}");
+    assert_eq!(j["conflicts"][0]["key"], "clips/j1/video.mp4", "{j}");
+    assert!(
+        j["conflicts"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("newer than the bucket's version"),
+        "{j}"
+    );
+    assert_eq!(
+        std::fs::read(dest.join("clips/j1/video.mp4")).unwrap(),
+        b"NEW-SERVICE-RENDER"
+    );
+}
+
+/// Once the first file is uploaded, swaps every other listed file for a symlink to
+/// `target` (outside the store): the walk has already seen them as regular files.
+struct SwapForLinkAfterFirstUpload {
+    files: Vec<std::path::PathBuf>,
+    target: std::path::PathBuf,
+    swapped: std::sync::Mutex<Vec<String>>,
+}
+
+impl stowage::Reporter for SwapForLinkAfterFirstUpload {
+    fn item_done(&self, key: &str, _ok: bool) {
+        let mut swapped = self.swapped.lock().unwrap();
+        if !swapped.is_empty() {
+            return;
+        }
+        for f in &self.files {
+            if !f.ends_with(key) {
+                std::fs::remove_file(f).unwrap();
+                std::os::unix::fs::symlink(&self.target, f).unwrap();
+                swapped.push(f.display().to_string());
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn local_to_s3_never_uploads_a_file_swapped_for_a_symlink_after_the_walk() {
+    let s3 = TestS3::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("store");
+    std::fs::create_dir_all(src.join("clips/a")).unwrap();
+    std::fs::create_dir_all(src.join("clips/b")).unwrap();
+    let secret = tmp.path().join("secret.txt");
+    std::fs::write(&secret, b"OUTSIDE-THE-STORE").unwrap();
+    let files = vec![src.join("clips/a/video.mp4"), src.join("clips/b/video.mp4")];
+    for f in &files {
+        std::fs::write(f, b"a clip").unwrap();
+    }
+    let reporter = SwapForLinkAfterFirstUpload {
+        files: files.clone(),
+        target: secret,
+        swapped: Default::default(),
+    };
+    let opts = stowage::ops::migrate::MigrateOptions {
+        concurrency: 1,
+        ..Default::default()
+    };
+    let summary = stowage::ops::migrate::local_to_s3(&src, &s3.blob_store(), &opts, &reporter)
+        .await
+        .unwrap();
+
+    assert_eq!(summary.listed, 2, "the walk saw both files: {summary:?}");
+    assert_eq!(reporter.swapped.lock().unwrap().len(), 1);
+    let store = s3.object_store();
+    for k in ["clips/a/video.mp4", "clips/b/video.mp4"] {
+        if let Ok(got) = store.get(&ObjPath::parse(k).unwrap()).await {
+            let got = got.bytes().await.unwrap();
+            assert_eq!(
+                String::from_utf8_lossy(&got),
+                "a clip",
+                "{k}: content from outside the store"
+            );
+        }
+    }
+    assert_eq!(summary.copied, 1, "{summary:?}");
+    assert_eq!(summary.failed.len(), 1, "{summary:?}");
+    assert!(
+        summary.failed[0].reason.contains("symbolic link"),
+        "{summary:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_store_is_locked_before_the_listing_starts() {
+    let s3 = TestS3::start();
+    let want = seed(&s3, &[("clips/1/video.mp4".into(), 1000)]).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join("store");
+    s3.faults().delay_next_lists(1, Duration::from_secs(2));
+    let child = stowage(
+        Some(&s3),
+        &[
+            "migrate",
+            "s3-to-local",
+            "--dest",
+            &dest_arg(&dest),
+            "--json",
+        ],
+    )
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    for _ in 0..1000 {
+        if s3.faults().lists() > 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(s3.faults().lists() > 0, "the listing never started");
+    // The first listing request is being held: a cleanup now must find the store locked.
+    let lock = stowage::local::StoreLock::try_acquire(&dest);
+    assert!(
+        matches!(lock, Ok(None)),
+        "the store is not locked while migrate lists it: {lock:?}"
+    );
+    let r = crate::support::cli::output(child.wait_with_output().unwrap());
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(tree(&dest), want);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_temp_sweep_keeps_a_live_writers_temp_file() {
+    let s3 = TestS3::start();
+    let want = seed(&s3, &[("clips/1/video.mp4".into(), 1000)]).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join("store");
+    std::fs::create_dir_all(dest.join("clips/live")).unwrap();
+    // The service's put, in flight while migrate starts.
+    let key = stowage::Key::new("clips/live/video.mp4").unwrap();
+    let mut live = stowage::local::AtomicFile::create(&dest, &key).unwrap();
+    live.write_all(b"NEW-SERVICE-RENDER").unwrap();
+    // And one left by a killed run.
+    std::fs::write(dest.join("clips/.stowage-tmp.00000000deadbeef"), b"partial").unwrap();
+
+    let r = migrate(&s3, &dest, &["--json"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        !dest.join("clips/.stowage-tmp.00000000deadbeef").exists(),
+        "a dead writer's temp file is swept"
+    );
+    live.commit().expect("the live put commits");
+    let mut want = want;
+    want.insert("clips/live/video.mp4".into(), digest(b"NEW-SERVICE-RENDER"));
+    assert_eq!(tree(&dest), want);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn local_to_s3_stopped_by_a_fatal_error_aborts_its_multipart_uploads() {
+    let s3 = TestS3::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path();
+    std::fs::create_dir_all(src.join("clips")).unwrap();
+    // A multipart upload of 12 parts, each held for a second: more than object_store
+    // keeps in flight (8), so its body is still being read when the small file's PUT is
+    // refused.
+    std::fs::write(src.join("clips/big.mp4"), body("big", 96 << 20)).unwrap();
+    std::fs::write(src.join("clips/small.mp4"), b"small").unwrap();
+    s3.faults()
+        .slow_key("clips/big.mp4", Duration::from_secs(1));
+    s3.faults()
+        .fail_key("clips/small.mp4", 403, Duration::from_millis(300));
+
+    let opts = stowage::ops::migrate::MigrateOptions {
+        concurrency: 2,
+        ..Default::default()
+    };
+    let summary =
+        stowage::ops::migrate::local_to_s3(src, &s3.blob_store(), &opts, &stowage::NoopReporter)
+            .await
+            .unwrap();
+    assert!(
+        summary
+            .aborted
+            .as_deref()
+            .unwrap_or_default()
+            .contains("access denied"),
+        "{summary:?}"
+    );
+    assert_eq!(
+        s3.open_multipart_uploads(),
+        0,
+        "the in-flight multipart upload is aborted, not left behind: {summary:?}"
+    );
+    let in_bucket = s3
+        .object_store()
+        .head(&ObjPath::parse("clips/big.mp4").unwrap())
+        .await
+        .is_ok();
+    assert_eq!(
+        summary.copied,
+        u64::from(in_bucket),
+        "the summary counts exactly what is in the bucket: {summary:?}"
+    );
+}
+
+/// Every object of the bucket: key → MD5 of its content.
+async fn bucket_tree(s3: &TestS3) -> BTreeMap<String, String> {
+    let store = s3.object_store();
+    let metas: Vec<_> = store.list(None).map(|m| m.unwrap()).collect().await;
+    let mut out = BTreeMap::new();
+    for m in metas {
+        let data = store.get(&m.location).await.unwrap().bytes().await.unwrap();
+        out.insert(m.location.to_string(), digest(&data));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn local_to_s3_killed_at_random_points_then_rerun_leaves_the_bucket_identical() {
+    let s3 = TestS3::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("store");
+    for i in 0..80 {
+        let k = format!("clips/{i}/video.mp4");
+        std::fs::create_dir_all(src.join(format!("clips/{i}"))).unwrap();
+        std::fs::write(src.join(&k), body(&k, 256 << 10)).unwrap();
+    }
+    // One multipart upload too.
+    std::fs::write(src.join("clips/big.mp4"), body("big", 20 << 20)).unwrap();
+    let want = tree(&src);
+    let src_arg = src.to_str().unwrap().to_owned();
+    let args = [
+        "migrate",
+        "local-to-s3",
+        "--source",
+        &src_arg,
+        "--concurrency",
+        "4",
+        "--quiet",
+    ];
+    let mut rng = fastrand::Rng::with_seed(0x5eed);
+    for _ in 0..3 {
+        let mut child = stowage(Some(&s3), &args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(rng.u64(100..600)));
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        // Whatever is in the bucket is a whole file, never a part of one.
+        let now = bucket_tree(&s3).await;
+        eprintln!(
+            "killed with {} of {} objects uploaded",
+            now.len(),
+            want.len()
+        );
+        for (k, v) in now {
+            assert_eq!(Some(&v), want.get(&k), "{k} is complete or absent");
+        }
+    }
+    let r = run(Some(&s3), &args[..6]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(bucket_tree(&s3).await, want);
+    // A killed process cannot abort its multipart upload: its parts stay until a bucket
+    // lifecycle rule (AbortIncompleteMultipartUpload) removes them.
+    eprintln!(
+        "multipart uploads left by the kills: {}",
+        s3.open_multipart_uploads()
+    );
+}

@@ -245,6 +245,27 @@ impl TestS3 {
         Arc::new(s3)
     }
 
+    /// Multipart uploads holding parts, neither completed nor aborted, on the in-process
+    /// server. s3s-fs has no ListMultipartUploads; it keeps each uploaded part as
+    /// `.upload_id-<id>.part-<n>` in its root until the upload completes or is aborted
+    /// (its `.upload-<id>.json` records stay even then), so this counts distinct ids of
+    /// part files. An upload started but without a part yet is not counted.
+    pub fn open_multipart_uploads(&self) -> usize {
+        let server = self
+            ._server
+            .as_ref()
+            .expect("counting uploads needs the in-process server (TestS3::start)");
+        let ids: std::collections::HashSet<String> = std::fs::read_dir(server._root.path())
+            .unwrap()
+            .filter_map(|e| {
+                let name = e.unwrap().file_name().to_string_lossy().into_owned();
+                let rest = name.strip_prefix(".upload_id-")?;
+                Some(rest.split(".part-").next()?.to_owned())
+            })
+            .collect();
+        ids.len()
+    }
+
     /// Fault injection for the in-process server. Panics for an external server, whose
     /// responses we cannot touch.
     pub fn faults(&self) -> &Faults {
@@ -394,6 +415,10 @@ pub struct Faults {
     get_faults: Mutex<VecDeque<GetFault>>,
     canned_listing: Mutex<Option<Arc<Vec<CannedEntry>>>>,
     oversize_lists: Mutex<VecDeque<usize>>,
+    lists: AtomicU64,
+    list_delays: Mutex<VecDeque<Duration>>,
+    failing_keys: Mutex<std::collections::HashMap<String, (u16, Duration)>>,
+    slow_keys: Mutex<std::collections::HashMap<String, Duration>>,
 }
 
 /// One entry of a crafted listing ([`Faults::answer_lists_with`]).
@@ -468,6 +493,35 @@ impl Faults {
             .extend(std::iter::repeat_n(bytes, n));
     }
 
+    /// Holds the next `n` bucket listings (ListObjects) for `delay` before answering, to
+    /// catch what a client does while a long listing runs.
+    pub fn delay_next_lists(&self, n: usize, delay: Duration) {
+        self.list_delays
+            .lock()
+            .unwrap()
+            .extend(std::iter::repeat_n(delay, n));
+    }
+
+    /// Answers every request for the object `key` with `status` from now on, each after
+    /// `delay` (so other requests are under way when it fails).
+    pub fn fail_key(&self, key: &str, status: u16, delay: Duration) {
+        self.failing_keys
+            .lock()
+            .unwrap()
+            .insert(key.to_owned(), (status, delay));
+    }
+
+    /// Holds the answer to every request for the object `key` (each part of a multipart
+    /// upload too) for `delay` after the server has handled it.
+    pub fn slow_key(&self, key: &str, delay: Duration) {
+        self.slow_keys.lock().unwrap().insert(key.to_owned(), delay);
+    }
+
+    /// Bucket listings seen so far (counted when they arrive, before any delay).
+    pub fn lists(&self) -> u64 {
+        self.lists.load(Ordering::SeqCst)
+    }
+
     /// Requests seen so far, of any kind (failed ones included).
     pub fn requests(&self) -> u64 {
         self.requests.load(Ordering::SeqCst)
@@ -515,6 +569,21 @@ async fn with_faults(
     if get_object {
         faults.gets.fetch_add(1, Ordering::SeqCst);
     }
+    if req.method() == hyper::Method::GET && object_path(&req).is_none() {
+        faults.lists.fetch_add(1, Ordering::SeqCst);
+        let delay = faults.list_delays.lock().unwrap().pop_front();
+        if let Some(delay) = delay {
+            tokio::time::sleep(delay).await;
+        }
+    }
+    let failing_key = object_path(&req)
+        .and_then(|(_, key)| faults.failing_keys.lock().unwrap().get(&key).copied());
+    let slow =
+        object_path(&req).and_then(|(_, key)| faults.slow_keys.lock().unwrap().get(&key).copied());
+    if let Some((status, delay)) = failing_key {
+        tokio::time::sleep(delay).await;
+        return Ok(error_response(status));
+    }
     if let Some(status) = faults.fail.lock().unwrap().pop_front() {
         return Ok(error_response(status));
     }
@@ -535,6 +604,9 @@ async fn with_faults(
         .call(req.map(s3s::Body::from))
         .await
         .map_err(|e| std::io::Error::other(s3s::StdError::from(e)))?;
+    if let Some(delay) = slow {
+        tokio::time::sleep(delay).await;
+    }
     let fault = if get_object && resp.status().is_success() {
         faults.get_faults.lock().unwrap().pop_front()
     } else {
