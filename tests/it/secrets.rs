@@ -96,6 +96,11 @@ fn every_command(store: &str, dest: &str) -> Vec<Vec<String>> {
             let plain: Vec<String> = args.iter().map(|s| s.to_string()).collect();
             let mut json = plain.clone();
             json.push("--json".into());
+            // The two runs go at once: each migration takes its destination's lock, so the
+            // JSON one gets a destination of its own.
+            for arg in json.iter_mut().filter(|a| a.as_str() == dest) {
+                arg.push_str("-json");
+            }
             [plain, json]
         })
         .collect()
