@@ -127,7 +127,10 @@ pub(crate) async fn run(args: ServeArgs) -> Exit {
     };
     let signed = plan.store.local_urls().is_some_and(|u| u.secret.is_some());
     let described = plan.store.describe();
-    let files = stowage::http::router(plan.store, plan.options);
+    let files = match stowage::http::router(plan.store, plan.options) {
+        Ok(f) => f,
+        Err(e) => return crate::fatal(&e),
+    };
     let app = if plan.base_path.is_empty() {
         files
     } else {
@@ -180,7 +183,13 @@ async fn access_log(req: Request, next: Next) -> Response {
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.to_string())
         .unwrap_or_else(|| "-".into());
-    let request = format!("{} {}", req.method(), req.uri().path());
+    // The path is written with bidi and other format characters spelled out, so a key
+    // cannot reorder or hide what the log line shows.
+    let request = format!(
+        "{} {}",
+        req.method(),
+        stowage::key::display_safe(req.uri().path())
+    );
     let resp = next.run(req).await;
     let (parts, body) = resp.into_parts();
     let mut line = LogLine {
