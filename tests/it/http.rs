@@ -618,22 +618,48 @@ async fn s3_redirects_to_a_presigned_url_or_proxies() {
 }
 
 /// `stowage serve` as a child process, its stderr collected line by line.
-struct ServeProcess {
-    child: Child,
-    addr: SocketAddr,
+pub(crate) struct ServeProcess {
+    pub(crate) child: Child,
+    pub(crate) addr: SocketAddr,
     stderr: Arc<Mutex<Vec<String>>>,
     reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl ServeProcess {
     fn start(root: &Path, secret: Option<&str>) -> ServeProcess {
+        ServeProcess::start_with(root, secret, &[], None)
+    }
+
+    /// `stowage serve` with `extra` arguments and, when given, its open-file limit
+    /// (soft and hard) lowered to `nofile` before it starts.
+    pub(crate) fn start_with(
+        root: &Path,
+        secret: Option<&str>,
+        extra: &[&str],
+        nofile: Option<u64>,
+    ) -> ServeProcess {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_stowage"));
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--root"])
             .arg(root)
+            .args(extra)
             .env_remove("STORAGE_URL_SECRET")
             .env_remove("FILES_PATH");
         if let Some(s) = secret {
             cmd.env("STORAGE_URL_SECRET", s);
+        }
+        if let Some(n) = nofile {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit is async-signal-safe and touches no memory of the parent.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let lim = rustix::process::Rlimit {
+                        current: Some(n),
+                        maximum: Some(n),
+                    };
+                    rustix::process::setrlimit(rustix::process::Resource::Nofile, lim)
+                        .map_err(std::io::Error::from)
+                });
+            }
         }
         let mut child = cmd
             .stdout(Stdio::null())
@@ -669,12 +695,19 @@ impl ServeProcess {
         }
     }
 
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://{}/api/files/{path}", self.addr)
     }
 
+    /// Open file descriptors of the server process.
+    pub(crate) fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+
     /// Peak resident memory of the server process (VmHWM), in bytes.
-    fn peak_rss(&self) -> u64 {
+    pub(crate) fn peak_rss(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
         let kb: u64 = status
             .lines()
@@ -696,7 +729,7 @@ impl ServeProcess {
         .unwrap();
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         self.stderr.lock().unwrap().join("\n")
     }
 }

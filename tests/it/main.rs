@@ -8,5 +8,6 @@ mod http;
 mod local_tree;
 mod migrate;
 mod s3_list;
+mod serve_load;
 mod support;
 mod verify;
