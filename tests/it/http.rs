@@ -1181,3 +1181,32 @@ async fn an_s3_router_needs_a_secret_or_an_explicit_public_opt_in() {
     let (s, _, _) = get(&srv.url("clips/private.mp4"), &[]).await;
     assert_eq!(s, 302);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_access_log_never_carries_bidi_characters_from_a_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    std::fs::create_dir_all(root.join("clips")).unwrap();
+    std::fs::write(root.join("clips/clip\u{202E}4pm.exe"), b"x").unwrap();
+    let server = ServeProcess::start(&root, None);
+    // Raw UTF-8 in the request line, as a hostile client may send it.
+    let mut s = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    s.write_all(
+        "GET /api/files/clips/clip\u{202E}4pm.exe HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.unwrap();
+    let (st, _, _) = get(&server.url("clips/clip%E2%80%AE4pm.exe"), &[]).await;
+    assert_eq!(st, 200);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !server.log().contains("4pm.exe\" 200") && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let log = server.log();
+    assert!(log.contains("4pm.exe\" 200"), "{log}");
+    assert!(!log.contains('\u{202E}'), "{log}");
+    assert!(log.contains("clips/clip[U+202E]4pm.exe\" 200"), "{log}");
+}
