@@ -943,6 +943,39 @@ mod tests {
     }
 
     #[test]
+    fn only_passive_media_is_inline() {
+        let passive = |ct: &'static str| is_passive_media(&HeaderValue::from_static(ct));
+        for ct in [
+            "video/mp4",
+            "video/webm; codecs=\"vp9\"",
+            "audio/mpeg",
+            "image/png",
+            "IMAGE/JPEG",
+            "image/gif",
+            "image/webp",
+            "image/avif",
+            "image/bmp",
+        ] {
+            assert!(passive(ct), "{ct}");
+        }
+        for ct in [
+            "text/html",
+            "image/svg+xml",
+            "image/svg",
+            "application/xhtml+xml",
+            "text/xml",
+            "application/pdf",
+            "text/plain",
+            "application/octet-stream",
+            "multipart/x-mixed-replace",
+            "image/x-icon",
+            "not a type",
+        ] {
+            assert!(!passive(ct), "{ct}");
+        }
+    }
+
+    #[test]
     fn dispositions_cannot_inject_headers() {
         let d = |n| {
             content_disposition(Disposition::Inline, n)

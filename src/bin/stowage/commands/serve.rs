@@ -296,8 +296,10 @@ mod conn {
     pub(super) fn fit_to_fd_limit(wanted: usize) -> usize {
         use rustix::process::{getrlimit, setrlimit, Resource};
         let mut lim = getrlimit(Resource::Nofile);
-        if lim.current < lim.maximum {
-            lim.current = lim.maximum;
+        // An unlimited hard limit still stops at the kernel's nr_open (2^20 by default).
+        let target = lim.maximum.unwrap_or(1 << 20);
+        if lim.current.is_some_and(|c| c < target) {
+            lim.current = Some(target);
             let _ = setrlimit(Resource::Nofile, lim);
         }
         let soft = getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX);
