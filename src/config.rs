@@ -367,7 +367,9 @@ impl LocalUrls {
             }
             urls.files_path = p;
         }
-        if let Some(secret) = v.get("STORAGE_URL_SECRET") {
+        // Set but empty is an error, not "unset": an empty secret is nearly always a failed
+        // substitution, and treating it as unset would silently serve unsigned.
+        if let Some(secret) = v.get_even_if_empty("STORAGE_URL_SECRET") {
             if secret.len() < crate::signing::MIN_SECRET_LEN {
                 return Err(Error::config(
                     "STORAGE_URL_SECRET",
@@ -400,11 +402,15 @@ impl Vars {
 
     /// A variable's value; empty counts as unset.
     fn get(&self, name: &str) -> Option<String> {
+        self.get_even_if_empty(name).filter(|s| !s.is_empty())
+    }
+
+    /// A variable's value, empty included (for settings where empty is a mistake).
+    fn get_even_if_empty(&self, name: &str) -> Option<String> {
         match self {
             Vars::Process => std::env::var(name).ok(),
             Vars::Map(m) => m.get(name).cloned(),
         }
-        .filter(|s| !s.is_empty())
     }
 }
 

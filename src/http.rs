@@ -10,8 +10,14 @@
 //!   anything else (`..`, `%2e%2e`, `%2f`, `\`, NUL, empty segments) is a 404 that touches
 //!   no file, and files are opened with [`local::open_beneath`], which never follows a
 //!   symlink;
-//! - with a signing secret ([`LocalUrls::secret`]) every request needs a valid, unexpired
-//!   [`crate::signing`] signature, checked before the file is looked up;
+//! - with a signing secret ([`ServeOptions::secret`] or [`LocalUrls::secret`]) every
+//!   request, on every backend, needs a valid, unexpired [`crate::signing`] signature,
+//!   checked before the file is looked up; an S3 store without one is refused unless
+//!   public access is asked for ([`ServeOptions::public_s3_without_signatures`]);
+//! - only passive media (video, audio, raster images) is served `inline`; anything else
+//!   (HTML, SVG, ...) is an `application/octet-stream` attachment, and every response
+//!   carries `Content-Security-Policy: default-src 'none'; sandbox` and `nosniff`, so a
+//!   stored file never runs as a page on the serving origin;
 //! - headers and body come from one open file descriptor, read in 64 KiB chunks, so memory
 //!   does not grow with the file and a file replaced mid-download is served whole, old
 //!   or new, never mixed.
@@ -29,7 +35,7 @@
 //! let store = BlobStore::memory();
 //! store.put(&Key::new("clips/1.mp4")?, "0123456789".into()).await?;
 //!
-//! let app: Router = Router::new().nest("/api/files", router(store, ServeOptions::default()));
+//! let app: Router = Router::new().nest("/api/files", router(store, ServeOptions::default())?);
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
 //! let addr = listener.local_addr()?;
 //! tokio::spawn(async move { axum::serve(listener, app).await });
@@ -68,9 +74,13 @@ use crate::local;
 use crate::signing::{self, SignatureError};
 use crate::store::{BackendKind, BlobStore, LocalUrls, Meta};
 
-/// The Cache-Control sent by default: what the nginx config in use sends. Keys of the clip
-/// service are never rewritten in place, so the content behind a URL never changes.
-pub const DEFAULT_CACHE_CONTROL: &str = "public, max-age=86400, immutable";
+/// The Cache-Control sent by default. Not `immutable`: keys are rewritten in place (the
+/// service re-renders a clip, migrate catches up), so a cache must be able to revalidate.
+pub const DEFAULT_CACHE_CONTROL: &str = "public, max-age=86400";
+
+/// Sent with every response: whatever a file turns out to be, a browser that renders it
+/// runs no script, loads nothing and treats it as a unique origin.
+pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; sandbox";
 
 /// Bytes read from a local file per chunk of a response body. Small enough that hundreds
 /// of concurrent downloads stay within a few tens of MiB, large enough for few syscalls.
@@ -81,15 +91,26 @@ const CHUNK: usize = 64 << 10;
 const PROXY_ATTEMPTS: usize = 3;
 
 /// How the router behaves.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ServeOptions {
     /// Cache-Control of successful and 304 responses; `None` sends none.
     /// Default: [`DEFAULT_CACHE_CONTROL`].
     pub cache_control: Option<HeaderValue>,
-    /// The `Content-Disposition` type sent with each file. Default: inline.
+    /// The `Content-Disposition` type sent with passive media (video, audio, raster
+    /// images). Default: inline. Every other type is always an `attachment` sent as
+    /// `application/octet-stream`, so no stored file can become a page on this origin.
     pub disposition: Disposition,
     /// How an S3 store's files are delivered. Default: redirect.
     pub s3: S3Delivery,
+    /// The secret every request must be signed with ([`crate::signing`], at least
+    /// [`signing::MIN_SECRET_LEN`] bytes). Default `None`: a local store's own
+    /// [`LocalUrls::secret`]; set it to sign the router's URLs for an S3 or memory store.
+    /// Redacted in `Debug`.
+    pub secret: Option<String>,
+    /// Serve an S3 store's objects **to anyone who knows a key**, without a signature.
+    /// Default `false`: [`router`] refuses an S3 store that has no [`Self::secret`],
+    /// because mounting it would quietly turn a private bucket into a public one.
+    pub public_s3_without_signatures: bool,
 }
 
 impl Default for ServeOptions {
@@ -98,7 +119,24 @@ impl Default for ServeOptions {
             cache_control: Some(HeaderValue::from_static(DEFAULT_CACHE_CONTROL)),
             disposition: Disposition::Inline,
             s3: S3Delivery::Redirect,
+            secret: None,
+            public_s3_without_signatures: false,
         }
+    }
+}
+
+impl std::fmt::Debug for ServeOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServeOptions")
+            .field("cache_control", &self.cache_control)
+            .field("disposition", &self.disposition)
+            .field("s3", &self.s3)
+            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .field(
+                "public_s3_without_signatures",
+                &self.public_s3_without_signatures,
+            )
+            .finish()
     }
 }
 
@@ -132,37 +170,83 @@ pub struct ServeError(pub Arc<Error>);
 struct Shared {
     store: BlobStore,
     opts: ServeOptions,
-    /// The local store's signing secret: when set, every request must be signed.
+    /// The signing secret: when set, every request must be signed.
     secret: Option<Vec<u8>>,
 }
 
 /// An axum router serving `GET` and `HEAD` for the keys of `store`, to be nested where
 /// the store's download URLs point (`Router::new().nest("/api/files", router(store,
-/// opts))`, see the [module docs](self)). It accepts any outer state type.
+/// opts)?)`, see the [module docs](self)). It accepts any outer state type.
 ///
-/// A local store with a signing secret ([`LocalUrls::secret`]) makes every request need a
-/// valid `expires`/`sig` query, as produced by [`BlobStore::download_url`]; otherwise 403.
-pub fn router<S>(store: BlobStore, opts: ServeOptions) -> Router<S>
+/// With a signing secret ([`ServeOptions::secret`], else the local store's
+/// [`LocalUrls::secret`]) every request, on every backend, needs a valid `expires`/`sig`
+/// query, as produced by [`BlobStore::download_url`] or [`signing::signed_query`];
+/// otherwise 403.
+///
+/// # Errors
+///
+/// [`Error::Config`] for an S3 store without a secret unless
+/// [`ServeOptions::public_s3_without_signatures`] is set, and for a secret shorter than
+/// [`signing::MIN_SECRET_LEN`] bytes.
+pub fn router<S>(store: BlobStore, opts: ServeOptions) -> crate::Result<Router<S>>
 where
     S: Clone + Send + Sync + 'static,
 {
-    let secret = store
-        .local_urls()
-        .and_then(|u: &LocalUrls| u.secret.as_ref())
-        .map(|s| s.as_bytes().to_vec());
+    let secret = opts.secret.clone().or_else(|| {
+        store
+            .local_urls()
+            .and_then(|u: &LocalUrls| u.secret.clone())
+    });
+    if let Some(s) = &secret {
+        if s.len() < signing::MIN_SECRET_LEN {
+            return Err(Error::config(
+                "ServeOptions::secret",
+                format!(
+                    "is {} bytes; use at least {} random bytes",
+                    s.len(),
+                    signing::MIN_SECRET_LEN
+                ),
+            ));
+        }
+    }
+    if store.kind() == BackendKind::S3 && secret.is_none() && !opts.public_s3_without_signatures {
+        return Err(Error::config(
+            "ServeOptions::secret",
+            format!(
+                "is not set for {}: without it anyone who knows a key could fetch it. Set a \
+                 signing secret, or set public_s3_without_signatures if the bucket's \
+                 contents are meant to be public",
+                store.describe()
+            ),
+        ));
+    }
     let shared = Arc::new(Shared {
         store,
         opts,
-        secret,
+        secret: secret.map(String::into_bytes),
     });
-    Router::new()
+    Ok(Router::new()
         .route("/", any(serve))
         .route("/{*key}", any(serve))
         .fallback(serve)
-        .with_state(shared)
+        .with_state(shared))
 }
 
 async fn serve(State(sh): State<Arc<Shared>>, req: Request) -> Response {
+    let mut resp = answer(&sh, req).await;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CONTENT_SECURITY_POLICY),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    resp
+}
+
+async fn answer(sh: &Shared, req: Request) -> Response {
     let method = req.method();
     if method != Method::GET && method != Method::HEAD {
         let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
@@ -177,17 +261,20 @@ async fn serve(State(sh): State<Arc<Shared>>, req: Request) -> Response {
     let mut signed_until = None;
     if let Some(secret) = &sh.secret {
         let now = SystemTime::now();
-        if let Err(e) = signing::verify(secret, &key, req.uri().query(), now) {
-            return forbidden(e);
+        // Only the expiry the signature covers may decide caching: the query can spell
+        // the parameter in ways a second parse would not see (`%65xpires`).
+        match signing::verify(secret, &key, req.uri().query(), now) {
+            Ok(expires) => {
+                signed_until = Some(expires.saturating_sub(unix_secs(now).max(0) as u64))
+            }
+            Err(e) => return forbidden(e),
         }
-        signed_until = query_expires(req.uri().query())
-            .map(|exp| exp.saturating_sub(unix_secs(now).max(0) as u64));
     }
     let headers = req.headers();
     let mut resp = match sh.store.kind() {
-        BackendKind::Local => serve_local(&sh, key, headers, head).await,
-        BackendKind::S3 if sh.opts.s3 == S3Delivery::Redirect => redirect(&sh, &key).await,
-        BackendKind::S3 | BackendKind::Memory => serve_proxied(&sh, key, headers, head).await,
+        BackendKind::Local => serve_local(sh, key, headers, head).await,
+        BackendKind::S3 if sh.opts.s3 == S3Delivery::Redirect => redirect(sh, &key).await,
+        BackendKind::S3 | BackendKind::Memory => serve_proxied(sh, key, headers, head).await,
     };
     // A signed URL must not outlive its expiry in a shared cache: keep the response
     // private and cacheable only until the signature expires.
@@ -198,14 +285,6 @@ async fn serve(State(sh): State<Arc<Shared>>, req: Request) -> Response {
         }
     }
     resp
-}
-
-/// The `expires` parameter of a (verified) signed URL's query.
-fn query_expires(query: Option<&str>) -> Option<u64> {
-    query?
-        .split('&')
-        .find_map(|kv| kv.strip_prefix("expires="))
-        .and_then(|v| v.parse().ok())
 }
 
 /// The key a request path names, or `None` (a 404) when it is not a valid [`Key`].
@@ -236,7 +315,7 @@ async fn serve_local(sh: &Shared, key: Key, headers: &HeaderMap, head: bool) -> 
         let file = local::open_beneath(&root, &k)?;
         let md = file.metadata()?;
         let content_type = local::read_content_type(&file);
-        Ok((file, crate::store::local_meta(k, &md, content_type)))
+        Ok((file, crate::store::local_served_meta(k, &md, content_type)))
     })
     .await
     .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
@@ -402,17 +481,11 @@ fn evaluate(meta: &Meta, headers: &HeaderMap) -> Outcome {
     let Some(range) = single(headers, &header::RANGE) else {
         return full;
     };
+    // Only a strong ETag match keeps the range. A date is a weak validator with
+    // one-second resolution (RFC 9110 §13.1.5 lets us ignore it): two versions written
+    // within a second share it, and honouring it would splice them.
     if let Some(if_range) = single(headers, &header::IF_RANGE) {
-        let if_range = if_range.trim();
-        let still_valid = if if_range.starts_with('"') || if_range.starts_with("W/") {
-            etag_list_matches(if_range, etag, Comparison::Strong)
-        } else {
-            httpdate::parse_http_date(if_range)
-                .ok()
-                .map(unix_secs)
-                .is_some_and(|d| d == modified)
-        };
-        if !still_valid {
+        if !etag_list_matches(if_range.trim(), etag, Comparison::Strong) {
             return full;
         }
     }
@@ -603,10 +676,6 @@ fn respond(sh: &Shared, meta: &Meta, outcome: Outcome, body: Body) -> Response {
     if let Some(cc) = &sh.opts.cache_control {
         h.insert(header::CACHE_CONTROL, cc.clone());
     }
-    h.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
     let status = match outcome {
         Outcome::NotModified => StatusCode::NOT_MODIFIED,
         Outcome::PreconditionFailed => {
@@ -619,8 +688,15 @@ fn respond(sh: &Shared, meta: &Meta, outcome: Outcome, body: Body) -> Response {
             StatusCode::RANGE_NOT_SATISFIABLE
         }
         Outcome::Full(ref r) | Outcome::Partial(ref r) => {
-            h.insert(header::CONTENT_TYPE, content_type(meta));
-            if let Some(d) = content_disposition(sh.opts.disposition, meta.key.file_name()) {
+            let (ct, disposition) = match content_type(meta) {
+                ct if is_passive_media(&ct) => (ct, sh.opts.disposition),
+                _ => (
+                    HeaderValue::from_static("application/octet-stream"),
+                    Disposition::Attachment,
+                ),
+            };
+            h.insert(header::CONTENT_TYPE, ct);
+            if let Some(d) = content_disposition(disposition, meta.key.file_name()) {
                 h.insert(header::CONTENT_DISPOSITION, d);
             }
             h.insert(header::CONTENT_LENGTH, HeaderValue::from(r.end - r.start));
@@ -671,6 +747,28 @@ fn content_type(meta: &Meta) -> HeaderValue {
         .unwrap_or_else(|| HeaderValue::from_static("application/octet-stream"))
 }
 
+/// Whether a browser shows `content_type` only as media, never running anything in it:
+/// video, audio and raster images. SVG is an image that runs scripts, so it is not here,
+/// and neither is anything else (HTML, XML, PDF, text...).
+fn is_passive_media(content_type: &HeaderValue) -> bool {
+    let Ok(ct) = content_type.to_str() else {
+        return false;
+    };
+    let Ok(m) = ct.parse::<mime_guess::mime::Mime>() else {
+        return false;
+    };
+    match m.type_().as_str() {
+        "video" | "audio" => true,
+        "image" => {
+            matches!(
+                m.subtype().as_str(),
+                "png" | "jpeg" | "gif" | "webp" | "avif" | "bmp"
+            ) && m.suffix().is_none()
+        }
+        _ => false,
+    }
+}
+
 /// RFC 8187 `attr-char`: what `filename*` may carry unencoded.
 const ATTR_CHAR: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'!')
@@ -691,13 +789,16 @@ const ATTR_CHAR: &AsciiSet = &NON_ALPHANUMERIC
 /// The quoted `filename` keeps printable ASCII except `"`, `\`, `;`, `%` and `,`, which
 /// some clients mis-parse, and replaces everything else (control characters, non-ASCII)
 /// with `_`; when that changed the name, `filename*` carries it exactly, percent-encoded.
-/// Nothing of the key can end the header or start another.
+/// Nothing of the key can end the header or start another, and bidi or other format
+/// characters are written out ([`crate::key::display_safe`]) so the name shown is the
+/// name stored (no `clip\u{202E}4pm.exe` posing as `clipexe.mp4`).
 fn content_disposition(kind: Disposition, name: &str) -> Option<HeaderValue> {
     let kind = match kind {
         Disposition::Inline => "inline",
         Disposition::Attachment => "attachment",
         Disposition::Omit => return None,
     };
+    let name = &*crate::key::display_safe(name);
     let fallback: String = name
         .chars()
         .map(|c| match c {
@@ -723,10 +824,6 @@ fn text(status: StatusCode, body: &'static str) -> Response {
     h.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    h.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
     );
     r
 }
@@ -846,6 +943,39 @@ mod tests {
     }
 
     #[test]
+    fn only_passive_media_is_inline() {
+        let passive = |ct: &'static str| is_passive_media(&HeaderValue::from_static(ct));
+        for ct in [
+            "video/mp4",
+            "video/webm; codecs=\"vp9\"",
+            "audio/mpeg",
+            "image/png",
+            "IMAGE/JPEG",
+            "image/gif",
+            "image/webp",
+            "image/avif",
+            "image/bmp",
+        ] {
+            assert!(passive(ct), "{ct}");
+        }
+        for ct in [
+            "text/html",
+            "image/svg+xml",
+            "image/svg",
+            "application/xhtml+xml",
+            "text/xml",
+            "application/pdf",
+            "text/plain",
+            "application/octet-stream",
+            "multipart/x-mixed-replace",
+            "image/x-icon",
+            "not a type",
+        ] {
+            assert!(!passive(ct), "{ct}");
+        }
+    }
+
+    #[test]
     fn dispositions_cannot_inject_headers() {
         let d = |n| {
             content_disposition(Disposition::Inline, n)
@@ -865,7 +995,11 @@ mod tests {
         );
         assert_eq!(
             d("x\r\nSet-Cookie: a=b"),
-            "inline; filename=\"x__Set-Cookie: a=b\"; filename*=UTF-8''x%0D%0ASet-Cookie%3A%20a%3Db"
+            "inline; filename=\"x[U+000D][U+000A]Set-Cookie: a=b\""
+        );
+        assert_eq!(
+            d("clip\u{202E}4pm.exe"),
+            "inline; filename=\"clip[U+202E]4pm.exe\""
         );
         assert_eq!(
             content_disposition(Disposition::Attachment, "a b").unwrap(),

@@ -94,6 +94,12 @@ impl Key {
         p
     }
 
+    /// The key as it may be shown to a person: in a log line, a `Content-Disposition`
+    /// file name, a report. See [`display_safe`].
+    pub fn display_safe(&self) -> std::borrow::Cow<'_, str> {
+        display_safe(&self.0)
+    }
+
     /// The key for a path relative to a store root, if it is a valid key.
     pub fn from_relative_path(rel: &Path) -> crate::Result<Key> {
         let s = rel.to_str().ok_or_else(|| crate::Error::InvalidKey {
@@ -102,6 +108,58 @@ impl Key {
         })?;
         Key::parse(s)
     }
+}
+
+/// `s` with every character that changes how the text around it is displayed written
+/// out as `[U+XXXX]`: format characters (Unicode category Cf: bidi overrides and isolates
+/// such as U+202E and U+2066..U+2069, marks such as U+200F, zero-width characters, soft
+/// hyphen), line and paragraph separators, and control characters.
+///
+/// A valid key may contain format characters (S3 allows them), and `clip\u{202E}4pm.exe`
+/// shows as `clipexe.mp4`: anything printed for a person goes through here.
+pub fn display_safe(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(changes_display) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 16);
+    for c in s.chars() {
+        if changes_display(c) {
+            out.push_str(&format!("[U+{:04X}]", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// Control characters, line/paragraph separators and the Cf (format) category of Unicode
+/// 15.1, listed here so that no Unicode-table dependency is needed.
+fn changes_display(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c as u32,
+            0x00AD
+                | 0x0600..=0x0605
+                | 0x061C
+                | 0x06DD
+                | 0x070F
+                | 0x0890..=0x0891
+                | 0x08E2
+                | 0x180E
+                | 0x200B..=0x200F
+                | 0x2028..=0x202E
+                | 0x2060..=0x2064
+                | 0x2066..=0x206F
+                | 0xFEFF
+                | 0xFFF9..=0xFFFB
+                | 0x110BD
+                | 0x110CD
+                | 0x13430..=0x1343F
+                | 0x1BCA0..=0x1BCA3
+                | 0x1D173..=0x1D17A
+                | 0xE0001
+                | 0xE0020..=0xE007F
+        )
 }
 
 fn validate(s: &str) -> Result<(), KeyError> {
@@ -180,6 +238,35 @@ impl<'de> serde::Deserialize<'de> for Key {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn display_safe_writes_out_bidi_and_format_characters() {
+        let spoof = Key::new("clips/clip\u{202E}4pm.exe").unwrap();
+        assert_eq!(spoof.display_safe(), "clips/clip[U+202E]4pm.exe");
+        for (c, shown) in [
+            ('\u{200F}', "[U+200F]"),
+            ('\u{2066}', "[U+2066]"),
+            ('\u{2069}', "[U+2069]"),
+            ('\u{200B}', "[U+200B]"),
+            ('\u{FEFF}', "[U+FEFF]"),
+            ('\u{2028}', "[U+2028]"),
+            ('\u{E0041}', "[U+E0041]"),
+            ('\n', "[U+000A]"),
+        ] {
+            assert_eq!(
+                display_safe(&format!("a{c}b")),
+                format!("a{shown}b"),
+                "{c:?}"
+            );
+        }
+        // Ordinary text, RTL letters included, is left alone and not copied.
+        for plain in ["clips/ünï code.mp4", "שלום.mp4", "a[b]"] {
+            assert!(matches!(
+                display_safe(plain),
+                std::borrow::Cow::Borrowed(p) if p == plain
+            ));
+        }
+    }
     use proptest::prelude::*;
     use std::path::Component;
 

@@ -68,14 +68,19 @@ pub fn signed_query(secret: &[u8], key: &Key, ttl: Duration, now: SystemTime) ->
 }
 
 /// Checks the `expires` and `sig` parameters of a request's query string for `key` at
-/// time `now`. The signature is compared in constant time. A parameter given twice is
-/// refused as [`SignatureError::Invalid`], so there is never a choice of which one counts.
+/// time `now`, and returns the verified expiry (Unix seconds). The signature is compared
+/// in constant time. A parameter given twice is refused as [`SignatureError::Invalid`], so
+/// there is never a choice of which one counts.
+///
+/// Parameter names are percent-decoded (`%65xpires` is `expires`): anything derived from
+/// the URL's expiry, such as how long a response may be cached, must use the value
+/// returned here and never parse the query again.
 pub fn verify(
     secret: &[u8],
     key: &Key,
     query: Option<&str>,
     now: SystemTime,
-) -> Result<(), SignatureError> {
+) -> Result<u64, SignatureError> {
     let (mut expires, mut sig) = (None, None);
     for (name, value) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
         let slot = match name.as_ref() {
@@ -103,7 +108,7 @@ pub fn verify(
     if unix_secs(now) > expires {
         return Err(SignatureError::Expired);
     }
-    Ok(())
+    Ok(expires)
 }
 
 fn unix_secs(t: SystemTime) -> u64 {
@@ -127,8 +132,8 @@ mod tests {
         let key = Key::new("clips/a b.mp4").unwrap();
         let q = signed_query(SECRET, &key, Duration::from_secs(60), at(1_000));
         assert!(q.starts_with("expires=1060&sig="), "{q}");
-        assert_eq!(verify(SECRET, &key, Some(&q), at(1_000)), Ok(()));
-        assert_eq!(verify(SECRET, &key, Some(&q), at(1_060)), Ok(()));
+        assert_eq!(verify(SECRET, &key, Some(&q), at(1_000)), Ok(1_060));
+        assert_eq!(verify(SECRET, &key, Some(&q), at(1_060)), Ok(1_060));
         assert_eq!(
             verify(SECRET, &key, Some(&q), at(1_061)),
             Err(SignatureError::Expired)
@@ -166,6 +171,26 @@ mod tests {
         let truncated = &q[..q.len() - 2];
         assert_eq!(
             verify(SECRET, &key, Some(truncated), at(0)),
+            Err(SignatureError::Invalid)
+        );
+    }
+
+    #[test]
+    fn the_verified_expiry_is_the_decoded_one() {
+        // `%65xpires` decodes to `expires`: the expiry returned is the one that was
+        // checked, however the parameter name was spelled.
+        let key = Key::new("k").unwrap();
+        let sig = signature(SECRET, &key, 500);
+        for q in [
+            format!("expires=500&sig={sig}"),
+            format!("%65xpires=500&sig={sig}"),
+            format!("%65xpires=500&%73ig={sig}&expires_=1"),
+        ] {
+            assert_eq!(verify(SECRET, &key, Some(&q), at(0)), Ok(500), "{q}");
+        }
+        let both = format!("expires=500&%65xpires=500&sig={sig}");
+        assert_eq!(
+            verify(SECRET, &key, Some(&both), at(0)),
             Err(SignatureError::Invalid)
         );
     }

@@ -771,6 +771,44 @@ pub(crate) fn local_meta(key: Key, md: &std::fs::Metadata, content_type: Option<
     meta_from_stat(key, md.len(), mtime, md.ino(), content_type)
 }
 
+/// Metadata of a local file as the HTTP router sends it, with validators that move
+/// whenever the content may have changed, even when the mtime was set back (migrate gives
+/// each file its S3 LastModified) or the file was rewritten in place:
+///
+/// - `last_modified` is the later of mtime and ctime; ctime cannot be set by a user, and
+///   writes, renames and `utimes` all bump it, so Last-Modified never goes backwards;
+/// - the ETag is `"<inode>-<mtime ns>-<ctime ns>-<size>"` in hex.
+///
+/// Listing and [`BlobStore::head`] keep the mtime, which migrate compares with S3.
+#[cfg(feature = "http")]
+pub(crate) fn local_served_meta(
+    key: Key,
+    md: &std::fs::Metadata,
+    content_type: Option<String>,
+) -> Meta {
+    use std::os::unix::fs::MetadataExt;
+    let mtime = md.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+    let ctime = crate::walk::system_time(md.ctime(), md.ctime_nsec());
+    let changed = mtime.max(ctime);
+    let ns = |t: SystemTime| {
+        t.duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+    };
+    let (ino, size) = (md.ino(), md.len());
+    Meta {
+        key,
+        size,
+        last_modified: DateTime::<Utc>::from(changed),
+        etag: Some(format!(
+            "\"{ino:x}-{:x}-{:x}-{size:x}\"",
+            ns(mtime),
+            ns(ctime)
+        )),
+        content_type,
+    }
+}
+
 fn meta_from_stat(
     key: Key,
     size: u64,

@@ -126,6 +126,20 @@ fn bad_local_values_name_their_variable() {
 }
 
 #[test]
+fn a_set_but_empty_or_short_url_secret_is_an_error_not_signing_off() {
+    // Unset means "no signing"; set-but-empty is almost always a failed substitution
+    // (`STORAGE_URL_SECRET=$(cat missing-file)`) and must not silently serve unsigned.
+    assert_eq!(local(&[]).urls.secret, None);
+    for secret in ["", "short", "   "] {
+        assert_eq!(
+            bad_var(&[("STORAGE_URL_SECRET", secret)]),
+            "STORAGE_URL_SECRET",
+            "{secret:?}"
+        );
+    }
+}
+
+#[test]
 fn s3_variables() {
     let c = s3(&[
         ("S3_REGION", "eu-west-1"),

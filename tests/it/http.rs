@@ -36,7 +36,7 @@ impl Server {
 
     fn on(listener: tokio::net::TcpListener, store: BlobStore, opts: ServeOptions) -> Server {
         let addr = listener.local_addr().unwrap();
-        let app: Router = Router::new().nest("/api/files", router(store, opts));
+        let app: Router = Router::new().nest("/api/files", router(store, opts).unwrap());
         tokio::spawn(async move { axum::serve(listener, app).await });
         Server { addr }
     }
@@ -132,7 +132,7 @@ async fn each_range_form_and_416() {
     assert_eq!(hdr(&h, "content-length"), "1000");
     assert_eq!(hdr(&h, "content-type"), "video/mp4");
     assert_eq!(hdr(&h, "x-content-type-options"), "nosniff");
-    assert_eq!(hdr(&h, "cache-control"), "public, max-age=86400, immutable");
+    assert_eq!(hdr(&h, "cache-control"), "public, max-age=86400");
 
     for (range, want, content_range) in [
         ("bytes=0-0", 0..1, "bytes 0-0/1000"),
@@ -223,9 +223,10 @@ async fn conditionals_in_rfc_9110_order() {
         // Preconditions come before Range.
         (&[("if-none-match", &etag), ("range", "bytes=0-1")], 304),
         (&[("if-match", other), ("range", "bytes=0-1")], 412),
-        // If-Range: a matching strong ETag or the exact date keeps the range ...
+        // If-Range: only a matching strong ETag keeps the range; a date, even the exact
+        // Last-Modified, is too coarse to tell two versions apart ...
         (&[("if-range", &etag), ("range", "bytes=0-1")], 206),
-        (&[("if-range", &lm), ("range", "bytes=0-1")], 206),
+        (&[("if-range", &lm), ("range", "bytes=0-1")], 200),
         // ... anything else gets the whole file.
         (&[("if-range", other), ("range", "bytes=0-1")], 200),
         (&[("if-range", &weak), ("range", "bytes=0-1")], 200),
@@ -240,7 +241,7 @@ async fn conditionals_in_rfc_9110_order() {
             304 => {
                 assert!(body.is_empty());
                 assert_eq!(hdr(&h, "etag"), etag);
-                assert_eq!(hdr(&h, "cache-control"), "public, max-age=86400, immutable");
+                assert_eq!(hdr(&h, "cache-control"), "public, max-age=86400");
             }
             _ => assert!(body.is_empty()),
         }
@@ -575,7 +576,11 @@ async fn s3_redirects_to_a_presigned_url_or_proxies() {
         .await
         .unwrap();
 
-    let redirect = Server::start(store.clone(), ServeOptions::default()).await;
+    let public = ServeOptions {
+        public_s3_without_signatures: true,
+        ..ServeOptions::default()
+    };
+    let redirect = Server::start(store.clone(), public.clone()).await;
     let (s, h, _) = get(&redirect.url("clips/s3.mp4"), &[("range", "bytes=0-9")]).await;
     assert_eq!(s, 302);
     assert_eq!(hdr(&h, "cache-control"), "no-store");
@@ -593,7 +598,7 @@ async fn s3_redirects_to_a_presigned_url_or_proxies() {
         store,
         ServeOptions {
             s3: S3Delivery::Proxy,
-            ..ServeOptions::default()
+            ..public
         },
     )
     .await;
@@ -613,22 +618,48 @@ async fn s3_redirects_to_a_presigned_url_or_proxies() {
 }
 
 /// `stowage serve` as a child process, its stderr collected line by line.
-struct ServeProcess {
-    child: Child,
-    addr: SocketAddr,
+pub(crate) struct ServeProcess {
+    pub(crate) child: Child,
+    pub(crate) addr: SocketAddr,
     stderr: Arc<Mutex<Vec<String>>>,
     reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl ServeProcess {
     fn start(root: &Path, secret: Option<&str>) -> ServeProcess {
+        ServeProcess::start_with(root, secret, &[], None)
+    }
+
+    /// `stowage serve` with `extra` arguments and, when given, its open-file limit
+    /// (soft and hard) lowered to `nofile` before it starts.
+    pub(crate) fn start_with(
+        root: &Path,
+        secret: Option<&str>,
+        extra: &[&str],
+        nofile: Option<u64>,
+    ) -> ServeProcess {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_stowage"));
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--root"])
             .arg(root)
+            .args(extra)
             .env_remove("STORAGE_URL_SECRET")
             .env_remove("FILES_PATH");
         if let Some(s) = secret {
             cmd.env("STORAGE_URL_SECRET", s);
+        }
+        if let Some(n) = nofile {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit is async-signal-safe and touches no memory of the parent.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let lim = rustix::process::Rlimit {
+                        current: Some(n),
+                        maximum: Some(n),
+                    };
+                    rustix::process::setrlimit(rustix::process::Resource::Nofile, lim)
+                        .map_err(std::io::Error::from)
+                });
+            }
         }
         let mut child = cmd
             .stdout(Stdio::null())
@@ -664,12 +695,19 @@ impl ServeProcess {
         }
     }
 
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://{}/api/files/{path}", self.addr)
     }
 
+    /// Open file descriptors of the server process.
+    pub(crate) fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+
     /// Peak resident memory of the server process (VmHWM), in bytes.
-    fn peak_rss(&self) -> u64 {
+    pub(crate) fn peak_rss(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
         let kb: u64 = status
             .lines()
@@ -691,7 +729,7 @@ impl ServeProcess {
         .unwrap();
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         self.stderr.lock().unwrap().join("\n")
     }
 }
@@ -805,4 +843,370 @@ async fn serve_process_requires_signatures_when_a_secret_is_set() {
         "{}",
         server.log()
     );
+}
+
+/// Keys whose stored or guessed type a browser would run as a page (HTML, SVG, XML), or
+/// that a wrong xattr declares as one, next to the media the service really serves.
+async fn put_active_and_passive(store: &BlobStore) {
+    for (k, ct) in [
+        ("clips/evil.html", None),
+        ("clips/evil.htm", None),
+        ("clips/evil.svg", None),
+        ("clips/evil.xml", None),
+        ("clips/typed-html.mp4", Some("text/html")),
+        ("clips/typed-svg.png", Some("image/svg+xml")),
+        ("clips/ok.mp4", None),
+        ("clips/ok.webm", Some("video/webm")),
+        ("clips/ok.mp3", None),
+        ("clips/ok.png", None),
+        ("clips/ok.jpg", None),
+        ("clips/ok.gif", None),
+        ("clips/ok.webp", None),
+    ] {
+        store
+            .put_opts(
+                &key(k),
+                Bytes::from_static(b"<script>alert(1)</script>"),
+                ct,
+            )
+            .await
+            .unwrap();
+    }
+}
+
+/// Checks that only passive media is inline, everything else an octet-stream attachment,
+/// and that every response (errors included) carries the sandboxing CSP and nosniff.
+async fn assert_only_media_is_inline(srv: &Server, xattrs: bool) {
+    let csp = "default-src 'none'; sandbox";
+    for k in [
+        "clips/evil.html",
+        "clips/evil.htm",
+        "clips/evil.svg",
+        "clips/evil.xml",
+        "clips/typed-html.mp4",
+        "clips/typed-svg.png",
+    ] {
+        let (s, h, _) = get(&srv.url(k), &[]).await;
+        assert_eq!(s, 200, "{k}");
+        let ct = hdr(&h, "content-type");
+        if k.ends_with(".mp4") && !xattrs {
+            // Without xattrs the stored type is lost and the extension decides.
+            assert_eq!(ct, "video/mp4", "{k}");
+            continue;
+        }
+        assert_eq!(ct, "application/octet-stream", "{k}");
+        let name = k.rsplit('/').next().unwrap();
+        assert_eq!(
+            hdr(&h, "content-disposition"),
+            format!("attachment; filename=\"{name}\""),
+            "{k}"
+        );
+        assert_eq!(hdr(&h, "content-security-policy"), csp, "{k}");
+        assert_eq!(hdr(&h, "x-content-type-options"), "nosniff", "{k}");
+    }
+    for (k, want) in [
+        ("clips/ok.mp4", "video/mp4"),
+        ("clips/ok.webm", "video/webm"),
+        ("clips/ok.mp3", "audio/mpeg"),
+        ("clips/ok.png", "image/png"),
+        ("clips/ok.jpg", "image/jpeg"),
+        ("clips/ok.gif", "image/gif"),
+        ("clips/ok.webp", "image/webp"),
+    ] {
+        let (s, h, _) = get(&srv.url(k), &[("range", "bytes=0-3")]).await;
+        assert_eq!(s, 206, "{k}");
+        assert_eq!(hdr(&h, "content-type"), want, "{k}");
+        assert!(
+            hdr(&h, "content-disposition").starts_with("inline; "),
+            "{k}"
+        );
+        assert_eq!(hdr(&h, "content-security-policy"), csp, "{k}");
+    }
+    for (path, want) in [("clips/missing.html", 404), ("clips/ok.mp4", 405)] {
+        let method = if want == 405 {
+            reqwest::Method::DELETE
+        } else {
+            reqwest::Method::GET
+        };
+        let (s, h, _) = get_with(&client(), method, &srv.url(path), &[]).await;
+        assert_eq!(s.as_u16(), want, "{path}");
+        assert_eq!(hdr(&h, "content-security-policy"), csp, "{path}");
+        assert_eq!(hdr(&h, "x-content-type-options"), "nosniff", "{path}");
+    }
+    let etag_req = get(&srv.url("clips/ok.mp4"), &[]).await;
+    let etag = hdr(&etag_req.1, "etag").to_owned();
+    let (s, h, _) = get(&srv.url("clips/ok.mp4"), &[("if-none-match", &etag)]).await;
+    assert_eq!(s, 304);
+    assert_eq!(hdr(&h, "content-security-policy"), csp);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn active_content_is_an_attachment_never_a_page_local() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = local_store(dir.path());
+    put_active_and_passive(&store).await;
+    let file = std::fs::File::open(store.local_root().unwrap().join("clips/ok.webm")).unwrap();
+    let xattrs = stowage::local::read_content_type(&file).is_some();
+    let srv = Server::start(store, ServeOptions::default()).await;
+    assert_only_media_is_inline(&srv, xattrs).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn active_content_is_an_attachment_never_a_page_proxied() {
+    let store = BlobStore::memory();
+    put_active_and_passive(&store).await;
+    let srv = Server::start(store, ServeOptions::default()).await;
+    assert_only_media_is_inline(&srv, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_respelled_expires_cannot_make_a_signed_url_publicly_cacheable() {
+    let dir = tempfile::tempdir().unwrap();
+    let urls = LocalUrls {
+        secret: Some(SECRET.into()),
+        ..LocalUrls::default()
+    };
+    let store = BlobStore::local_with_urls(dir.path().join("root"), urls).unwrap();
+    let k = key("clips/c.mp4");
+    store.put(&k, Bytes::from_static(b"clip")).await.unwrap();
+    let srv = Server::start(store, ServeOptions::default()).await;
+    let q = stowage::signing::signed_query(
+        SECRET.as_bytes(),
+        &k,
+        Duration::from_secs(60),
+        SystemTime::now(),
+    );
+    for query in [
+        q.clone(),
+        q.replacen("expires=", "%65xpires=", 1),
+        q.replacen("expires=", "%65%78pires=", 1),
+    ] {
+        let (s, h, _) = get(&format!("{}?{query}", srv.url("clips/c.mp4")), &[]).await;
+        assert_eq!(s, 200, "{query}");
+        let cc = hdr(&h, "cache-control");
+        let left: u64 = cc
+            .strip_prefix("private, max-age=")
+            .unwrap_or_else(|| panic!("{query}: {cc}"))
+            .parse()
+            .unwrap();
+        assert!(left <= 60, "{query}: {cc}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_date_if_range_never_resumes_a_download() {
+    // Two versions of the same size within one second share a Last-Modified: a resume
+    // validated by date would splice them. Only a strong ETag may keep the range.
+    let dir = tempfile::tempdir().unwrap();
+    let store = local_store(dir.path());
+    let k = key("clips/v.mp4");
+    store.put(&k, vec![b'a'; 100].into()).await.unwrap();
+    let srv = Server::start(store.clone(), ServeOptions::default()).await;
+    let url = srv.url("clips/v.mp4");
+    let (_, h, _) = get(&url, &[]).await;
+    let (lm, etag) = (
+        hdr(&h, "last-modified").to_owned(),
+        hdr(&h, "etag").to_owned(),
+    );
+    store.put(&k, vec![b'b'; 100].into()).await.unwrap();
+    let (s, _, body) = get(&url, &[("range", "bytes=50-"), ("if-range", &lm)]).await;
+    assert_eq!(s, 200, "a date If-Range gets the whole new file");
+    assert!(body.iter().all(|&b| b == b'b') && body.len() == 100);
+    let (s, _, _) = get(&url, &[("range", "bytes=50-"), ("if-range", &etag)]).await;
+    assert_eq!(s, 200, "the old ETag no longer matches");
+    let (_, h, _) = get(&url, &[]).await;
+    let etag = hdr(&h, "etag").to_owned();
+    let (s, _, body) = get(&url, &[("range", "bytes=50-"), ("if-range", &etag)]).await;
+    assert_eq!((s.as_u16(), body.len()), (206, 50));
+}
+
+/// Sets a file's mtime the way migrate does (to the S3 object's LastModified).
+fn backdate(path: &Path, to: SystemTime) {
+    let f = std::fs::File::options().write(true).open(path).unwrap();
+    f.set_modified(to).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn validators_move_when_content_is_replaced_with_an_older_mtime() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = local_store(dir.path());
+    let k = key("clips/m.mp4");
+    let path = store.local_root().unwrap().join("clips/m.mp4");
+    let old_time = SystemTime::UNIX_EPOCH + Duration::from_secs(1_600_000_000);
+    let older_time = SystemTime::UNIX_EPOCH + Duration::from_secs(1_500_000_000);
+    store.put(&k, vec![b'a'; 100].into()).await.unwrap();
+    backdate(&path, old_time);
+    let srv = Server::start(store.clone(), ServeOptions::default()).await;
+    let url = srv.url("clips/m.mp4");
+    let (_, h, _) = get(&url, &[]).await;
+    let (lm1, etag1) = (
+        hdr(&h, "last-modified").to_owned(),
+        hdr(&h, "etag").to_owned(),
+    );
+    assert!(
+        !hdr(&h, "cache-control").contains("immutable"),
+        "keys are rewritten in place: nothing is immutable by default"
+    );
+
+    // Replaced (as migrate does): new content, an mtime further in the past. A second
+    // later: HTTP dates have one-second resolution, which is why If-Range ignores them.
+    std::thread::sleep(Duration::from_millis(1100));
+    store.put(&k, vec![b'b'; 100].into()).await.unwrap();
+    backdate(&path, older_time);
+    let (s, h, body) = get(&url, &[("if-modified-since", &lm1)]).await;
+    assert_eq!(s, 200, "changed content is not 'not modified'");
+    assert_eq!(&body[..], &[b'b'; 100][..]);
+    let lm2 = httpdate::parse_http_date(hdr(&h, "last-modified")).unwrap();
+    assert!(
+        lm2 > httpdate::parse_http_date(&lm1).unwrap(),
+        "Last-Modified never goes back"
+    );
+    assert_ne!(hdr(&h, "etag"), etag1);
+
+    // Rewritten in place (same inode, same size) with the mtime put back exactly:
+    // only the change time tells the versions apart.
+    let (_, h, _) = get(&url, &[]).await;
+    let etag2 = hdr(&h, "etag").to_owned();
+    std::thread::sleep(Duration::from_millis(20));
+    std::fs::write(&path, [b'c'; 100]).unwrap();
+    backdate(&path, older_time);
+    let (s, h, _) = get(&url, &[("if-none-match", &etag2)]).await;
+    assert_eq!(s, 200, "rewritten content is not 'not modified'");
+    assert_ne!(hdr(&h, "etag"), etag2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bidi_and_format_characters_never_reach_a_filename() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = local_store(dir.path());
+    // Displays as "clipexe.mp4" reversed: the classic RLO extension spoof.
+    let k = key("clips/clip\u{202E}4pm.exe");
+    store.put(&k, Bytes::from_static(b"x")).await.unwrap();
+    let srv = Server::start(store.clone(), ServeOptions::default()).await;
+    let (s, h, _) = get(&srv.url("clips/clip%E2%80%AE4pm.exe"), &[]).await;
+    assert_eq!(s, 200);
+    let cd = hdr(&h, "content-disposition").to_owned();
+    assert!(!cd.contains("%E2%80%AE"), "{cd}");
+    assert!(cd.contains("U+202E"), "{cd}");
+}
+
+#[test]
+fn serve_refuses_an_empty_url_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    for secret in ["", "short"] {
+        let mut child =
+            crate::support::cli::stowage(None, &["serve", "--listen", "127.0.0.1:0", "--root"])
+                .arg(dir.path())
+                .env("STORAGE_URL_SECRET", secret)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+        // A server that started anyway would run forever: give it a moment, then stop it.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while child.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let run = crate::support::cli::output(child.wait_with_output().unwrap());
+        assert_eq!(run.code, 2, "{secret:?}: {run:?}");
+        assert!(run.stderr.contains("STORAGE_URL_SECRET"), "{run:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_s3_router_needs_a_secret_or_an_explicit_public_opt_in() {
+    let s3 = TestS3::start();
+    let store = s3.blob_store();
+    let k = key("clips/private.mp4");
+    store.put(&k, Bytes::from_static(b"private")).await.unwrap();
+
+    // Neither: refused when the router is built, naming what to set.
+    for s3 in [S3Delivery::Redirect, S3Delivery::Proxy] {
+        let opts = ServeOptions {
+            s3,
+            ..ServeOptions::default()
+        };
+        match router::<()>(store.clone(), opts) {
+            Err(stowage::Error::Config { name, reason }) => {
+                assert_eq!(name, "ServeOptions::secret");
+                assert!(reason.contains("public_s3_without_signatures"), "{reason}");
+            }
+            other => panic!(
+                "{s3:?}: expected a config error, got {:?}",
+                other.map(|_| ())
+            ),
+        }
+    }
+    let short = ServeOptions {
+        secret: Some("short".into()),
+        ..ServeOptions::default()
+    };
+    assert!(router::<()>(store.clone(), short).is_err());
+
+    // With a secret: every request must be signed, redirect and proxy alike.
+    for delivery in [S3Delivery::Redirect, S3Delivery::Proxy] {
+        let opts = ServeOptions {
+            s3: delivery,
+            secret: Some(SECRET.into()),
+            ..ServeOptions::default()
+        };
+        assert!(!format!("{opts:?}").contains(SECRET), "secret redacted");
+        let srv = Server::start(store.clone(), opts).await;
+        let (s, h, body) = get(&srv.url("clips/private.mp4"), &[]).await;
+        assert_eq!(s, 403, "{delivery:?}: unsigned");
+        assert!(h.get("location").is_none());
+        assert!(!body.starts_with(b"private"));
+        let (s, _, _) = get(&srv.url("clips/missing.mp4"), &[]).await;
+        assert_eq!(s, 403, "{delivery:?}: unsigned requests learn nothing");
+        let q = stowage::signing::signed_query(
+            SECRET.as_bytes(),
+            &k,
+            Duration::from_secs(60),
+            SystemTime::now(),
+        );
+        let (s, _, body) = get(&format!("{}?{q}", srv.url("clips/private.mp4")), &[]).await;
+        match delivery {
+            S3Delivery::Redirect => assert_eq!(s, 302),
+            S3Delivery::Proxy => assert_eq!((s.as_u16(), &body[..]), (200, &b"private"[..])),
+        }
+    }
+
+    // The explicit opt-in: public, as asked.
+    let opts = ServeOptions {
+        public_s3_without_signatures: true,
+        ..ServeOptions::default()
+    };
+    let srv = Server::start(store, opts).await;
+    let (s, _, _) = get(&srv.url("clips/private.mp4"), &[]).await;
+    assert_eq!(s, 302);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_access_log_never_carries_bidi_characters_from_a_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    std::fs::create_dir_all(root.join("clips")).unwrap();
+    std::fs::write(root.join("clips/clip\u{202E}4pm.exe"), b"x").unwrap();
+    let server = ServeProcess::start(&root, None);
+    // Raw UTF-8 in the request line, as a hostile client may send it.
+    let mut s = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    s.write_all(
+        "GET /api/files/clips/clip\u{202E}4pm.exe HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.unwrap();
+    let (st, _, _) = get(&server.url("clips/clip%E2%80%AE4pm.exe"), &[]).await;
+    assert_eq!(st, 200);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !server.log().contains("4pm.exe\" 200") && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let log = server.log();
+    assert!(log.contains("4pm.exe\" 200"), "{log}");
+    assert!(!log.contains('\u{202E}'), "{log}");
+    assert!(log.contains("clips/clip[U+202E]4pm.exe\" 200"), "{log}");
 }

@@ -11,5 +11,6 @@ mod object_store_suite;
 mod pipe;
 mod s3_list;
 mod secrets;
+mod serve_load;
 mod support;
 mod verify;

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request};
@@ -29,6 +29,12 @@ use crate::exit::Exit;
 /// One access-log line per request goes to stderr: client, method, path, status, bytes
 /// sent, duration. SIGTERM or Ctrl-C stops accepting connections and lets in-flight
 /// downloads finish; a second signal exits at once.
+///
+/// Slow or stalled clients cannot exhaust file descriptors: connections are capped
+/// (--max-connections, lowered to what the open-file limit allows, which is raised to its
+/// hard limit at start), a client that accepts no bytes for --write-timeout or sends no
+/// request for --idle-timeout is dropped, and when the cap is reached the connection that
+/// has made no progress for longest is closed to make room for a new one.
 ///
 /// Example:
 ///   stowage serve --root /opt/meme-maker/storage --listen 127.0.0.1:8000
@@ -58,6 +64,19 @@ pub(crate) struct ServeArgs {
     /// Send files with `Content-Disposition: attachment` (download) instead of inline.
     #[arg(long)]
     attachment: bool,
+    /// Most connections open at once (each holds a socket and, while downloading, a file);
+    /// lowered to fit the open-file limit.
+    #[arg(long, default_value_t = 1024, value_name = "N")]
+    max_connections: usize,
+    /// Drop a client that accepts no bytes of a response for this long.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    write_timeout: Duration,
+    /// Drop a connection that makes no progress (e.g. an idle keep-alive) for this long.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    idle_timeout: Duration,
+    /// Drop a client that has not sent a whole request header within this time.
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    header_timeout: Duration,
 }
 
 /// What `ServeArgs` resolve to before anything is bound.
@@ -127,7 +146,10 @@ pub(crate) async fn run(args: ServeArgs) -> Exit {
     };
     let signed = plan.store.local_urls().is_some_and(|u| u.secret.is_some());
     let described = plan.store.describe();
-    let files = stowage::http::router(plan.store, plan.options);
+    let files = match stowage::http::router(plan.store, plan.options) {
+        Ok(f) => f,
+        Err(e) => return crate::fatal(&e),
+    };
     let app = if plan.base_path.is_empty() {
         files
     } else {
@@ -143,31 +165,22 @@ pub(crate) async fn run(args: ServeArgs) -> Exit {
         }
     };
     let addr = listener.local_addr().unwrap_or(args.listen);
+    let limits = conn::Limits {
+        max_connections: conn::fit_to_fd_limit(args.max_connections),
+        write_timeout: args.write_timeout,
+        idle_timeout: args.idle_timeout,
+        header_timeout: args.header_timeout,
+    };
     errln!(
-        "stowage serve: {described} listening on http://{addr}{}/ (signed URLs {})",
+        "stowage serve: {described} listening on http://{addr}{}/ (signed URLs {}, at most {} connections)",
         plan.base_path,
-        if signed { "required" } else { "off" }
+        if signed { "required" } else { "off" },
+        limits.max_connections,
     );
     let cancel = crate::interrupt::cancel_on_signals();
-    let served = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
-        cancel.cancelled().await;
-        errln!("stowage serve: no longer accepting connections; finishing in-flight requests");
-    })
-    .await;
-    match served {
-        Ok(()) => {
-            errln!("stowage serve: stopped");
-            Exit::Success
-        }
-        Err(e) => {
-            errln!("error: serving on {addr}: {e}");
-            Exit::Error
-        }
-    }
+    conn::serve(listener, app, limits, cancel).await;
+    errln!("stowage serve: stopped");
+    Exit::Success
 }
 
 /// Writes one line per request to stderr when its response body is finished (or the
@@ -180,7 +193,13 @@ async fn access_log(req: Request, next: Next) -> Response {
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.to_string())
         .unwrap_or_else(|| "-".into());
-    let request = format!("{} {}", req.method(), req.uri().path());
+    // The path is written with bidi and other format characters spelled out, so a key
+    // cannot reorder or hide what the log line shows.
+    let request = format!(
+        "{} {}",
+        req.method(),
+        stowage::key::display_safe(req.uri().path())
+    );
     let resp = next.run(req).await;
     let (parts, body) = resp.into_parts();
     let mut line = LogLine {
@@ -238,6 +257,335 @@ impl Drop for LogLine {
                 self.status,
                 self.bytes
             ),
+        }
+    }
+}
+
+/// The accept loop: hyper HTTP/1 connections over sockets that time out when stalled, a
+/// cap on open connections, and shedding of the stalest connection when the cap is hit.
+mod conn {
+    use std::collections::HashMap;
+    use std::io;
+    use std::net::SocketAddr;
+    use std::pin::Pin;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::task::{Context, Poll};
+    use std::time::{Duration, Instant};
+
+    use axum::extract::ConnectInfo;
+    use axum::Router;
+    use hyper::body::Incoming;
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio::sync::Semaphore;
+    use tokio::time::Sleep;
+    use tokio_util::sync::CancellationToken;
+    use tower::ServiceExt;
+
+    /// File descriptors kept free for everything but connections (stdio, the listener,
+    /// the runtime, the blocking pool's files).
+    const FD_RESERVE: u64 = 64;
+    /// A connection that made no progress for this long may be closed to make room.
+    const SHED_AFTER: Duration = Duration::from_secs(1);
+
+    pub(super) struct Limits {
+        pub(super) max_connections: usize,
+        pub(super) write_timeout: Duration,
+        pub(super) idle_timeout: Duration,
+        pub(super) header_timeout: Duration,
+    }
+
+    /// Raises the soft open-file limit to the hard one and returns `wanted`, lowered so that
+    /// every connection can hold its socket and one open file.
+    pub(super) fn fit_to_fd_limit(wanted: usize) -> usize {
+        use rustix::process::{getrlimit, setrlimit, Resource};
+        let mut lim = getrlimit(Resource::Nofile);
+        // An unlimited hard limit still stops at the kernel's nr_open (2^20 by default).
+        let target = lim.maximum.unwrap_or(1 << 20);
+        if lim.current.is_some_and(|c| c < target) {
+            lim.current = Some(target);
+            let _ = setrlimit(Resource::Nofile, lim);
+        }
+        let soft = getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX);
+        let budget = soft.saturating_sub(FD_RESERVE) / 2;
+        wanted
+            .min(budget.max(1).try_into().unwrap_or(usize::MAX))
+            .max(1)
+    }
+
+    /// What the accept loop knows about one open connection.
+    struct Tracked {
+        /// Milliseconds since the server started at the last byte read or written.
+        last_progress: AtomicU64,
+        /// Cancelled to close the connection at once.
+        shed: CancellationToken,
+    }
+
+    #[derive(Default)]
+    struct Registry {
+        next: AtomicU64,
+        open: Mutex<HashMap<u64, Arc<Tracked>>>,
+    }
+
+    impl Registry {
+        /// Closes the connection that has made no progress for longest, if it has been
+        /// stalled for at least [`SHED_AFTER`]. Returns whether one was closed.
+        fn shed_stalest(&self, now_ms: u64) -> bool {
+            let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+            let stalest = open
+                .values()
+                .filter(|t| !t.shed.is_cancelled())
+                .min_by_key(|t| t.last_progress.load(Ordering::Relaxed));
+            match stalest {
+                Some(t)
+                    if now_ms.saturating_sub(t.last_progress.load(Ordering::Relaxed))
+                        >= SHED_AFTER.as_millis() as u64 =>
+                {
+                    t.shed.cancel();
+                    true
+                }
+                _ => false,
+            }
+        }
+    }
+
+    pub(super) async fn serve(
+        listener: TcpListener,
+        app: Router,
+        limits: Limits,
+        cancel: CancellationToken,
+    ) {
+        let limits = Arc::new(limits);
+        let epoch = Instant::now();
+        let permits = Arc::new(Semaphore::new(limits.max_connections));
+        let registry = Arc::new(Registry::default());
+        loop {
+            let (stream, peer) = tokio::select! {
+                _ = cancel.cancelled() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // EMFILE and friends: wait for connections to close, keep serving.
+                        logln!("stowage serve: accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let permit = match Arc::clone(&permits).try_acquire_owned() {
+                Ok(p) => p,
+                Err(_) => {
+                    // At the cap: make room by closing the stalest connection; if every
+                    // connection is busy, this client waits in the accept queue.
+                    registry.shed_stalest(epoch.elapsed().as_millis() as u64);
+                    tokio::select! {
+                        _ = cancel.cancelled() => break,
+                        p = Arc::clone(&permits).acquire_owned() => match p {
+                            Ok(p) => p,
+                            Err(_) => break,
+                        },
+                    }
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            let id = registry.next.fetch_add(1, Ordering::Relaxed);
+            let tracked = Arc::new(Tracked {
+                last_progress: AtomicU64::new(epoch.elapsed().as_millis() as u64),
+                shed: CancellationToken::new(),
+            });
+            registry
+                .open
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(id, Arc::clone(&tracked));
+            let (app, limits, registry, cancel) = (
+                app.clone(),
+                Arc::clone(&limits),
+                Arc::clone(&registry),
+                cancel.clone(),
+            );
+            tokio::spawn(async move {
+                let io = Watched::new(stream, Arc::clone(&tracked), epoch, &limits);
+                connection(io, peer, app, &limits, &tracked.shed, &cancel).await;
+                registry
+                    .open
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&id);
+                drop(permit);
+            });
+        }
+        drop(listener);
+        logln!("stowage serve: no longer accepting connections; finishing in-flight requests");
+        // Every permit back means every connection has finished.
+        let _ = permits.acquire_many(limits.max_connections as u32).await;
+    }
+
+    async fn connection(
+        io: Watched,
+        peer: SocketAddr,
+        app: Router,
+        limits: &Limits,
+        shed: &CancellationToken,
+        cancel: &CancellationToken,
+    ) {
+        let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+            req.extensions_mut().insert(ConnectInfo(peer));
+            app.clone().oneshot(req.map(axum::body::Body::new))
+        });
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_timeout)
+            .serve_connection(TokioIo::new(io), svc);
+        tokio::pin!(conn);
+        tokio::select! {
+            _ = conn.as_mut() => return,
+            _ = shed.cancelled() => return,
+            _ = cancel.cancelled() => conn.as_mut().graceful_shutdown(),
+        }
+        // Stopping: the request in flight finishes (or the client stalls and is dropped).
+        tokio::select! {
+            _ = conn.as_mut() => {}
+            _ = shed.cancelled() => {}
+        }
+    }
+
+    /// A socket whose reads and writes fail with `TimedOut` when stalled: a write that
+    /// cannot proceed for `write_timeout`, or no progress at all for `idle_timeout` while
+    /// waiting to read. Every byte moved is recorded for [`Registry::shed_stalest`].
+    struct Watched {
+        inner: TcpStream,
+        tracked: Arc<Tracked>,
+        epoch: Instant,
+        write_timeout: Duration,
+        idle_timeout: Duration,
+        write_stalled_since: Option<Instant>,
+        read_timer: Pin<Box<Sleep>>,
+        write_timer: Pin<Box<Sleep>>,
+    }
+
+    impl Watched {
+        fn new(inner: TcpStream, tracked: Arc<Tracked>, epoch: Instant, limits: &Limits) -> Self {
+            let far = tokio::time::Instant::now() + limits.idle_timeout;
+            Watched {
+                inner,
+                tracked,
+                epoch,
+                write_timeout: limits.write_timeout,
+                idle_timeout: limits.idle_timeout,
+                write_stalled_since: None,
+                read_timer: Box::pin(tokio::time::sleep_until(far)),
+                write_timer: Box::pin(tokio::time::sleep_until(far)),
+            }
+        }
+
+        fn progress(&mut self) {
+            self.tracked
+                .last_progress
+                .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+        }
+
+        fn last_progress(&self) -> Instant {
+            self.epoch + Duration::from_millis(self.tracked.last_progress.load(Ordering::Relaxed))
+        }
+
+        /// `Pending`, or `TimedOut` once `deadline` has passed (the timer wakes us then).
+        fn wait(
+            timer: &mut Pin<Box<Sleep>>,
+            deadline: Instant,
+            cx: &mut Context<'_>,
+        ) -> Poll<io::Error> {
+            let deadline = tokio::time::Instant::from_std(deadline);
+            if timer.deadline() != deadline {
+                timer.as_mut().reset(deadline);
+            }
+            match timer.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "client made no progress",
+                )),
+                Poll::Pending => Poll::Pending,
+            }
+        }
+
+        fn write_result<T>(
+            &mut self,
+            r: Poll<io::Result<T>>,
+            cx: &mut Context<'_>,
+        ) -> Poll<io::Result<T>> {
+            match r {
+                Poll::Ready(r) => {
+                    self.write_stalled_since = None;
+                    self.progress();
+                    Poll::Ready(r)
+                }
+                Poll::Pending => {
+                    let since = *self.write_stalled_since.get_or_insert_with(Instant::now);
+                    Self::wait(&mut self.write_timer, since + self.write_timeout, cx).map(Err)
+                }
+            }
+        }
+    }
+
+    use std::future::Future;
+
+    impl AsyncRead for Watched {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            let this = self.get_mut();
+            match Pin::new(&mut this.inner).poll_read(cx, buf) {
+                Poll::Ready(r) => {
+                    this.progress();
+                    Poll::Ready(r)
+                }
+                Poll::Pending => {
+                    let deadline = this.last_progress() + this.idle_timeout;
+                    Self::wait(&mut this.read_timer, deadline, cx).map(Err)
+                }
+            }
+        }
+    }
+
+    impl AsyncWrite for Watched {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            let this = self.get_mut();
+            let r = Pin::new(&mut this.inner).poll_write(cx, buf);
+            this.write_result(r, cx)
+        }
+
+        fn poll_write_vectored(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            bufs: &[io::IoSlice<'_>],
+        ) -> Poll<io::Result<usize>> {
+            let this = self.get_mut();
+            let r = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+            this.write_result(r, cx)
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            self.inner.is_write_vectored()
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            let this = self.get_mut();
+            let r = Pin::new(&mut this.inner).poll_flush(cx);
+            this.write_result(r, cx)
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            let this = self.get_mut();
+            let r = Pin::new(&mut this.inner).poll_shutdown(cx);
+            this.write_result(r, cx)
         }
     }
 }
