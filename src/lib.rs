@@ -64,6 +64,14 @@
 #![deny(rustdoc::broken_intra_doc_links)]
 #![warn(unreachable_pub)]
 
+// The local store stands on Linux system calls (openat with O_NOFOLLOW, renameat2 with
+// RENAME_NOREPLACE / RENAME_EXCHANGE, user xattrs, flock, syncfs): say so at compile time
+// rather than build something that silently loses those guarantees.
+#[cfg(not(target_os = "linux"))]
+compile_error!(
+    "stowage supports Linux only: its local store relies on openat, renameat2, xattrs and syncfs"
+);
+
 pub mod config;
 mod error;
 pub mod etag;
