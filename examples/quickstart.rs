@@ -48,7 +48,18 @@ impl Reporter for Bars {
 }
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> std::process::ExitCode {
+    match run().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // The error's own words (they say what to do), not its Debug form.
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> Result<(), Box<dyn std::error::Error>> {
     println!("1. starting a throwaway S3-compatible server (s3s-fs) on 127.0.0.1 ...");
     let server = s3::TestS3::start();
     println!(
