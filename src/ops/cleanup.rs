@@ -49,6 +49,7 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags, Stat};
 use rustix::io::Errno;
 
 use crate::local::{self, LockHeld, StoreLock, DELETE_PREFIX, LOCK_FILE_NAME, STORE_MARKER_NAME};
+use crate::ops::KeyReason;
 use crate::report::{NoopReporter, Reporter};
 use crate::size::{human_bytes, SizeSpec};
 use crate::walk::{system_time, EntryKind, WalkOptions, Walker};
@@ -137,16 +138,6 @@ impl std::fmt::Debug for CleanupOptions {
     }
 }
 
-/// One path that could not be handled, and why.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct PathError {
-    /// Absolute path.
-    #[serde(serialize_with = "lossy_path")]
-    pub path: PathBuf,
-    /// What went wrong, with a hint when there is one.
-    pub reason: String,
-}
-
 /// Serializes a path as a string, a name that is not UTF-8 with U+FFFD in place of the
 /// bad bytes: one odd file name must never stop a `--json` summary from being printed.
 /// (The human output shows the same lossy form.)
@@ -178,8 +169,11 @@ pub struct CleanupSummary {
     pub modified_before: String,
     /// Regular files of the store seen by the age pass.
     pub store_files: u64,
-    /// Files deleted (age and size passes together).
-    pub deleted: u64,
+    /// Files deleted (age and size passes together): the length of `deleted`.
+    pub deleted_count: u64,
+    /// The files deleted (or, in a dry run, that would be), keys relative to `root`, each
+    /// with the pass that deleted it.
+    pub deleted: Vec<KeyReason>,
     /// Bytes freed (sum of the deleted files' sizes).
     pub bytes_freed: u64,
     /// Of `deleted`, files deleted because they were older than `max_age`.
@@ -203,8 +197,8 @@ pub struct CleanupSummary {
     /// Other filesystems mounted inside the root, not entered (relative paths).
     #[serde(serialize_with = "lossy_paths")]
     pub mounts_skipped: Vec<PathBuf>,
-    /// Files and directories that could not be read or deleted.
-    pub errors: Vec<PathError>,
+    /// Files and directories that could not be read or deleted, keys relative to `root`.
+    pub errors: Vec<KeyReason>,
     /// The run stopped deleting at [`CleanupOptions::max_delete`] files.
     pub max_delete_reached: bool,
     /// Wall-clock duration of the run.
@@ -224,7 +218,8 @@ impl CleanupSummary {
             max_age_s: opts.max_age.as_secs(),
             modified_before: String::new(),
             store_files: 0,
-            deleted: 0,
+            deleted_count: 0,
+            deleted: Vec::new(),
             bytes_freed: 0,
             deleted_for_age: 0,
             deleted_for_size: 0,
@@ -245,13 +240,16 @@ impl CleanupSummary {
 
     /// Counts one file deleted (or that a dry run would delete).
     fn deleted(&mut self, abs: &Path, size: u64, for_age: bool) {
-        self.deleted += 1;
+        self.deleted_count += 1;
         self.bytes_freed += size;
-        if for_age {
+        let reason = if for_age {
             self.deleted_for_age += 1;
+            "older than --max-age"
         } else {
             self.deleted_for_size += 1;
-        }
+            "oldest while the store was over --max-used"
+        };
+        self.deleted.push(KeyReason::at(&self.root, abs, reason));
         if self.examples.len() < EXAMPLES {
             self.examples.push(abs.to_path_buf());
         }
@@ -259,7 +257,7 @@ impl CleanupSummary {
 
     /// More than half of the store's files would go: what a typo in a limit looks like.
     fn deletes_most_of_the_store(&self) -> bool {
-        self.deleted > 0 && self.deleted.saturating_mul(2) > self.store_files
+        self.deleted_count > 0 && self.deleted_count.saturating_mul(2) > self.store_files
     }
 
     fn what_it_deletes(&self) -> String {
@@ -270,7 +268,7 @@ impl CleanupSummary {
             .collect();
         format!(
             "{} of {} files ({}), e.g. {}",
-            self.deleted,
+            self.deleted_count,
             self.store_files,
             human_bytes(self.bytes_freed),
             ex.join(", ")
@@ -278,10 +276,7 @@ impl CleanupSummary {
     }
 
     fn error(&mut self, path: PathBuf, reason: impl Into<String>) {
-        self.errors.push(PathError {
-            path,
-            reason: reason.into(),
-        });
+        self.errors.push(KeyReason::at(&self.root, &path, reason));
     }
 }
 
@@ -458,7 +453,7 @@ fn check_store_root(
 }
 
 fn at_max_delete(opts: &CleanupOptions, summary: &mut CleanupSummary) -> bool {
-    let reached = opts.max_delete.is_some_and(|m| summary.deleted >= m);
+    let reached = opts.max_delete.is_some_and(|m| summary.deleted_count >= m);
     summary.max_delete_reached |= reached;
     reached
 }

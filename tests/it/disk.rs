@@ -390,8 +390,5 @@ fn json_report_with_a_non_utf8_file_name_is_printed_with_its_warning() {
     assert_eq!(r.code, 1, "{r:?}");
     assert!(r.stderr.contains("WARNING"), "{r:?}");
     let j = r.json();
-    assert_eq!(
-        j["store"]["oldest"]["path"], "\u{fffd}\u{fffd}.mp4",
-        "{r:?}"
-    );
+    assert_eq!(j["store"]["oldest"]["key"], "\u{fffd}\u{fffd}.mp4", "{r:?}");
 }

@@ -22,6 +22,10 @@ use crate::commands;
     max_term_width = 100
 )]
 pub(crate) struct Cli {
+    /// Print nothing on success (for cron: only problems get mailed). Errors, warnings and
+    /// the findings of a run with problems still print; `--json` still prints its document.
+    #[arg(long, short, global = true)]
+    pub(crate) quiet: bool,
     #[command(subcommand)]
     pub(crate) command: Command,
 }

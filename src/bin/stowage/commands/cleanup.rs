@@ -7,6 +7,17 @@ use stowage::ops::cleanup::{cleanup, CleanupOptions, CleanupSummary};
 use stowage::report::Reporter;
 use stowage::size::{human_bytes, SizeSpec};
 
+use crate::exit::Exit;
+
+/// The `after_help`: what stowage offers for the rclone / aws-cli flags an operator
+/// reaches for.
+const FROM_RCLONE: &str = "\
+Coming from rclone / aws s3 rm:
+  rclone delete --min-age 7d   is `stowage cleanup --max-age 7d` (deletes files OLDER than 7d)
+  --dryrun                     accepted: the same as --dry-run
+  --max-delete N               the same
+  --include/--exclude          not offered: cleanup works on the whole store under --root";
+
 /// Most errors listed in the human summary; `--json` lists them all.
 const ERRORS_SHOWN: usize = 20;
 
@@ -32,13 +43,15 @@ const ERRORS_SHOWN: usize = 20;
 /// Exit status: 0 done, 1 some files could not be deleted (listed) or --max-delete was
 /// reached, 2 the run could not be done (root missing or unmarked, bad option, more than
 /// half the store without --force), 3 another run held the lock for all of --wait,
-/// 141 the reader of the output went away.
+/// 130 interrupted, 141 the reader of the output went away.
+///
+/// Environment: LOCAL_STORAGE_PATH (the store root).
 #[derive(clap::Args, Debug)]
-#[command(verbatim_doc_comment)]
+#[command(verbatim_doc_comment, after_help = FROM_RCLONE)]
 pub(crate) struct CleanupArgs {
     /// Delete files not modified for this long: 90min, 24h, 7d, 2weeks (a unit is
     /// required; `m`/`M` are refused as ambiguous).
-    #[arg(long, value_name = "DURATION", value_parser = super::parse_age)]
+    #[arg(long, value_name = "DURATION", value_parser = super::parse_max_age)]
     pub(crate) max_age: Duration,
 
     /// The store root.
@@ -76,7 +89,7 @@ pub(crate) struct CleanupArgs {
     pub(crate) init_store: bool,
 
     /// Print what would be deleted and the bytes it would free; delete nothing.
-    #[arg(long)]
+    #[arg(long, visible_alias = "dryrun")]
     pub(crate) dry_run: bool,
 
     /// If another run (cleanup or migrate) holds the store lock, wait this long for it,
@@ -84,7 +97,8 @@ pub(crate) struct CleanupArgs {
     #[arg(long, value_name = "DURATION", default_value = "5min", value_parser = super::parse_age)]
     pub(crate) wait: Duration,
 
-    /// Print the summary as JSON (deleted, bytes_freed, errors, elapsed_s, ...).
+    /// Print the summary as one JSON object on stdout (the files deleted, bytes_freed,
+    /// errors, ...), also on a fatal error or a held lock.
     #[arg(long)]
     pub(crate) json: bool,
 }
@@ -107,48 +121,58 @@ impl CleanupArgs {
 /// one JSON document) and other notes to stderr.
 struct NotePrinter {
     json: bool,
+    quiet: bool,
 }
 
 impl Reporter for NotePrinter {
     fn note(&self, msg: &str) {
-        if msg.starts_with("would delete") && !self.json {
-            outln!("{msg}");
+        if msg.starts_with("would delete") {
+            // The summary lists them too (`deleted`); printed live unless quiet or JSON.
+            if !self.json && !self.quiet {
+                outln!("{msg}");
+            }
         } else {
             errln!("{msg}");
         }
     }
 }
 
-/// Runs the command; returns the process exit status (0, 1 or 2).
-pub(crate) fn run(args: CleanupArgs) -> u8 {
-    let summary = match cleanup(&args.to_options(), &NotePrinter { json: args.json }) {
+/// Runs the command; returns how it ended (0, 1, 2 or 3).
+pub(crate) fn run(args: CleanupArgs, quiet: bool) -> Exit {
+    let envelope = super::Envelope::start("cleanup", args.json);
+    let notes = NotePrinter {
+        json: args.json,
+        quiet,
+    };
+    let summary = match cleanup(&args.to_options(), &notes) {
         Ok(s) => s,
-        Err(e) => return super::root_error("cleanup", &args.root, &e),
+        Err(e) => return envelope.root_fatal("--root", &args.root, &e),
     };
     if summary.locked {
         // The note above named the holder; stdout gets only the JSON (for scripts).
-        if args.json {
-            let _ = super::print_json(&summary);
-        }
-        errln!(
-            "stowage cleanup: gave up after waiting {}; if that run is stuck, stop it (--wait sets how long to wait)",
+        let message = format!(
+            "gave up after waiting {} for the store lock",
             humantime::format_duration(args.wait)
         );
-        return 3;
-    }
-    if args.json {
-        if let Err(e) = super::print_json(&summary) {
-            errln!("stowage cleanup: cannot encode the summary: {e}");
-            return 2;
+        let hint = "if that run is stuck, stop it (--wait sets how long to wait)";
+        if args.json {
+            let error = super::JsonError {
+                kind: "locked",
+                message: message.clone(),
+                hint: Some(hint.into()),
+            };
+            envelope.summary(&summary, Some(error));
         }
-    } else {
+        errln!("stowage cleanup: {message}; {hint}");
+        return Exit::Locked;
+    }
+    let problems = !summary.errors.is_empty() || summary.max_delete_reached;
+    if args.json {
+        envelope.summary(&summary, None);
+    } else if !quiet || problems {
         out!("{}", human_summary(&summary));
     }
-    if summary.errors.is_empty() && !summary.max_delete_reached {
-        0
-    } else {
-        1
-    }
+    Exit::from_problems(problems)
 }
 
 fn human_summary(s: &CleanupSummary) -> String {
@@ -177,7 +201,7 @@ fn human_summary(s: &CleanupSummary) -> String {
     let _ = write!(
         out,
         "  {verb} {} files ({} for age, {} for size), {} {}",
-        s.deleted,
+        s.deleted_count,
         s.deleted_for_age,
         s.deleted_for_size,
         if s.dry_run { "would free" } else { "freed" },
@@ -207,7 +231,7 @@ fn human_summary(s: &CleanupSummary) -> String {
         let _ = writeln!(
             out,
             "  stopped at --max-delete ({} files): run again to go on",
-            s.deleted
+            s.deleted_count
         );
     }
     let mut skipped = Vec::new();
@@ -234,7 +258,7 @@ fn human_summary(s: &CleanupSummary) -> String {
     if !s.errors.is_empty() {
         let _ = writeln!(out, "  {} errors:", s.errors.len());
         for e in s.errors.iter().take(ERRORS_SHOWN) {
-            let _ = writeln!(out, "    {}: {}", e.path.display(), e.reason);
+            let _ = writeln!(out, "    {}: {}", e.key, e.reason);
         }
         if s.errors.len() > ERRORS_SHOWN {
             let _ = writeln!(

@@ -8,6 +8,8 @@ use stowage::ops::disk::{disk, DiskOptions, DiskReport};
 use stowage::report::NoopReporter;
 use stowage::size::{human_bytes, SizeSpec};
 
+use crate::exit::Exit;
+
 /// How full the disk is and what the store holds. Meant for monitoring checks.
 ///
 /// Shows the filesystem holding --root (size, used, available to unprivileged users,
@@ -21,7 +23,10 @@ use stowage::size::{human_bytes, SizeSpec};
 ///   stowage disk --warn-above 80% --prometheus /var/lib/node_exporter/textfile/stowage.prom
 ///
 /// Exit status: 0 all is well, 1 a --warn-above threshold is crossed (a WARNING line
-/// says which), 2 error (root missing, part of the tree unreadable, file not written).
+/// says which), 2 error (root missing, part of the tree unreadable, file not written),
+/// 130 interrupted.
+///
+/// Environment: LOCAL_STORAGE_PATH (the store root).
 #[derive(clap::Args, Debug)]
 #[command(verbatim_doc_comment)]
 pub(crate) struct DiskArgs {
@@ -34,8 +39,9 @@ pub(crate) struct DiskArgs {
     )]
     pub(crate) root: PathBuf,
 
-    /// Also show what `stowage cleanup --max-age DURATION` would free now: 24h, 7d.
-    #[arg(long, value_name = "DURATION", value_parser = super::parse_age)]
+    /// Also show what `stowage cleanup --max-age DURATION` would free now: 24h, 7d (the
+    /// same rules as cleanup's: a unit, more than zero).
+    #[arg(long, value_name = "DURATION", value_parser = super::parse_max_age)]
     pub(crate) max_age: Option<Duration>,
 
     /// Warn and exit 1 above this: a size (50GB, 45GiB) is compared with the store's
@@ -47,7 +53,7 @@ pub(crate) struct DiskArgs {
     #[arg(long, value_name = "N", default_value_t = 10)]
     pub(crate) top: usize,
 
-    /// Print the report as JSON.
+    /// Print the report as one JSON object on stdout (also on a fatal error).
     #[arg(long)]
     pub(crate) json: bool,
 
@@ -57,27 +63,28 @@ pub(crate) struct DiskArgs {
     pub(crate) prometheus: Option<PathBuf>,
 }
 
-/// Runs the command; returns the process exit status (0, 1 or 2).
-pub(crate) fn run(args: DiskArgs) -> u8 {
+/// Runs the command; returns how it ended (0, 1 or 2).
+pub(crate) fn run(args: DiskArgs, quiet: bool) -> Exit {
+    let envelope = super::Envelope::start("disk", args.json);
     let mut o = DiskOptions::new(&args.root);
     o.max_age = args.max_age;
     o.warn_above = args.warn_above;
     o.top_prefixes = args.top;
     let report = match disk(&o, &NoopReporter) {
         Ok(r) => r,
-        Err(e) => return super::root_error("disk", &args.root, &e),
+        Err(e) => return envelope.root_fatal("--root", &args.root, &e),
     };
     let mut status = if !report.errors.is_empty() {
-        2
+        Exit::Error
     } else if !report.warnings.is_empty() {
-        1
+        Exit::Problems
     } else {
-        0
+        Exit::Success
     };
     if let Some(path) = &args.prometheus {
         if let Err(e) = report.write_prometheus(path) {
             errln!("stowage disk: {e}");
-            status = 2;
+            status = Exit::Error;
         }
     }
     // Warnings first: they are the point of a monitoring run, whatever happens to stdout.
@@ -85,11 +92,8 @@ pub(crate) fn run(args: DiskArgs) -> u8 {
         errln!("WARNING: {w}");
     }
     if args.json {
-        if let Err(e) = super::print_json(&report) {
-            errln!("stowage disk: cannot encode the report: {e}");
-            return 2;
-        }
-    } else {
+        envelope.summary(&report, None);
+    } else if !quiet || status != Exit::Success {
         out!("{}", human_report(&report));
     }
     status

@@ -26,6 +26,8 @@ pub(crate) enum VerifyCommand {
     ///
     /// Exit codes: 0 identical; 1 differences or unverifiable objects (each listed with
     /// key and reason); 2 errors; 130 interrupted.
+    ///
+    /// Environment: as for `stowage migrate s3-to-local`.
     #[command(name = "s3-to-local", verbatim_doc_comment)]
     S3ToLocal(VerifyArgs),
 }
@@ -37,23 +39,21 @@ pub(crate) struct VerifyArgs {
     /// The local copy (the store root).
     #[arg(long, env = "LOCAL_STORAGE_PATH", default_value = stowage::config::DEFAULT_LOCAL_PATH, value_name = "DIR")]
     dest: PathBuf,
-    /// Print the findings as one JSON object on stdout.
+    /// Print the findings as one JSON object on stdout (also on a fatal error).
     #[arg(long)]
     json: bool,
-    /// Print only the findings, no progress.
-    #[arg(long, short)]
-    quiet: bool,
 }
 
-pub(crate) async fn run(cmd: VerifyCommand) -> Exit {
+pub(crate) async fn run(cmd: VerifyCommand, quiet: bool) -> Exit {
     let VerifyCommand::S3ToLocal(a) = cmd;
-    let cancel = crate::interrupt::cancel_on_signals();
-    let progress = Progress::new(a.quiet);
+    let envelope = super::Envelope::start("verify s3-to-local", a.json);
+    let cancel = crate::interrupt::cancel_on_signals("reporting what was compared");
+    let progress = Progress::new(quiet);
     let result = async {
         let src = a.s3.config()?.open()?;
         let dest = super::absolute("--dest", &a.dest)?;
         let opts = VerifyOptions {
-            prefix: a.s3.prefix.clone(),
+            prefix: a.s3.prefix()?,
             cancel,
             ..Default::default()
         };
@@ -63,11 +63,11 @@ pub(crate) async fn run(cmd: VerifyCommand) -> Exit {
     progress.finish();
     let s = match result {
         Ok(s) => s,
-        Err(e) => return crate::fatal(&e),
+        Err(e) => return envelope.fatal(&e, None),
     };
     if a.json {
-        super::print_json(&s).expect("summary serializes");
-    } else {
+        envelope.summary(&s, None);
+    } else if !quiet || s.interrupted || s.has_differences() {
         print_human(&s);
     }
     if s.interrupted {
