@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use crate::local_tree::{file, DAY};
-use crate::support::cli::{run, Run};
+use crate::support::cli::{output, run, stowage, Run};
 use crate::support::s3::TestS3;
 
 /// A marked store with one old and one new file.
@@ -38,6 +38,7 @@ fn wrong_invocations_exit_2_naming_the_cause_and_the_fix() {
     let t = tempfile::tempdir().unwrap();
     let missing = t.path().join("missing");
     let dest = t.path().join("dest");
+    let missing_parent = t.path().join("typo/store").to_str().unwrap().to_owned();
     let (missing, dest) = (s(&missing), s(&dest));
     let b = ["--bucket", "clips"];
     #[rustfmt::skip]
@@ -64,6 +65,10 @@ fn wrong_invocations_exit_2_naming_the_cause_and_the_fix() {
             &["--root", "store directory"]),
         (vec!["disk", "--root", missing],
             &["--root", "store directory"]),
+        (vec!["disk", "--root", dest, "--warn-above", "80%cats"],
+            &["--warn-above"]),
+        (vec!["migrate", "s3-to-local", b[0], b[1], "--dest", &missing_parent],
+            &["--dest", "parent", "typo"]),
         (vec!["migrate", "s3-to-local", b[0], b[1], "--dest", dest, "--delete"],
             &["--delete", "never deletes", "verify"]),
         (vec!["migrate", "s3-to-local", b[0], b[1], "--dest", dest, "--checksum"],
@@ -329,4 +334,85 @@ fn cron_runs_with_quiet_print_nothing_on_success() {
     );
     assert_eq!(r.code, 1, "{r:?}");
     assert!(r.stderr.contains("WARNING"), "{r:?}");
+}
+
+#[test]
+fn verify_local_to_s3_is_the_rollback_check() {
+    let s3 = TestS3::start();
+    s3.put_raw("clips/1.mp4", b"one").unwrap();
+    let t = tempfile::tempdir().unwrap();
+    let local = t.path().join("local");
+    let r = run(
+        Some(&s3),
+        &["migrate", "s3-to-local", "--dest", s(&local), "-q"],
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    let r = run(
+        Some(&s3),
+        &["verify", "local-to-s3", "--source", s(&local), "--json"],
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_envelope(&r, "verify local-to-s3", false);
+    // A file the bucket lacks: the rollback is incomplete.
+    std::fs::write(local.join("clips/2.mp4"), b"two").unwrap();
+    let r = run(Some(&s3), &["verify", "local-to-s3", "--source", s(&local)]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stdout.contains("missing from the bucket"), "{r:?}");
+    assert!(r.stdout.contains("clips/2.mp4"), "{r:?}");
+}
+
+#[test]
+fn disk_checks_several_thresholds_and_echoes_them_as_written() {
+    let t = tempfile::tempdir().unwrap();
+    store(t.path());
+    let r = run(
+        None,
+        &[
+            "disk",
+            "--root",
+            s(t.path()),
+            "--warn-above",
+            "1KB",
+            "--warn-above",
+            "0%inodes",
+            "--warn-above",
+            "100%",
+            "--quiet",
+        ],
+    );
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stderr.contains("threshold of 1KB"),
+        "the size as written: {r:?}"
+    );
+    assert!(r.stderr.contains("threshold of 0%inodes"), "{r:?}");
+    assert!(
+        !r.stderr.contains("threshold of 100%"),
+        "not crossed: {r:?}"
+    );
+    assert_eq!(r.stderr.matches("WARNING").count(), 2, "each once: {r:?}");
+}
+
+#[test]
+fn a_relative_root_is_resolved_and_shown_absolute() {
+    let t = tempfile::tempdir().unwrap();
+    let local = t.path().join("local");
+    std::fs::create_dir(&local).unwrap();
+    store(&local);
+    for args in [
+        vec!["disk", "--root", "local", "--json"],
+        vec![
+            "cleanup",
+            "--root",
+            "local",
+            "--max-age",
+            "7d",
+            "--dry-run",
+            "--json",
+        ],
+    ] {
+        let r = output(stowage(None, &args).current_dir(t.path()).output().unwrap());
+        assert_eq!(r.code, 0, "{args:?}: {r:?}");
+        assert_eq!(r.json()["root"], s(&local), "{args:?}: {r:?}");
+    }
 }

@@ -37,7 +37,8 @@ pub(crate) enum Command {
     Migrate(commands::migrate::MigrateCommand),
     /// Serve a local store's files over HTTP (ranges, validators, signed URLs).
     Serve(commands::serve::ServeArgs),
-    /// Prove a local copy matches its bucket (sizes and ETags), downloading nothing.
+    /// Prove a local copy matches its bucket, or a restored bucket its local store (sizes
+    /// and ETags), downloading nothing.
     #[command(subcommand)]
     Verify(commands::verify::VerifyCommand),
     Cleanup(commands::cleanup::CleanupArgs),

@@ -65,8 +65,8 @@ pub(crate) struct CleanupArgs {
 
     /// Then delete the oldest files until the store (sum of file sizes) is at most SIZE:
     /// 50GB, 45GiB, or a share of the filesystem such as 80% (a unit is required).
-    #[arg(long, value_name = "SIZE", value_parser = SizeSpec::parse_with_unit)]
-    pub(crate) max_used: Option<SizeSpec>,
+    #[arg(long, value_name = "SIZE", value_parser = MaxUsed::parse)]
+    pub(crate) max_used: Option<MaxUsed>,
 
     /// --max-used never deletes a file modified less than this long ago.
     #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = super::parse_age)]
@@ -104,9 +104,9 @@ pub(crate) struct CleanupArgs {
 }
 
 impl CleanupArgs {
-    fn to_options(&self) -> CleanupOptions {
-        let mut o = CleanupOptions::new(&self.root, self.max_age);
-        o.max_used = self.max_used;
+    fn to_options(&self, root: &std::path::Path) -> CleanupOptions {
+        let mut o = CleanupOptions::new(root, self.max_age);
+        o.max_used = self.max_used.as_ref().map(|m| m.spec);
         o.min_age = self.min_age;
         o.dry_run = self.dry_run;
         o.force = self.force;
@@ -144,9 +144,13 @@ pub(crate) fn run(args: CleanupArgs, quiet: bool) -> Exit {
         json: args.json,
         quiet,
     };
-    let summary = match cleanup(&args.to_options(), &notes) {
+    let root = match super::absolute("--root", &args.root) {
+        Ok(r) => r,
+        Err(e) => return envelope.fatal(&e, None),
+    };
+    let summary = match cleanup(&args.to_options(&root), &notes) {
         Ok(s) => s,
-        Err(e) => return envelope.root_fatal("--root", &args.root, &e),
+        Err(e) => return envelope.root_fatal("--root", &root, &e),
     };
     if summary.locked {
         // The note above named the holder; stdout gets only the JSON (for scripts).
@@ -170,12 +174,31 @@ pub(crate) fn run(args: CleanupArgs, quiet: bool) -> Exit {
     if args.json {
         envelope.summary(&summary, None);
     } else if !quiet || problems {
-        out!("{}", human_summary(&summary));
+        out!(
+            "{}",
+            human_summary(&summary, args.max_used.as_ref().map(|m| m.text.as_str()))
+        );
     }
     Exit::from_problems(problems)
 }
 
-fn human_summary(s: &CleanupSummary) -> String {
+/// `--max-used` and the text the user wrote, echoed as written (`50GB`, not `46.6 GiB`).
+#[derive(Debug, Clone)]
+pub(crate) struct MaxUsed {
+    spec: SizeSpec,
+    text: String,
+}
+
+impl MaxUsed {
+    fn parse(s: &str) -> Result<MaxUsed, String> {
+        Ok(MaxUsed {
+            spec: SizeSpec::parse_with_unit(s)?,
+            text: s.trim().to_owned(),
+        })
+    }
+}
+
+fn human_summary(s: &CleanupSummary, max_used_text: Option<&str>) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
     let root = s.root.display();
@@ -186,7 +209,14 @@ fn human_summary(s: &CleanupSummary) -> String {
         s.modified_before
     );
     if let Some(m) = s.max_used_bytes {
-        let _ = write!(out, ", max used {}", human_bytes(m));
+        match &max_used_text {
+            Some(t) => {
+                let _ = write!(out, ", max used {t} ({})", human_bytes(m));
+            }
+            None => {
+                let _ = write!(out, ", max used {}", human_bytes(m));
+            }
+        }
     }
     let _ = writeln!(
         out,

@@ -44,10 +44,11 @@ pub(crate) struct DiskArgs {
     #[arg(long, value_name = "DURATION", value_parser = super::parse_max_age)]
     pub(crate) max_age: Option<Duration>,
 
-    /// Warn and exit 1 above this: a size (50GB, 45GiB) is compared with the store's
-    /// bytes, a percentage (80%) with the filesystem's use.
-    #[arg(long, value_name = "SIZE|PCT")]
-    pub(crate) warn_above: Option<SizeSpec>,
+    /// Warn and exit 1 above this; give it more than once to check several things: a size
+    /// (50GB, 45GiB) is compared with the store's bytes, PCT% with the filesystem's used
+    /// share as df shows it (80%), PCT%inodes with its inodes in use (90%inodes).
+    #[arg(long, value_name = "SIZE|PCT%|PCT%inodes", value_parser = Threshold::parse)]
+    pub(crate) warn_above: Vec<Threshold>,
 
     /// How many of the largest top-level prefixes to show.
     #[arg(long, value_name = "N", default_value_t = 10)]
@@ -63,17 +64,92 @@ pub(crate) struct DiskArgs {
     pub(crate) prometheus: Option<PathBuf>,
 }
 
+/// One `--warn-above`, with the text the user wrote (echoed in the warning as written).
+#[derive(Debug, Clone)]
+pub(crate) struct Threshold {
+    kind: ThresholdKind,
+    text: String,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum ThresholdKind {
+    StoreBytes(u64),
+    FsUsedPercent(f64),
+    InodesUsedPercent(f64),
+}
+
+impl Threshold {
+    fn parse(s: &str) -> Result<Threshold, String> {
+        let text = s.trim().to_owned();
+        let kind = if let Some(p) = text.strip_suffix("%inodes") {
+            ThresholdKind::InodesUsedPercent(percent(p)?)
+        } else {
+            match SizeSpec::parse_with_unit(&text)? {
+                SizeSpec::Bytes(b) => ThresholdKind::StoreBytes(b),
+                SizeSpec::Percent(p) => ThresholdKind::FsUsedPercent(p),
+            }
+        };
+        Ok(Threshold { kind, text })
+    }
+
+    /// The warning when `r` crosses this threshold.
+    fn check(&self, r: &DiskReport) -> Option<String> {
+        let (f, t, root) = (&r.filesystem, &self.text, r.root.display());
+        match self.kind {
+            ThresholdKind::StoreBytes(limit) if r.store.apparent_bytes > limit => Some(format!(
+                "store {root} holds {} ({} bytes), above the warning threshold of {t}",
+                human_bytes(r.store.apparent_bytes),
+                r.store.apparent_bytes
+            )),
+            ThresholdKind::FsUsedPercent(p) if f.used_percent > p => Some(format!(
+                "filesystem holding {root} is {:.1}% used ({} available), above the warning threshold of {t}",
+                f.used_percent,
+                human_bytes(f.avail_bytes)
+            )),
+            ThresholdKind::InodesUsedPercent(p) if f.inodes_total > 0 => {
+                let used = f.inodes_used as f64 * 100.0 / f.inodes_total as f64;
+                (used > p).then(|| {
+                    format!(
+                        "filesystem holding {root} has {used:.1}% of its inodes in use ({} free), above the warning threshold of {t}",
+                        f.inodes_free
+                    )
+                })
+            }
+            _ => None,
+        }
+    }
+}
+
+/// The number of `PCT%inodes`: 0 to 100.
+fn percent(p: &str) -> Result<f64, String> {
+    match p.trim().parse::<f64>() {
+        Ok(v) if (0.0..=100.0).contains(&v) => Ok(v),
+        _ => Err(format!(
+            "{p:?} is not a percentage from 0 to 100, as in 90%inodes"
+        )),
+    }
+}
+
 /// Runs the command; returns how it ended (0, 1 or 2).
 pub(crate) fn run(args: DiskArgs, quiet: bool) -> Exit {
     let envelope = super::Envelope::start("disk", args.json);
-    let mut o = DiskOptions::new(&args.root);
-    o.max_age = args.max_age;
-    o.warn_above = args.warn_above;
-    o.top_prefixes = args.top;
-    let report = match disk(&o, &NoopReporter) {
+    let root = match super::absolute("--root", &args.root) {
         Ok(r) => r,
-        Err(e) => return envelope.root_fatal("--root", &args.root, &e),
+        Err(e) => return envelope.fatal(&e, None),
     };
+    let mut o = DiskOptions::new(&root);
+    o.max_age = args.max_age;
+    o.top_prefixes = args.top;
+    let mut report = match disk(&o, &NoopReporter) {
+        Ok(r) => r,
+        Err(e) => return envelope.root_fatal("--root", &root, &e),
+    };
+    let crossed: Vec<String> = args
+        .warn_above
+        .iter()
+        .filter_map(|t| t.check(&report))
+        .collect();
+    report.warnings.extend(crossed);
     let mut status = if !report.errors.is_empty() {
         Exit::Error
     } else if !report.warnings.is_empty() {

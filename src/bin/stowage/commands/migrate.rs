@@ -114,7 +114,9 @@ pub(crate) struct SpaceArgs {
 pub(crate) struct S3ToLocalArgs {
     #[command(flatten)]
     s3: S3Args,
-    /// Destination directory (the local store root).
+    /// Destination directory (the local store root); created if missing, but its parent
+    /// must exist (a typo is not turned into a new tree). A relative path is resolved
+    /// against the working directory and shown absolute.
     #[arg(long, env = "LOCAL_STORAGE_PATH", default_value = stowage::config::DEFAULT_LOCAL_PATH, value_name = "DIR")]
     dest: PathBuf,
     #[command(flatten)]
@@ -132,6 +134,27 @@ pub(crate) struct LocalToS3Args {
     s3: S3Args,
     #[command(flatten)]
     run: RunArgs,
+}
+
+/// Refuses a `--dest` whose parent directory does not exist: migrate creates the
+/// destination itself, never a chain of mistyped parents.
+fn parent_exists(dest: &std::path::Path) -> stowage::Result<()> {
+    if dest.exists() {
+        return Ok(());
+    }
+    match dest.parent() {
+        Some(parent) if !parent.is_dir() => Err(stowage::Error::Config {
+            name: "--dest".into(),
+            reason: format!(
+                "{} does not exist and neither does its parent {}: stowage creates only the \
+                 destination directory itself; check for a typo, or create {} first",
+                dest.display(),
+                parent.display(),
+                parent.display()
+            ),
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// `--concurrency`: a whole number, at least 1.
@@ -234,8 +257,9 @@ pub(crate) async fn run(cmd: MigrateCommand, quiet: bool) -> Exit {
                 let mut opts = a.run.options(a.s3.prefix()?, cancel.clone());
                 opts.min_free = a.space.min_free;
                 opts.max_used = a.space.max_used;
-                migrate::s3_to_local(&src, &super::absolute("--dest", &a.dest)?, &opts, &progress)
-                    .await
+                let dest = super::absolute("--dest", &a.dest)?;
+                parent_exists(&dest)?;
+                migrate::s3_to_local(&src, &dest, &opts, &progress).await
             }
             MigrateCommand::LocalToS3(a) => {
                 let dst = a.s3.config()?.open()?;

@@ -186,7 +186,7 @@ pub(crate) fn parse_max_age(s: &str) -> Result<std::time::Duration, String> {
     let d = parse_age(s)?;
     if d.is_zero() {
         return Err(format!(
-            "{:?} would make every file old: give the age after which a clip may go, e.g. 24h or 7d",
+            "{:?} would make every file old: give an age more than zero, after which a clip may go, e.g. 24h or 7d",
             s.trim()
         ));
     }
