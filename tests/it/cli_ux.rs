@@ -416,3 +416,48 @@ fn a_relative_root_is_resolved_and_shown_absolute() {
         assert_eq!(r.json()["root"], s(&local), "{args:?}: {r:?}");
     }
 }
+
+/// No credentials anywhere: the hint says so and where stowage looked, not only "access
+/// denied ... bucket policy". (The message itself comes from the S3 lister.)
+#[test]
+fn no_credentials_anywhere_says_where_stowage_looked() {
+    let s3 = TestS3::start();
+    let t = tempfile::tempdir().unwrap();
+    let dest = t.path().join("dest");
+    let r = output(
+        stowage(
+            None,
+            &[
+                "migrate",
+                "s3-to-local",
+                "--bucket",
+                s3.bucket(),
+                "--dest",
+                s(&dest),
+                "--endpoint",
+                &s3.endpoint(),
+                "--dry-run",
+                "--json",
+            ],
+        )
+        // No instance metadata service to wait for.
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_REGION", s3.region())
+        .output()
+        .unwrap(),
+    );
+    assert_eq!(r.code, 2, "{r:?}");
+    let j = r.json();
+    let hint = j["error"]["hint"]
+        .as_str()
+        .unwrap_or_else(|| panic!("a hint: {r:?}"));
+    assert!(hint.contains("no credentials were found"), "{r:?}");
+    assert!(
+        hint.contains("AWS_ACCESS_KEY_ID") && hint.contains(".aws/credentials"),
+        "{r:?}"
+    );
+    assert!(
+        r.stderr.contains("hint: no credentials were found"),
+        "{r:?}"
+    );
+}

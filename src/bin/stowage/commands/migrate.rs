@@ -157,6 +157,34 @@ fn parent_exists(dest: &std::path::Path) -> stowage::Result<()> {
     }
 }
 
+/// For access denied with no credentials in sight: where stowage looked and what to set,
+/// instead of leaving the operator with "check the bucket policy".
+pub(crate) fn credentials_hint(e: &stowage::Error) -> Option<String> {
+    if !matches!(e, stowage::Error::AccessDenied { .. }) {
+        return None;
+    }
+    let set = |v: &str| std::env::var_os(v).is_some_and(|x| !x.is_empty());
+    if set("AWS_ACCESS_KEY_ID") {
+        return None;
+    }
+    let file = std::env::var_os("AWS_SHARED_CREDENTIALS_FILE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".aws/credentials")));
+    if file.as_ref().is_some_and(|f| f.is_file()) {
+        return None;
+    }
+    Some(format!(
+        "no credentials were found: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY are not set, {} \
+         does not exist, and the machine (instance metadata) provided none. Set \
+         AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN for temporary \
+         ones), or write them to ~/.aws/credentials (profile AWS_PROFILE, else default)",
+        file.map_or_else(
+            || "~/.aws/credentials".to_owned(),
+            |f| f.display().to_string()
+        )
+    ))
+}
+
 /// `--concurrency`: a whole number, at least 1.
 fn parse_concurrency(s: &str) -> Result<usize, String> {
     match s.trim().parse::<usize>() {
@@ -278,7 +306,10 @@ pub(crate) async fn run(cmd: MigrateCommand, quiet: bool) -> Exit {
     progress.finish();
     let summary = match result {
         Ok(s) => s,
-        Err(e) => return envelope.fatal(&e, None),
+        Err(e) => {
+            let hint = credentials_hint(&e);
+            return envelope.fatal(&e, hint);
+        }
     };
     if run.json {
         let error = summary.aborted.as_ref().map(|a| super::JsonError {

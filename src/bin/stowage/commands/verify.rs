@@ -108,7 +108,10 @@ pub(crate) async fn run(cmd: VerifyCommand, quiet: bool) -> Exit {
     progress.finish();
     let s = match result {
         Ok(s) => s,
-        Err(e) => return envelope.fatal(&e, None),
+        Err(e) => {
+            let hint = super::migrate::credentials_hint(&e);
+            return envelope.fatal(&e, hint);
+        }
     };
     if a.json {
         envelope.summary(&s, None);
