@@ -145,11 +145,6 @@ pub(crate) fn lossy_path<S: serde::Serializer>(p: &Path, s: S) -> Result<S::Ok, 
     s.serialize_str(&p.to_string_lossy())
 }
 
-/// [`lossy_path`] for a list.
-pub(crate) fn lossy_paths<S: serde::Serializer>(v: &[PathBuf], s: S) -> Result<S::Ok, S::Error> {
-    s.collect_seq(v.iter().map(|p| p.to_string_lossy()))
-}
-
 /// What a cleanup run did (or, with `dry_run`, would do).
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct CleanupSummary {
@@ -194,9 +189,8 @@ pub struct CleanupSummary {
     pub changed: u64,
     /// Symbolic links seen and left alone (never followed, never deleted).
     pub symlinks_skipped: u64,
-    /// Other filesystems mounted inside the root, not entered (relative paths).
-    #[serde(serialize_with = "lossy_paths")]
-    pub mounts_skipped: Vec<PathBuf>,
+    /// Other filesystems mounted inside the root, not entered (keys relative to `root`).
+    pub mounts_skipped: Vec<KeyReason>,
     /// Files and directories that could not be read or deleted, keys relative to `root`.
     pub errors: Vec<KeyReason>,
     /// The run stopped deleting at [`CleanupOptions::max_delete`] files.
@@ -632,7 +626,11 @@ fn age_pass(
                     "not entering {}: another filesystem is mounted there",
                     abs.display()
                 ));
-                summary.mounts_skipped.push(entry.path().to_path_buf());
+                summary.mounts_skipped.push(KeyReason::at(
+                    Path::new(""),
+                    entry.path(),
+                    "another filesystem is mounted there: not entered",
+                ));
             }
             EntryKind::Other => {}
         }

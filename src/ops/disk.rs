@@ -30,7 +30,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::key::Key;
 use crate::local::AtomicFile;
-use crate::ops::cleanup::{age_cutoff, lossy_path, lossy_paths};
+use crate::ops::cleanup::{age_cutoff, lossy_path};
 use crate::ops::KeyReason;
 use crate::report::Reporter;
 use crate::size::{human_bytes, SizeSpec};
@@ -126,9 +126,8 @@ pub struct StoreFigures {
     pub newest: Option<FileStamp>,
     /// The largest top-level prefixes, largest first.
     pub top_prefixes: Vec<PrefixUsage>,
-    /// Other filesystems mounted inside the root, not entered (relative paths).
-    #[serde(serialize_with = "lossy_paths")]
-    pub mounts_skipped: Vec<PathBuf>,
+    /// Other filesystems mounted inside the root, not entered (keys relative to the root).
+    pub mounts_skipped: Vec<KeyReason>,
 }
 
 /// What a cleanup with a given age would free now.
@@ -235,7 +234,11 @@ pub fn disk(opts: &DiskOptions, reporter: &dyn Reporter) -> Result<DiskReport> {
             }
         };
         if entry.kind() == EntryKind::MountPoint {
-            store.mounts_skipped.push(entry.path().to_path_buf());
+            store.mounts_skipped.push(KeyReason::at(
+                Path::new(""),
+                entry.path(),
+                "another filesystem is mounted there: not entered",
+            ));
             continue;
         }
         if entry.kind() != EntryKind::Dir

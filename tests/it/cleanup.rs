@@ -210,7 +210,8 @@ fn another_filesystem_mounted_inside_the_root_is_not_entered() {
         "files on the other filesystem are untouched"
     );
     assert!(!r.join("old-here").exists());
-    assert_eq!(s.mounts_skipped, [Path::new("mnt")]);
+    assert_eq!(s.mounts_skipped.len(), 1, "{s:#?}");
+    assert_eq!(s.mounts_skipped[0].key, "mnt");
     assert_eq!(s.deleted_count, 1);
     assert!(s.errors.is_empty(), "{:?}", s.errors);
 }
@@ -568,7 +569,7 @@ fn json_summary_names_a_skipped_mount_with_a_non_utf8_name() {
         ],
     );
     assert_eq!(r.code, 0, "{r:?}");
-    assert_eq!(r.json()["mounts_skipped"][0], "\u{fffd}mnt", "{r:?}");
+    assert_eq!(r.json()["mounts_skipped"][0]["key"], "\u{fffd}mnt", "{r:?}");
 }
 
 fn lock_mode(root: &Path) -> u32 {

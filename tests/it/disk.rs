@@ -166,7 +166,8 @@ fn another_filesystem_mounted_inside_the_root_is_not_counted() {
     file(r, "mnt/there", 1_000_000, DAY);
     let rep = measure(&DiskOptions::new(r));
     assert_eq!((rep.store.files, rep.store.apparent_bytes), (1, 100));
-    assert_eq!(rep.store.mounts_skipped, [Path::new("mnt")]);
+    assert_eq!(rep.store.mounts_skipped.len(), 1, "{rep:#?}");
+    assert_eq!(rep.store.mounts_skipped[0].key, "mnt");
     let du = run(Command::new("du").args(["-sx", "--block-size=1"]).arg(r));
     assert_eq!(
         rep.store.allocated_bytes,

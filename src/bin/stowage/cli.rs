@@ -7,13 +7,18 @@ use crate::commands;
 
 /// stowage: move a clip store from S3 to local disk, prove the copy, and keep the disk healthy.
 ///
-/// Configuration comes from the same environment the clip service uses (STORAGE_TYPE,
-/// LOCAL_STORAGE_PATH, S3_BUCKET_NAME, S3_REGION/AWS_REGION, AWS_ENDPOINT_URL,
-/// AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or ~/.aws/credentials); flags override it.
+/// Configuration comes from the same environment the clip service uses (LOCAL_STORAGE_PATH,
+/// S3_BUCKET_NAME, S3_REGION/AWS_REGION/AWS_DEFAULT_REGION,
+/// AWS_ENDPOINT_URL_S3/AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and
+/// AWS_SESSION_TOKEN or ~/.aws/credentials; serve also STORAGE_URL_SECRET, STORAGE_URL_TTL,
+/// BASE_URL, FILES_PATH); flags override it. Each command's --help lists what it reads.
+///
+/// -q/--quiet on any command: print nothing on success (cron mails only problems).
 ///
 /// Exit codes: 0 success; 1 finished with problems (failed, rejected, unverified or
 /// different objects; files that could not be deleted; a threshold crossed);
-/// 2 usage, configuration or fatal error; 130 interrupted.
+/// 2 usage, configuration or fatal error; 3 the store lock was held (cleanup);
+/// 130 interrupted; 141 the reader of the output went away.
 #[derive(Debug, Parser)]
 #[command(
     name = "stowage",

@@ -269,11 +269,7 @@ fn human_summary(s: &CleanupSummary, max_used_text: Option<&str>) -> String {
         skipped.push(format!("{} symlinks (never followed)", s.symlinks_skipped));
     }
     if !s.mounts_skipped.is_empty() {
-        let m: Vec<_> = s
-            .mounts_skipped
-            .iter()
-            .map(|p| p.display().to_string())
-            .collect();
+        let m: Vec<_> = s.mounts_skipped.iter().map(|m| m.key.as_str()).collect();
         skipped.push(format!("other filesystems at {}", m.join(", ")));
     }
     if s.vanished > 0 {

@@ -229,7 +229,7 @@ fn human_report(r: &DiskReport) -> String {
         }
     }
     for m in &s.mounts_skipped {
-        let _ = writeln!(out, "  not entered (another filesystem): {}", m.display());
+        let _ = writeln!(out, "  not entered (another filesystem): {}", m.key);
     }
     if let Some(c) = &r.cleanup {
         let _ = writeln!(
