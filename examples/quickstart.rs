@@ -151,7 +151,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         summary.rejected.len()
     );
 
-    if let Some(kr) = summary.unverified_reasons.first() {
+    if let Some(kr) = summary.unverified.first() {
         println!("   e.g. {}: {}", kr.key, kr.reason);
     }
     println!("4. running it again (what a resumed or repeated migration does) ...");

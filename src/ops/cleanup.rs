@@ -49,6 +49,7 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags, Stat};
 use rustix::io::Errno;
 
 use crate::local::{self, LockHeld, StoreLock, DELETE_PREFIX, LOCK_FILE_NAME, STORE_MARKER_NAME};
+use crate::ops::KeyReason;
 use crate::report::{NoopReporter, Reporter};
 use crate::size::{human_bytes, SizeSpec};
 use crate::walk::{system_time, EntryKind, WalkOptions, Walker};
@@ -137,26 +138,11 @@ impl std::fmt::Debug for CleanupOptions {
     }
 }
 
-/// One path that could not be handled, and why.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct PathError {
-    /// Absolute path.
-    #[serde(serialize_with = "lossy_path")]
-    pub path: PathBuf,
-    /// What went wrong, with a hint when there is one.
-    pub reason: String,
-}
-
 /// Serializes a path as a string, a name that is not UTF-8 with U+FFFD in place of the
 /// bad bytes: one odd file name must never stop a `--json` summary from being printed.
 /// (The human output shows the same lossy form.)
 pub(crate) fn lossy_path<S: serde::Serializer>(p: &Path, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&p.to_string_lossy())
-}
-
-/// [`lossy_path`] for a list.
-pub(crate) fn lossy_paths<S: serde::Serializer>(v: &[PathBuf], s: S) -> Result<S::Ok, S::Error> {
-    s.collect_seq(v.iter().map(|p| p.to_string_lossy()))
 }
 
 /// What a cleanup run did (or, with `dry_run`, would do).
@@ -178,8 +164,11 @@ pub struct CleanupSummary {
     pub modified_before: String,
     /// Regular files of the store seen by the age pass.
     pub store_files: u64,
-    /// Files deleted (age and size passes together).
-    pub deleted: u64,
+    /// Files deleted (age and size passes together): the length of `deleted`.
+    pub deleted_count: u64,
+    /// The files deleted (or, in a dry run, that would be), keys relative to `root`, each
+    /// with the pass that deleted it.
+    pub deleted: Vec<KeyReason>,
     /// Bytes freed (sum of the deleted files' sizes).
     pub bytes_freed: u64,
     /// Of `deleted`, files deleted because they were older than `max_age`.
@@ -200,11 +189,10 @@ pub struct CleanupSummary {
     pub changed: u64,
     /// Symbolic links seen and left alone (never followed, never deleted).
     pub symlinks_skipped: u64,
-    /// Other filesystems mounted inside the root, not entered (relative paths).
-    #[serde(serialize_with = "lossy_paths")]
-    pub mounts_skipped: Vec<PathBuf>,
-    /// Files and directories that could not be read or deleted.
-    pub errors: Vec<PathError>,
+    /// Other filesystems mounted inside the root, not entered (keys relative to `root`).
+    pub mounts_skipped: Vec<KeyReason>,
+    /// Files and directories that could not be read or deleted, keys relative to `root`.
+    pub errors: Vec<KeyReason>,
     /// The run stopped deleting at [`CleanupOptions::max_delete`] files.
     pub max_delete_reached: bool,
     /// Wall-clock duration of the run.
@@ -224,7 +212,8 @@ impl CleanupSummary {
             max_age_s: opts.max_age.as_secs(),
             modified_before: String::new(),
             store_files: 0,
-            deleted: 0,
+            deleted_count: 0,
+            deleted: Vec::new(),
             bytes_freed: 0,
             deleted_for_age: 0,
             deleted_for_size: 0,
@@ -245,13 +234,16 @@ impl CleanupSummary {
 
     /// Counts one file deleted (or that a dry run would delete).
     fn deleted(&mut self, abs: &Path, size: u64, for_age: bool) {
-        self.deleted += 1;
+        self.deleted_count += 1;
         self.bytes_freed += size;
-        if for_age {
+        let reason = if for_age {
             self.deleted_for_age += 1;
+            "older than --max-age"
         } else {
             self.deleted_for_size += 1;
-        }
+            "oldest while the store was over --max-used"
+        };
+        self.deleted.push(KeyReason::at(&self.root, abs, reason));
         if self.examples.len() < EXAMPLES {
             self.examples.push(abs.to_path_buf());
         }
@@ -259,7 +251,7 @@ impl CleanupSummary {
 
     /// More than half of the store's files would go: what a typo in a limit looks like.
     fn deletes_most_of_the_store(&self) -> bool {
-        self.deleted > 0 && self.deleted.saturating_mul(2) > self.store_files
+        self.deleted_count > 0 && self.deleted_count.saturating_mul(2) > self.store_files
     }
 
     fn what_it_deletes(&self) -> String {
@@ -270,7 +262,7 @@ impl CleanupSummary {
             .collect();
         format!(
             "{} of {} files ({}), e.g. {}",
-            self.deleted,
+            self.deleted_count,
             self.store_files,
             human_bytes(self.bytes_freed),
             ex.join(", ")
@@ -278,10 +270,7 @@ impl CleanupSummary {
     }
 
     fn error(&mut self, path: PathBuf, reason: impl Into<String>) {
-        self.errors.push(PathError {
-            path,
-            reason: reason.into(),
-        });
+        self.errors.push(KeyReason::at(&self.root, &path, reason));
     }
 }
 
@@ -458,7 +447,7 @@ fn check_store_root(
 }
 
 fn at_max_delete(opts: &CleanupOptions, summary: &mut CleanupSummary) -> bool {
-    let reached = opts.max_delete.is_some_and(|m| summary.deleted >= m);
+    let reached = opts.max_delete.is_some_and(|m| summary.deleted_count >= m);
     summary.max_delete_reached |= reached;
     reached
 }
@@ -637,7 +626,11 @@ fn age_pass(
                     "not entering {}: another filesystem is mounted there",
                     abs.display()
                 ));
-                summary.mounts_skipped.push(entry.path().to_path_buf());
+                summary.mounts_skipped.push(KeyReason::at(
+                    Path::new(""),
+                    entry.path(),
+                    "another filesystem is mounted there: not entered",
+                ));
             }
             EntryKind::Other => {}
         }

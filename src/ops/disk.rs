@@ -30,7 +30,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::key::Key;
 use crate::local::AtomicFile;
-use crate::ops::cleanup::{age_cutoff, lossy_path, lossy_paths, PathError};
+use crate::ops::cleanup::{age_cutoff, lossy_path};
+use crate::ops::KeyReason;
 use crate::report::Reporter;
 use crate::size::{human_bytes, SizeSpec};
 use crate::walk::{EntryKind, WalkOptions, Walker};
@@ -84,8 +85,8 @@ pub struct FsFigures {
 /// A file and when it was last modified.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct FileStamp {
-    /// Path relative to the root.
-    #[serde(serialize_with = "lossy_path")]
+    /// Path relative to the root (`key` in JSON, as in every summary).
+    #[serde(rename = "key", serialize_with = "lossy_path")]
     pub path: PathBuf,
     /// Modification time, RFC 3339 UTC.
     pub mtime: String,
@@ -125,9 +126,8 @@ pub struct StoreFigures {
     pub newest: Option<FileStamp>,
     /// The largest top-level prefixes, largest first.
     pub top_prefixes: Vec<PrefixUsage>,
-    /// Other filesystems mounted inside the root, not entered (relative paths).
-    #[serde(serialize_with = "lossy_paths")]
-    pub mounts_skipped: Vec<PathBuf>,
+    /// Other filesystems mounted inside the root, not entered (keys relative to the root).
+    pub mounts_skipped: Vec<KeyReason>,
 }
 
 /// What a cleanup with a given age would free now.
@@ -158,7 +158,7 @@ pub struct DiskReport {
     /// One line per crossed threshold; empty when all is well.
     pub warnings: Vec<String>,
     /// Parts of the tree that could not be read: the store figures are then too low.
-    pub errors: Vec<PathError>,
+    pub errors: Vec<KeyReason>,
     /// How long the walk took.
     pub elapsed_s: f64,
 }
@@ -229,15 +229,16 @@ pub fn disk(opts: &DiskOptions, reporter: &dyn Reporter) -> Result<DiskReport> {
         let entry = match item {
             Ok(entry) => entry,
             Err(e) => {
-                errors.push(PathError {
-                    path: e.path.clone(),
-                    reason: e.to_string(),
-                });
+                errors.push(KeyReason::at(&opts.root, &e.path, e.to_string()));
                 continue;
             }
         };
         if entry.kind() == EntryKind::MountPoint {
-            store.mounts_skipped.push(entry.path().to_path_buf());
+            store.mounts_skipped.push(KeyReason::at(
+                Path::new(""),
+                entry.path(),
+                "another filesystem is mounted there: not entered",
+            ));
             continue;
         }
         if entry.kind() != EntryKind::Dir

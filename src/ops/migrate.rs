@@ -104,6 +104,9 @@ pub struct MigrateSummary {
     pub source: String,
     /// Where they went.
     pub destination: String,
+    /// The local store root (the destination of s3-to-local, the source of local-to-s3):
+    /// local keys are relative to it.
+    pub root: String,
     /// True when nothing was written.
     pub dry_run: bool,
     /// Objects seen in the source listing.
@@ -126,13 +129,11 @@ pub struct MigrateSummary {
     /// replace: written (or removed) locally since planning, or newer than the object.
     /// The local file is left as it is.
     pub conflicts: Vec<KeyReason>,
-    /// Objects copied whose content could not be checked against their ETag.
-    pub unverified: Vec<String>,
-    /// Why each unverified object could not be checked.
-    pub unverified_reasons: Vec<KeyReason>,
-    /// Dry run: the keys that would be copied.
+    /// Objects copied whose content could not be checked against their ETag, and why.
+    pub unverified: Vec<KeyReason>,
+    /// Dry run: the keys that would be copied, each with its size.
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub would_copy: Vec<String>,
+    pub would_copy: Vec<KeyReason>,
     /// True when stopped by Ctrl-C / SIGTERM.
     pub interrupted: bool,
     /// Set when a fatal condition (disk full, access revoked) stopped the run early.
@@ -202,6 +203,7 @@ pub async fn s3_to_local(
         direction: "s3-to-local".into(),
         source: format!("{}{}", src.describe(), opts.prefix),
         destination: dest.display().to_string(),
+        root: dest.display().to_string(),
         dry_run: opts.dry_run,
         ..Default::default()
     };
@@ -240,10 +242,8 @@ pub async fn s3_to_local(
             let classes = classify_page(dest, page, &mut clashes).await;
             for c in classes {
                 match c {
-                    Class::Rejected(kr) => {
-                        reporter.note(&format!("rejected {:?}: {}", kr.key, kr.reason));
-                        summary.rejected.push(kr);
-                    }
+                    // Listed once, in the summary (not also as a note).
+                    Class::Rejected(kr) => summary.rejected.push(kr),
                     Class::Conflict(kr) => {
                         reporter.note(&format!("left alone {:?}: {}", kr.key, kr.reason));
                         summary.conflicts.push(kr);
@@ -257,7 +257,10 @@ pub async fn s3_to_local(
                         needs.allocated += p.raw.size.div_ceil(block) * block;
                         needs.files += 1;
                         if opts.dry_run {
-                            summary.would_copy.push(p.raw.key.clone());
+                            summary.would_copy.push(KeyReason {
+                                key: p.raw.key.clone(),
+                                reason: format!("{} bytes", p.raw.size),
+                            });
                         }
                         if let Some(buf) = &mut buffered {
                             if buf.len() < PLAN_BUFFER_LIMIT {
@@ -370,8 +373,7 @@ pub async fn s3_to_local(
                 summary.bytes_copied += bytes;
                 if let Some(reason) = unverified {
                     reporter.note(&format!("unverified {key:?}: {reason}"));
-                    summary.unverified.push(key.clone());
-                    summary.unverified_reasons.push(KeyReason {
+                    summary.unverified.push(KeyReason {
                         key: key.clone(),
                         reason,
                     });
@@ -387,7 +389,6 @@ pub async fn s3_to_local(
                 reporter.item_done(&key, false);
             }
             Outcome::Rejected(reason) => {
-                reporter.note(&format!("rejected {key:?}: {reason}"));
                 summary.rejected.push(KeyReason {
                     key: key.clone(),
                     reason,
@@ -666,10 +667,13 @@ async fn preflight(dest: &Path, needs: Needs, opts: &MigrateOptions) -> Result<(
                 needed: needs.bytes,
                 available: limit.saturating_sub(used),
                 hint: format!(
-                    " (the store holds {} and --max-used is {}: {} more would exceed it)",
+                    ": that is the --max-used limit, not the disk. The store holds {} and --max-used is {}; \
+                     {} more would exceed it. Raise it to at least {} (--max-used {}B), or leave it out",
                     human_bytes(used),
                     max,
-                    human_bytes(needs.bytes)
+                    human_bytes(needs.bytes),
+                    human_bytes(used + needs.bytes),
+                    used + needs.bytes
                 ),
             });
         }
@@ -1050,6 +1054,7 @@ pub async fn local_to_s3(
         direction: "local-to-s3".into(),
         source: source.display().to_string(),
         destination: format!("{}{}", dst.describe(), opts.prefix),
+        root: source.display().to_string(),
         dry_run: opts.dry_run,
         ..Default::default()
     };
@@ -1112,15 +1117,17 @@ pub async fn local_to_s3(
             UploadOutcome::Skipped => summary.skipped += 1,
             UploadOutcome::WouldCopy(size) => {
                 summary.bytes_planned += size;
-                summary.would_copy.push(key);
+                summary.would_copy.push(KeyReason {
+                    key,
+                    reason: format!("{size} bytes"),
+                });
             }
             UploadOutcome::Done(Outcome::Copied { bytes, unverified }) => {
                 summary.copied += 1;
                 summary.bytes_copied += bytes;
                 summary.bytes_planned += bytes;
                 if let Some(reason) = unverified {
-                    summary.unverified.push(key.clone());
-                    summary.unverified_reasons.push(KeyReason {
+                    summary.unverified.push(KeyReason {
                         key: key.clone(),
                         reason,
                     });
@@ -1136,7 +1143,6 @@ pub async fn local_to_s3(
                 reporter.item_done(&key, false);
             }
             UploadOutcome::Done(Outcome::Rejected(reason)) => {
-                reporter.note(&format!("rejected {key:?}: {reason}"));
                 summary.rejected.push(KeyReason { key, reason });
             }
             UploadOutcome::Done(Outcome::Fatal(e)) => {

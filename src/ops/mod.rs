@@ -13,13 +13,38 @@ use crate::key::{Key, KeyError};
 use crate::s3::ListedObject;
 use crate::store::{BlobStore, ObjectBackend};
 
-/// A key and why it is reported (not copied, different, unverifiable, ...).
+/// A key and why it is reported (not copied, different, unverifiable, deleted, ...): the
+/// one shape of every per-item list in every summary (`--json` prints `{key, reason}`).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct KeyReason {
-    /// The object key, exactly as listed (or the path relative to the root).
+    /// The object key, exactly as listed, or the path relative to the store root (the
+    /// summary's `root`); `.` for the root itself.
     pub key: String,
-    /// What is wrong.
+    /// What is wrong, or what was done and why.
     pub reason: String,
+}
+
+impl KeyReason {
+    /// A `{key, reason}` for `path`, the key being `path` relative to `root` (the whole
+    /// path, when it is outside the root). A name that is not UTF-8 has U+FFFD in place of
+    /// the bad bytes, so one odd file name never stops a summary from being printed.
+    pub fn at(root: &std::path::Path, path: &std::path::Path, reason: impl Into<String>) -> Self {
+        KeyReason {
+            key: relative_key(root, path),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// `path` relative to `root` as a key string (`.` for the root itself; the whole path when
+/// it lies outside the root).
+pub(crate) fn relative_key(root: &std::path::Path, path: &std::path::Path) -> String {
+    let rel = path.strip_prefix(root).unwrap_or(path);
+    if rel.as_os_str().is_empty() {
+        ".".to_owned()
+    } else {
+        rel.to_string_lossy().into_owned()
+    }
 }
 
 /// The listing of an object store as raw entries: S3 through the hostile-key-proof

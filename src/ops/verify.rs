@@ -55,6 +55,8 @@ pub struct VerifySummary {
     pub source: String,
     /// The local directory.
     pub destination: String,
+    /// The local store root (the same directory): local keys are relative to it.
+    pub root: String,
     /// Objects in the bucket listing.
     pub listed: u64,
     /// Objects whose local copy has the same size and content.
@@ -138,6 +140,7 @@ pub async fn s3_to_local(
     let mut summary = VerifySummary {
         source: format!("{}{}", src.describe(), opts.prefix),
         destination: dest.display().to_string(),
+        root: dest.display().to_string(),
         ..Default::default()
     };
     reporter.phase("verifying", None, None);

@@ -166,7 +166,8 @@ fn another_filesystem_mounted_inside_the_root_is_not_counted() {
     file(r, "mnt/there", 1_000_000, DAY);
     let rep = measure(&DiskOptions::new(r));
     assert_eq!((rep.store.files, rep.store.apparent_bytes), (1, 100));
-    assert_eq!(rep.store.mounts_skipped, [Path::new("mnt")]);
+    assert_eq!(rep.store.mounts_skipped.len(), 1, "{rep:#?}");
+    assert_eq!(rep.store.mounts_skipped[0].key, "mnt");
     let du = run(Command::new("du").args(["-sx", "--block-size=1"]).arg(r));
     assert_eq!(
         rep.store.allocated_bytes,
@@ -390,8 +391,5 @@ fn json_report_with_a_non_utf8_file_name_is_printed_with_its_warning() {
     assert_eq!(r.code, 1, "{r:?}");
     assert!(r.stderr.contains("WARNING"), "{r:?}");
     let j = r.json();
-    assert_eq!(
-        j["store"]["oldest"]["path"], "\u{fffd}\u{fffd}.mp4",
-        "{r:?}"
-    );
+    assert_eq!(j["store"]["oldest"]["key"], "\u{fffd}\u{fffd}.mp4", "{r:?}");
 }

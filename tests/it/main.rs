@@ -1,6 +1,7 @@
 //! The single integration-test binary: one module per area, shared servers in `support`.
 
 mod cleanup;
+mod cli_ux;
 mod config;
 mod conformance;
 mod disk;

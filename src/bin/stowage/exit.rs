@@ -30,18 +30,6 @@ impl Exit {
         }
     }
 
-    /// The exit for a status (0, 1, 2, 3, 130, 141) computed by a command (anything else is an error).
-    pub(crate) fn from_status(status: u8) -> Exit {
-        match status {
-            0 => Exit::Success,
-            1 => Exit::Problems,
-            3 => Exit::Locked,
-            130 => Exit::Interrupted,
-            141 => Exit::BrokenPipe,
-            _ => Exit::Error,
-        }
-    }
-
     /// `Success` when nothing went wrong, `Problems` otherwise.
     pub(crate) fn from_problems(any: bool) -> Exit {
         if any {
@@ -72,16 +60,5 @@ mod tests {
         assert_eq!(Exit::BrokenPipe.code(), 141);
         assert_eq!(Exit::from_problems(false), Exit::Success);
         assert_eq!(Exit::from_problems(true), Exit::Problems);
-        for e in [
-            Exit::Success,
-            Exit::Problems,
-            Exit::Error,
-            Exit::Interrupted,
-            Exit::Locked,
-            Exit::BrokenPipe,
-        ] {
-            assert_eq!(Exit::from_status(e.code()), e);
-        }
-        assert_eq!(Exit::from_status(7), Exit::Error);
     }
 }

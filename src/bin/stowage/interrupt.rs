@@ -3,8 +3,9 @@
 
 use tokio_util::sync::CancellationToken;
 
-/// A token cancelled on the first SIGINT or SIGTERM. A second signal exits at once.
-pub(crate) fn cancel_on_signals() -> CancellationToken {
+/// A token cancelled on the first SIGINT or SIGTERM, saying `stopping` (what the command
+/// does now, e.g. "removing temp files"). A second signal exits at once.
+pub(crate) fn cancel_on_signals(stopping: &'static str) -> CancellationToken {
     let token = CancellationToken::new();
     let t = token.clone();
     tokio::spawn(async move {
@@ -22,9 +23,7 @@ pub(crate) fn cancel_on_signals() -> CancellationToken {
                 errln!("interrupted again: exiting now");
                 std::process::exit(130);
             }
-            errln!(
-                "interrupted: stopping, removing temp files (press Ctrl-C again to exit at once)"
-            );
+            errln!("interrupted: stopping, {stopping} (press Ctrl-C again to exit at once)");
             t.cancel();
         }
     });

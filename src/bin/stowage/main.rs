@@ -9,12 +9,17 @@ mod exit;
 mod interrupt;
 mod progress;
 
+use clap::error::ErrorKind;
 use clap::Parser;
 
 use crate::exit::Exit;
 
 fn main() -> std::process::ExitCode {
-    let cli = cli::Cli::parse();
+    let cli = match cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(&e).into(),
+    };
+    let quiet = cli.quiet;
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -27,11 +32,11 @@ fn main() -> std::process::ExitCode {
     };
     let exit = runtime.block_on(async {
         match cli.command {
-            cli::Command::Migrate(cmd) => commands::migrate::run(cmd).await,
+            cli::Command::Migrate(cmd) => commands::migrate::run(cmd, quiet).await,
             cli::Command::Serve(args) => commands::serve::run(args).await,
-            cli::Command::Verify(cmd) => commands::verify::run(cmd).await,
-            cli::Command::Cleanup(args) => Exit::from_status(commands::cleanup::run(args)),
-            cli::Command::Disk(args) => Exit::from_status(commands::disk::run(args)),
+            cli::Command::Verify(cmd) => commands::verify::run(cmd, quiet).await,
+            cli::Command::Cleanup(args) => commands::cleanup::run(args, quiet),
+            cli::Command::Disk(args) => commands::disk::run(args, quiet),
         }
     });
     exit.into()
@@ -44,4 +49,87 @@ pub(crate) fn fatal(e: &stowage::Error) -> Exit {
         stowage::Error::Interrupted => Exit::Interrupted,
         _ => Exit::Error,
     }
+}
+
+/// A command line clap refused: clap's message on stderr (help and version on stdout, exit
+/// 0, as clap does), and with `--json` anywhere on the line also the JSON error document
+/// on stdout, so a script never parses an empty stdout.
+fn usage_error(e: &clap::Error) -> Exit {
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        e.exit();
+    }
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--json") {
+        let command = args
+            .iter()
+            .take_while(|a| !a.starts_with('-'))
+            .take(2)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(" ");
+        let rendered = e.render().to_string();
+        let mut lines = rendered.lines().filter(|l| !l.trim().is_empty());
+        let message = lines
+            .next()
+            .unwrap_or("invalid arguments")
+            .trim_start_matches("error: ")
+            .to_owned();
+        let hint = foreign_flag_hint(e).or_else(|| {
+            lines
+                .map(str::trim)
+                .find(|l| l.starts_with("tip:"))
+                .map(|l| l.trim_start_matches("tip:").trim().to_owned())
+        });
+        let now = commands::rfc3339(std::time::SystemTime::now());
+        commands::print_json(&serde_json::json!({
+            "command": command,
+            "started": now,
+            "finished": now,
+            "elapsed_s": 0.0,
+            "error": {"kind": "usage", "message": message, "hint": hint},
+        }));
+    }
+    let _ = e.print();
+    if let Some(hint) = foreign_flag_hint(e) {
+        errln!("hint: {hint}");
+    }
+    Exit::Error
+}
+
+/// What stowage offers instead of an rclone / aws-cli flag it does not have (the
+/// "Coming from rclone" section of migrate's and cleanup's `--help` says the same).
+fn foreign_flag_hint(e: &clap::Error) -> Option<String> {
+    if e.kind() != ErrorKind::UnknownArgument {
+        return None;
+    }
+    let arg = match e.get(clap::error::ContextKind::InvalidArg)? {
+        clap::error::ContextValue::String(s) => s.clone(),
+        _ => return None,
+    };
+    let flag = arg.split('=').next().unwrap_or(&arg);
+    let instead = match flag {
+        "--delete" | "--delete-after" | "--delete-extra" => {
+            "stowage has no --delete: a migrate rerun never deletes; `stowage verify s3-to-local` lists the extra files"
+        }
+        "--checksum" | "-c" => {
+            "stowage has no --checksum because it always checks: every copy is verified against the object's ETag"
+        }
+        "--size-only" | "--update" | "-u" => {
+            "reruns already skip files with the same size and mtime; no flag is needed"
+        }
+        "--include" | "--exclude" | "--filter" => {
+            "stowage has no --include/--exclude; --prefix (or --bucket s3://NAME/PREFIX) narrows the keys"
+        }
+        "--min-age" | "--max-age" => {
+            "migrate copies whatever the bucket holds; age limits belong to `stowage cleanup --max-age` (deletes files older than it)"
+        }
+        "--bwlimit" => "stowage has no --bwlimit; lower --concurrency to copy fewer objects at once",
+        _ => return None,
+    };
+    Some(format!("{instead} (see --help, \"Coming from rclone\")"))
 }

@@ -1,5 +1,5 @@
 //! Progress display: indicatif bars on a terminal, a plain line every 10 s elsewhere
-//! (cron mails, CI logs), nothing with `--quiet`. Implements the library's `Reporter`.
+//! (cron mails, CI logs: with the wall-clock time and an ETA), nothing with `--quiet`. Implements the library's `Reporter`.
 
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -105,15 +105,31 @@ impl Plain {
             n.map(|n| format!("/{}", f(n))).unwrap_or_default()
         };
         errln!(
-            "[{:>6.0}s] {phase}: {items}{} objects, {}{} ({}/s), {} listed",
+            "{} [{:>6.0}s] {phase}: {items}{} objects, {}{} ({}/s), {} listed{}",
+            chrono::Local::now().format("%Y-%m-%d %H:%M:%S"),
             secs,
             of(total_items, &|n| n.to_string()),
             human_bytes(bytes),
             of(total_bytes, &human_bytes),
             human_bytes((bytes as f64 / secs) as u64),
             self.found.load(Ordering::Relaxed),
+            eta(secs, bytes, total_bytes)
+                .or_else(|| eta(secs, items, total_items))
+                .map(|d| format!(", eta {}", humantime::format_duration(d)))
+                .unwrap_or_default(),
         );
     }
+}
+
+/// Time left at the average rate so far to bring `done` up to `total`, in whole seconds;
+/// `None` before anything is done or without a total.
+fn eta(secs: f64, done: u64, total: Option<u64>) -> Option<Duration> {
+    let total = total?;
+    if done == 0 || done > total {
+        return None;
+    }
+    let left = (total - done) as f64 * secs / done as f64;
+    Some(Duration::from_secs(left.round() as u64))
 }
 
 impl Reporter for Progress {

@@ -7,6 +7,17 @@ use stowage::ops::cleanup::{cleanup, CleanupOptions, CleanupSummary};
 use stowage::report::Reporter;
 use stowage::size::{human_bytes, SizeSpec};
 
+use crate::exit::Exit;
+
+/// The `after_help`: what stowage offers for the rclone / aws-cli flags an operator
+/// reaches for.
+const FROM_RCLONE: &str = "\
+Coming from rclone / aws s3 rm:
+  rclone delete --min-age 7d   is `stowage cleanup --max-age 7d` (deletes files OLDER than 7d)
+  --dryrun                     accepted: the same as --dry-run
+  --max-delete N               the same
+  --include/--exclude          not offered: cleanup works on the whole store under --root";
+
 /// Most errors listed in the human summary; `--json` lists them all.
 const ERRORS_SHOWN: usize = 20;
 
@@ -32,13 +43,15 @@ const ERRORS_SHOWN: usize = 20;
 /// Exit status: 0 done, 1 some files could not be deleted (listed) or --max-delete was
 /// reached, 2 the run could not be done (root missing or unmarked, bad option, more than
 /// half the store without --force), 3 another run held the lock for all of --wait,
-/// 141 the reader of the output went away.
+/// 130 interrupted, 141 the reader of the output went away.
+///
+/// Environment: LOCAL_STORAGE_PATH (the store root).
 #[derive(clap::Args, Debug)]
-#[command(verbatim_doc_comment)]
+#[command(verbatim_doc_comment, after_help = FROM_RCLONE)]
 pub(crate) struct CleanupArgs {
     /// Delete files not modified for this long: 90min, 24h, 7d, 2weeks (a unit is
     /// required; `m`/`M` are refused as ambiguous).
-    #[arg(long, value_name = "DURATION", value_parser = super::parse_age)]
+    #[arg(long, value_name = "DURATION", value_parser = super::parse_max_age)]
     pub(crate) max_age: Duration,
 
     /// The store root.
@@ -52,8 +65,8 @@ pub(crate) struct CleanupArgs {
 
     /// Then delete the oldest files until the store (sum of file sizes) is at most SIZE:
     /// 50GB, 45GiB, or a share of the filesystem such as 80% (a unit is required).
-    #[arg(long, value_name = "SIZE", value_parser = SizeSpec::parse_with_unit)]
-    pub(crate) max_used: Option<SizeSpec>,
+    #[arg(long, value_name = "SIZE", value_parser = MaxUsed::parse)]
+    pub(crate) max_used: Option<MaxUsed>,
 
     /// --max-used never deletes a file modified less than this long ago.
     #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = super::parse_age)]
@@ -76,7 +89,7 @@ pub(crate) struct CleanupArgs {
     pub(crate) init_store: bool,
 
     /// Print what would be deleted and the bytes it would free; delete nothing.
-    #[arg(long)]
+    #[arg(long, visible_alias = "dryrun")]
     pub(crate) dry_run: bool,
 
     /// If another run (cleanup or migrate) holds the store lock, wait this long for it,
@@ -84,15 +97,16 @@ pub(crate) struct CleanupArgs {
     #[arg(long, value_name = "DURATION", default_value = "5min", value_parser = super::parse_age)]
     pub(crate) wait: Duration,
 
-    /// Print the summary as JSON (deleted, bytes_freed, errors, elapsed_s, ...).
+    /// Print the summary as one JSON object on stdout (the files deleted, bytes_freed,
+    /// errors, ...), also on a fatal error or a held lock.
     #[arg(long)]
     pub(crate) json: bool,
 }
 
 impl CleanupArgs {
-    fn to_options(&self) -> CleanupOptions {
-        let mut o = CleanupOptions::new(&self.root, self.max_age);
-        o.max_used = self.max_used;
+    fn to_options(&self, root: &std::path::Path) -> CleanupOptions {
+        let mut o = CleanupOptions::new(root, self.max_age);
+        o.max_used = self.max_used.as_ref().map(|m| m.spec);
         o.min_age = self.min_age;
         o.dry_run = self.dry_run;
         o.force = self.force;
@@ -107,51 +121,84 @@ impl CleanupArgs {
 /// one JSON document) and other notes to stderr.
 struct NotePrinter {
     json: bool,
+    quiet: bool,
 }
 
 impl Reporter for NotePrinter {
     fn note(&self, msg: &str) {
-        if msg.starts_with("would delete") && !self.json {
-            outln!("{msg}");
+        if msg.starts_with("would delete") {
+            // The summary lists them too (`deleted`); printed live unless quiet or JSON.
+            if !self.json && !self.quiet {
+                outln!("{msg}");
+            }
         } else {
             errln!("{msg}");
         }
     }
 }
 
-/// Runs the command; returns the process exit status (0, 1 or 2).
-pub(crate) fn run(args: CleanupArgs) -> u8 {
-    let summary = match cleanup(&args.to_options(), &NotePrinter { json: args.json }) {
+/// Runs the command; returns how it ended (0, 1, 2 or 3).
+pub(crate) fn run(args: CleanupArgs, quiet: bool) -> Exit {
+    let envelope = super::Envelope::start("cleanup", args.json);
+    let notes = NotePrinter {
+        json: args.json,
+        quiet,
+    };
+    let root = match super::absolute("--root", &args.root) {
+        Ok(r) => r,
+        Err(e) => return envelope.fatal(&e, None),
+    };
+    let summary = match cleanup(&args.to_options(&root), &notes) {
         Ok(s) => s,
-        Err(e) => return super::root_error("cleanup", &args.root, &e),
+        Err(e) => return envelope.root_fatal("--root", &root, &e),
     };
     if summary.locked {
         // The note above named the holder; stdout gets only the JSON (for scripts).
-        if args.json {
-            let _ = super::print_json(&summary);
-        }
-        errln!(
-            "stowage cleanup: gave up after waiting {}; if that run is stuck, stop it (--wait sets how long to wait)",
+        let message = format!(
+            "gave up after waiting {} for the store lock",
             humantime::format_duration(args.wait)
         );
-        return 3;
-    }
-    if args.json {
-        if let Err(e) = super::print_json(&summary) {
-            errln!("stowage cleanup: cannot encode the summary: {e}");
-            return 2;
+        let hint = "if that run is stuck, stop it (--wait sets how long to wait)";
+        if args.json {
+            let error = super::JsonError {
+                kind: "locked",
+                message: message.clone(),
+                hint: Some(hint.into()),
+            };
+            envelope.summary(&summary, Some(error));
         }
-    } else {
-        out!("{}", human_summary(&summary));
+        errln!("stowage cleanup: {message}; {hint}");
+        return Exit::Locked;
     }
-    if summary.errors.is_empty() && !summary.max_delete_reached {
-        0
-    } else {
-        1
+    let problems = !summary.errors.is_empty() || summary.max_delete_reached;
+    if args.json {
+        envelope.summary(&summary, None);
+    } else if !quiet || problems {
+        out!(
+            "{}",
+            human_summary(&summary, args.max_used.as_ref().map(|m| m.text.as_str()))
+        );
+    }
+    Exit::from_problems(problems)
+}
+
+/// `--max-used` and the text the user wrote, echoed as written (`50GB`, not `46.6 GiB`).
+#[derive(Debug, Clone)]
+pub(crate) struct MaxUsed {
+    spec: SizeSpec,
+    text: String,
+}
+
+impl MaxUsed {
+    fn parse(s: &str) -> Result<MaxUsed, String> {
+        Ok(MaxUsed {
+            spec: SizeSpec::parse_with_unit(s)?,
+            text: s.trim().to_owned(),
+        })
     }
 }
 
-fn human_summary(s: &CleanupSummary) -> String {
+fn human_summary(s: &CleanupSummary, max_used_text: Option<&str>) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
     let root = s.root.display();
@@ -162,7 +209,14 @@ fn human_summary(s: &CleanupSummary) -> String {
         s.modified_before
     );
     if let Some(m) = s.max_used_bytes {
-        let _ = write!(out, ", max used {}", human_bytes(m));
+        match &max_used_text {
+            Some(t) => {
+                let _ = write!(out, ", max used {t} ({})", human_bytes(m));
+            }
+            None => {
+                let _ = write!(out, ", max used {}", human_bytes(m));
+            }
+        }
     }
     let _ = writeln!(
         out,
@@ -177,7 +231,7 @@ fn human_summary(s: &CleanupSummary) -> String {
     let _ = write!(
         out,
         "  {verb} {} files ({} for age, {} for size), {} {}",
-        s.deleted,
+        s.deleted_count,
         s.deleted_for_age,
         s.deleted_for_size,
         if s.dry_run { "would free" } else { "freed" },
@@ -207,7 +261,7 @@ fn human_summary(s: &CleanupSummary) -> String {
         let _ = writeln!(
             out,
             "  stopped at --max-delete ({} files): run again to go on",
-            s.deleted
+            s.deleted_count
         );
     }
     let mut skipped = Vec::new();
@@ -215,11 +269,7 @@ fn human_summary(s: &CleanupSummary) -> String {
         skipped.push(format!("{} symlinks (never followed)", s.symlinks_skipped));
     }
     if !s.mounts_skipped.is_empty() {
-        let m: Vec<_> = s
-            .mounts_skipped
-            .iter()
-            .map(|p| p.display().to_string())
-            .collect();
+        let m: Vec<_> = s.mounts_skipped.iter().map(|m| m.key.as_str()).collect();
         skipped.push(format!("other filesystems at {}", m.join(", ")));
     }
     if s.vanished > 0 {
@@ -234,7 +284,7 @@ fn human_summary(s: &CleanupSummary) -> String {
     if !s.errors.is_empty() {
         let _ = writeln!(out, "  {} errors:", s.errors.len());
         for e in s.errors.iter().take(ERRORS_SHOWN) {
-            let _ = writeln!(out, "    {}: {}", e.path.display(), e.reason);
+            let _ = writeln!(out, "    {}: {}", e.key, e.reason);
         }
         if s.errors.len() > ERRORS_SHOWN {
             let _ = writeln!(

@@ -8,6 +8,8 @@ use stowage::ops::disk::{disk, DiskOptions, DiskReport};
 use stowage::report::NoopReporter;
 use stowage::size::{human_bytes, SizeSpec};
 
+use crate::exit::Exit;
+
 /// How full the disk is and what the store holds. Meant for monitoring checks.
 ///
 /// Shows the filesystem holding --root (size, used, available to unprivileged users,
@@ -21,7 +23,10 @@ use stowage::size::{human_bytes, SizeSpec};
 ///   stowage disk --warn-above 80% --prometheus /var/lib/node_exporter/textfile/stowage.prom
 ///
 /// Exit status: 0 all is well, 1 a --warn-above threshold is crossed (a WARNING line
-/// says which), 2 error (root missing, part of the tree unreadable, file not written).
+/// says which), 2 error (root missing, part of the tree unreadable, file not written),
+/// 130 interrupted.
+///
+/// Environment: LOCAL_STORAGE_PATH (the store root).
 #[derive(clap::Args, Debug)]
 #[command(verbatim_doc_comment)]
 pub(crate) struct DiskArgs {
@@ -34,20 +39,22 @@ pub(crate) struct DiskArgs {
     )]
     pub(crate) root: PathBuf,
 
-    /// Also show what `stowage cleanup --max-age DURATION` would free now: 24h, 7d.
-    #[arg(long, value_name = "DURATION", value_parser = super::parse_age)]
+    /// Also show what `stowage cleanup --max-age DURATION` would free now: 24h, 7d (the
+    /// same rules as cleanup's: a unit, more than zero).
+    #[arg(long, value_name = "DURATION", value_parser = super::parse_max_age)]
     pub(crate) max_age: Option<Duration>,
 
-    /// Warn and exit 1 above this: a size (50GB, 45GiB) is compared with the store's
-    /// bytes, a percentage (80%) with the filesystem's use.
-    #[arg(long, value_name = "SIZE|PCT")]
-    pub(crate) warn_above: Option<SizeSpec>,
+    /// Warn and exit 1 above this; give it more than once to check several things: a size
+    /// (50GB, 45GiB) is compared with the store's bytes, PCT% with the filesystem's used
+    /// share as df shows it (80%), PCT%inodes with its inodes in use (90%inodes).
+    #[arg(long, value_name = "SIZE|PCT%|PCT%inodes", value_parser = Threshold::parse)]
+    pub(crate) warn_above: Vec<Threshold>,
 
     /// How many of the largest top-level prefixes to show.
     #[arg(long, value_name = "N", default_value_t = 10)]
     pub(crate) top: usize,
 
-    /// Print the report as JSON.
+    /// Print the report as one JSON object on stdout (also on a fatal error).
     #[arg(long)]
     pub(crate) json: bool,
 
@@ -57,27 +64,103 @@ pub(crate) struct DiskArgs {
     pub(crate) prometheus: Option<PathBuf>,
 }
 
-/// Runs the command; returns the process exit status (0, 1 or 2).
-pub(crate) fn run(args: DiskArgs) -> u8 {
-    let mut o = DiskOptions::new(&args.root);
-    o.max_age = args.max_age;
-    o.warn_above = args.warn_above;
-    o.top_prefixes = args.top;
-    let report = match disk(&o, &NoopReporter) {
+/// One `--warn-above`, with the text the user wrote (echoed in the warning as written).
+#[derive(Debug, Clone)]
+pub(crate) struct Threshold {
+    kind: ThresholdKind,
+    text: String,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum ThresholdKind {
+    StoreBytes(u64),
+    FsUsedPercent(f64),
+    InodesUsedPercent(f64),
+}
+
+impl Threshold {
+    fn parse(s: &str) -> Result<Threshold, String> {
+        let text = s.trim().to_owned();
+        let kind = if let Some(p) = text.strip_suffix("%inodes") {
+            ThresholdKind::InodesUsedPercent(percent(p)?)
+        } else {
+            match SizeSpec::parse_with_unit(&text)? {
+                SizeSpec::Bytes(b) => ThresholdKind::StoreBytes(b),
+                SizeSpec::Percent(p) => ThresholdKind::FsUsedPercent(p),
+            }
+        };
+        Ok(Threshold { kind, text })
+    }
+
+    /// The warning when `r` crosses this threshold.
+    fn check(&self, r: &DiskReport) -> Option<String> {
+        let (f, t, root) = (&r.filesystem, &self.text, r.root.display());
+        match self.kind {
+            ThresholdKind::StoreBytes(limit) if r.store.apparent_bytes > limit => Some(format!(
+                "store {root} holds {} ({} bytes), above the warning threshold of {t}",
+                human_bytes(r.store.apparent_bytes),
+                r.store.apparent_bytes
+            )),
+            ThresholdKind::FsUsedPercent(p) if f.used_percent > p => Some(format!(
+                "filesystem holding {root} is {:.1}% used ({} available), above the warning threshold of {t}",
+                f.used_percent,
+                human_bytes(f.avail_bytes)
+            )),
+            ThresholdKind::InodesUsedPercent(p) if f.inodes_total > 0 => {
+                let used = f.inodes_used as f64 * 100.0 / f.inodes_total as f64;
+                (used > p).then(|| {
+                    format!(
+                        "filesystem holding {root} has {used:.1}% of its inodes in use ({} free), above the warning threshold of {t}",
+                        f.inodes_free
+                    )
+                })
+            }
+            _ => None,
+        }
+    }
+}
+
+/// The number of `PCT%inodes`: 0 to 100.
+fn percent(p: &str) -> Result<f64, String> {
+    match p.trim().parse::<f64>() {
+        Ok(v) if (0.0..=100.0).contains(&v) => Ok(v),
+        _ => Err(format!(
+            "{p:?} is not a percentage from 0 to 100, as in 90%inodes"
+        )),
+    }
+}
+
+/// Runs the command; returns how it ended (0, 1 or 2).
+pub(crate) fn run(args: DiskArgs, quiet: bool) -> Exit {
+    let envelope = super::Envelope::start("disk", args.json);
+    let root = match super::absolute("--root", &args.root) {
         Ok(r) => r,
-        Err(e) => return super::root_error("disk", &args.root, &e),
+        Err(e) => return envelope.fatal(&e, None),
     };
+    let mut o = DiskOptions::new(&root);
+    o.max_age = args.max_age;
+    o.top_prefixes = args.top;
+    let mut report = match disk(&o, &NoopReporter) {
+        Ok(r) => r,
+        Err(e) => return envelope.root_fatal("--root", &root, &e),
+    };
+    let crossed: Vec<String> = args
+        .warn_above
+        .iter()
+        .filter_map(|t| t.check(&report))
+        .collect();
+    report.warnings.extend(crossed);
     let mut status = if !report.errors.is_empty() {
-        2
+        Exit::Error
     } else if !report.warnings.is_empty() {
-        1
+        Exit::Problems
     } else {
-        0
+        Exit::Success
     };
     if let Some(path) = &args.prometheus {
         if let Err(e) = report.write_prometheus(path) {
             errln!("stowage disk: {e}");
-            status = 2;
+            status = Exit::Error;
         }
     }
     // Warnings first: they are the point of a monitoring run, whatever happens to stdout.
@@ -85,11 +168,8 @@ pub(crate) fn run(args: DiskArgs) -> u8 {
         errln!("WARNING: {w}");
     }
     if args.json {
-        if let Err(e) = super::print_json(&report) {
-            errln!("stowage disk: cannot encode the report: {e}");
-            return 2;
-        }
-    } else {
+        envelope.summary(&report, None);
+    } else if !quiet || status != Exit::Success {
         out!("{}", human_report(&report));
     }
     status
@@ -149,7 +229,7 @@ fn human_report(r: &DiskReport) -> String {
         }
     }
     for m in &s.mounts_skipped {
-        let _ = writeln!(out, "  not entered (another filesystem): {}", m.display());
+        let _ = writeln!(out, "  not entered (another filesystem): {}", m.key);
     }
     if let Some(c) = &r.cleanup {
         let _ = writeln!(

@@ -11,6 +11,17 @@ use tokio_util::sync::CancellationToken;
 use crate::exit::Exit;
 use crate::progress::Progress;
 
+/// The `after_help` of both migrate directions: what stowage offers for the flags of
+/// rclone and aws-cli an operator reaches for.
+const FROM_RCLONE: &str = "\
+Coming from rclone / aws s3 sync:
+  --transfers N, --dryrun   accepted: the same as --concurrency N, --dry-run
+  --checksum                always on: every copy is checked against its ETag (MD5 or multipart)
+  --size-only               reruns skip a file with the same size and mtime; no flag needed
+  --delete                  not offered: a rerun never deletes; `stowage verify` lists extras
+  --include/--exclude       not offered; --prefix (or --bucket s3://NAME/PREFIX) narrows the keys
+  --min-age/--max-age       not offered for migrate (see `stowage cleanup --max-age`)";
+
 #[derive(Debug, Subcommand)]
 pub(crate) enum MigrateCommand {
     /// Copy every object of a bucket into a local directory, verified and resumable.
@@ -31,7 +42,13 @@ pub(crate) enum MigrateCommand {
     /// Exit codes: 0 all copied or present and verified; 1 some objects failed, were
     /// rejected or are unverified; 2 usage, configuration or fatal error (credentials,
     /// missing bucket, not enough space); 130 interrupted (temp files removed).
-    #[command(name = "s3-to-local", verbatim_doc_comment)]
+    ///
+    /// Environment: S3_BUCKET_NAME, S3_REGION / AWS_REGION / AWS_DEFAULT_REGION,
+    /// AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
+    /// AWS_SESSION_TOKEN (or AWS_SHARED_CREDENTIALS_FILE / ~/.aws/credentials under
+    /// AWS_PROFILE), S3_URL_ENCODED_LISTING, LOCAL_STORAGE_PATH. S3_PREFIX is ignored: the
+    /// CLI addresses whole buckets (use --prefix).
+    #[command(name = "s3-to-local", verbatim_doc_comment, after_help = FROM_RCLONE)]
     S3ToLocal(S3ToLocalArgs),
 
     /// Copy a local store back into a bucket (the rollback path).
@@ -43,56 +60,67 @@ pub(crate) enum MigrateCommand {
     /// Example:
     ///   stowage migrate local-to-s3 --source /opt/meme-maker/storage --bucket clips-prod
     ///
-    /// Exit codes: as for s3-to-local.
-    #[command(name = "local-to-s3", verbatim_doc_comment)]
+    /// Exit codes: 0 all uploaded or present and verified; 1 some files failed, were
+    /// rejected or are unverified; 2 usage, configuration or fatal error; 130 interrupted.
+    ///
+    /// Environment: as for s3-to-local (LOCAL_STORAGE_PATH is the source).
+    #[command(name = "local-to-s3", verbatim_doc_comment, after_help = FROM_RCLONE)]
     LocalToS3(LocalToS3Args),
 }
 
 #[derive(Debug, Args)]
 pub(crate) struct S3Args {
-    /// Bucket to copy from / to.
+    /// Bucket to copy from / to: a name, or s3://NAME[/PREFIX] (the same as --bucket NAME
+    /// --prefix PREFIX).
     #[arg(long, env = "S3_BUCKET_NAME", value_name = "NAME")]
     bucket: String,
     /// Only keys starting with this prefix (keys keep their full name on disk).
     #[arg(long, default_value = "", value_name = "P", hide_default_value = true)]
-    pub(crate) prefix: String,
-    /// S3-compatible endpoint, e.g. http://127.0.0.1:9000 [env: AWS_ENDPOINT_URL]
+    prefix: String,
+    /// S3-compatible endpoint with its scheme, e.g. http://127.0.0.1:9000
+    /// [env: AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL]
     #[arg(long, value_name = "URL")]
     endpoint: Option<String>,
-    /// Region [env: S3_REGION, AWS_REGION; default: us-east-1]
+    /// Region [env: S3_REGION, AWS_REGION, AWS_DEFAULT_REGION; default: us-east-1]
     #[arg(long, value_name = "R")]
     region: Option<String>,
 }
 
 #[derive(Debug, Args)]
 pub(crate) struct RunArgs {
-    /// Objects copied at once.
-    #[arg(long, default_value_t = migrate::DEFAULT_CONCURRENCY, value_name = "N")]
+    /// Objects copied at once (at least 1).
+    #[arg(long, visible_alias = "transfers", default_value_t = migrate::DEFAULT_CONCURRENCY, value_name = "N", value_parser = parse_concurrency)]
     concurrency: usize,
+    /// List what would be copied, skipped and rejected; write nothing.
+    #[arg(long, visible_alias = "dryrun")]
+    dry_run: bool,
+    /// Print the summary as one JSON object on stdout (also on a fatal error).
+    #[arg(long)]
+    json: bool,
+}
+
+/// Space limits on the local destination (s3-to-local only: a bucket has no free space).
+#[derive(Debug, Args)]
+pub(crate) struct SpaceArgs {
     /// Space to leave free on the destination filesystem (size like 10GB or a % of it).
     #[arg(long, default_value = "5%", value_name = "SIZE")]
     min_free: SizeSpec,
     /// Refuse to let the destination store grow beyond this (e.g. 50GB).
     #[arg(long, value_name = "SIZE")]
     max_used: Option<SizeSpec>,
-    /// List what would be copied, skipped and rejected, and the space needed; write nothing.
-    #[arg(long)]
-    dry_run: bool,
-    /// Print the summary as one JSON object on stdout.
-    #[arg(long)]
-    json: bool,
-    /// Print only errors.
-    #[arg(long, short)]
-    quiet: bool,
 }
 
 #[derive(Debug, Args)]
 pub(crate) struct S3ToLocalArgs {
     #[command(flatten)]
     s3: S3Args,
-    /// Destination directory (the local store root).
+    /// Destination directory (the local store root); created if missing, but its parent
+    /// must exist (a typo is not turned into a new tree). A relative path is resolved
+    /// against the working directory and shown absolute.
     #[arg(long, env = "LOCAL_STORAGE_PATH", default_value = stowage::config::DEFAULT_LOCAL_PATH, value_name = "DIR")]
     dest: PathBuf,
+    #[command(flatten)]
+    space: SpaceArgs,
     #[command(flatten)]
     run: RunArgs,
 }
@@ -108,12 +136,118 @@ pub(crate) struct LocalToS3Args {
     run: RunArgs,
 }
 
+/// Refuses a `--dest` whose parent directory does not exist: migrate creates the
+/// destination itself, never a chain of mistyped parents.
+fn parent_exists(dest: &std::path::Path) -> stowage::Result<()> {
+    if dest.exists() {
+        return Ok(());
+    }
+    match dest.parent() {
+        Some(parent) if !parent.is_dir() => Err(stowage::Error::Config {
+            name: "--dest".into(),
+            reason: format!(
+                "{} does not exist and neither does its parent {}: stowage creates only the \
+                 destination directory itself; check for a typo, or create {} first",
+                dest.display(),
+                parent.display(),
+                parent.display()
+            ),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// For access denied with no credentials in sight: where stowage looked and what to set,
+/// instead of leaving the operator with "check the bucket policy".
+pub(crate) fn credentials_hint(e: &stowage::Error) -> Option<String> {
+    if !matches!(e, stowage::Error::AccessDenied { .. }) {
+        return None;
+    }
+    let set = |v: &str| std::env::var_os(v).is_some_and(|x| !x.is_empty());
+    if set("AWS_ACCESS_KEY_ID") {
+        return None;
+    }
+    let file = std::env::var_os("AWS_SHARED_CREDENTIALS_FILE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".aws/credentials")));
+    if file.as_ref().is_some_and(|f| f.is_file()) {
+        return None;
+    }
+    Some(format!(
+        "no credentials were found: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY are not set, {} \
+         does not exist, and the machine (instance metadata) provided none. Set \
+         AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN for temporary \
+         ones), or write them to ~/.aws/credentials (profile AWS_PROFILE, else default)",
+        file.map_or_else(
+            || "~/.aws/credentials".to_owned(),
+            |f| f.display().to_string()
+        )
+    ))
+}
+
+/// `--concurrency`: a whole number, at least 1.
+fn parse_concurrency(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(0) => Err(format!(
+            "0 would copy nothing: give how many objects to copy at once, at least 1 (default {})",
+            migrate::DEFAULT_CONCURRENCY
+        )),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("{s:?} is not a whole number, e.g. 16")),
+    }
+}
+
 impl S3Args {
+    /// The bucket name and key prefix: `--bucket s3://NAME/PREFIX` is split here, and may
+    /// not be combined with a different `--prefix`.
+    fn bucket_and_prefix(&self) -> stowage::Result<(String, String)> {
+        let Some(rest) = self.bucket.strip_prefix("s3://") else {
+            return Ok((self.bucket.clone(), self.prefix.clone()));
+        };
+        let (name, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if !prefix.is_empty() && !self.prefix.is_empty() && prefix != self.prefix {
+            return Err(stowage::Error::Config {
+                name: "--bucket".into(),
+                reason: format!(
+                    "{:?} names the prefix {prefix:?} and --prefix says {:?}: give the prefix once",
+                    self.bucket, self.prefix
+                ),
+            });
+        }
+        let prefix = if prefix.is_empty() {
+            &self.prefix
+        } else {
+            prefix
+        };
+        Ok((name.to_owned(), prefix.to_owned()))
+    }
+
+    /// Only keys starting with this (from `--prefix` or `--bucket s3://NAME/PREFIX`).
+    pub(crate) fn prefix(&self) -> stowage::Result<String> {
+        Ok(self.bucket_and_prefix()?.1)
+    }
+
     /// The bucket's configuration: the environment, overridden by these flags.
     pub(crate) fn config(&self) -> stowage::Result<StoreConfig> {
-        let mut c = S3Config::from_env_for_bucket(&self.bucket)?;
+        let (bucket, _) = self.bucket_and_prefix()?;
+        let mut c = S3Config::from_env_for_bucket(&bucket)?;
         if let Some(e) = &self.endpoint {
             c.endpoint = Some(e.clone());
+        }
+        if let Some(e) = &c.endpoint {
+            if !(e.starts_with("http://") || e.starts_with("https://")) {
+                let name = if self.endpoint.is_some() {
+                    "--endpoint"
+                } else {
+                    "AWS_ENDPOINT_URL"
+                };
+                return Err(stowage::Error::Config {
+                    name: name.into(),
+                    reason: format!(
+                        "{e:?} has no scheme: write http://{e} (or https://{e} for TLS)"
+                    ),
+                });
+            }
         }
         if let Some(r) = &self.region {
             c.region = r.clone();
@@ -125,36 +259,39 @@ impl S3Args {
 }
 
 impl RunArgs {
-    fn options(&self, prefix: &str, cancel: CancellationToken) -> MigrateOptions {
+    fn options(&self, prefix: String, cancel: CancellationToken) -> MigrateOptions {
         MigrateOptions {
-            prefix: prefix.to_owned(),
+            prefix,
             concurrency: self.concurrency,
-            min_free: self.min_free,
-            max_used: self.max_used,
             dry_run: self.dry_run,
             cancel,
+            ..MigrateOptions::default()
         }
     }
 }
 
-pub(crate) async fn run(cmd: MigrateCommand) -> Exit {
-    let cancel = crate::interrupt::cancel_on_signals();
-    let run = match &cmd {
-        MigrateCommand::S3ToLocal(a) => &a.run,
-        MigrateCommand::LocalToS3(a) => &a.run,
+pub(crate) async fn run(cmd: MigrateCommand, quiet: bool) -> Exit {
+    let cancel = crate::interrupt::cancel_on_signals("removing temp files");
+    let (run, name) = match &cmd {
+        MigrateCommand::S3ToLocal(a) => (&a.run, "migrate s3-to-local"),
+        MigrateCommand::LocalToS3(a) => (&a.run, "migrate local-to-s3"),
     };
-    let progress = Progress::new(run.quiet);
+    let envelope = super::Envelope::start(name, run.json);
+    let progress = Progress::new(quiet);
     let result = async {
         match &cmd {
             MigrateCommand::S3ToLocal(a) => {
                 let src = a.s3.config()?.open()?;
-                let opts = a.run.options(&a.s3.prefix, cancel.clone());
-                migrate::s3_to_local(&src, &super::absolute("--dest", &a.dest)?, &opts, &progress)
-                    .await
+                let mut opts = a.run.options(a.s3.prefix()?, cancel.clone());
+                opts.min_free = a.space.min_free;
+                opts.max_used = a.space.max_used;
+                let dest = super::absolute("--dest", &a.dest)?;
+                parent_exists(&dest)?;
+                migrate::s3_to_local(&src, &dest, &opts, &progress).await
             }
             MigrateCommand::LocalToS3(a) => {
                 let dst = a.s3.config()?.open()?;
-                let opts = a.run.options(&a.s3.prefix, cancel.clone());
+                let opts = a.run.options(a.s3.prefix()?, cancel.clone());
                 migrate::local_to_s3(
                     &super::absolute("--source", &a.source)?,
                     &dst,
@@ -169,11 +306,19 @@ pub(crate) async fn run(cmd: MigrateCommand) -> Exit {
     progress.finish();
     let summary = match result {
         Ok(s) => s,
-        Err(e) => return crate::fatal(&e),
+        Err(e) => {
+            let hint = credentials_hint(&e);
+            return envelope.fatal(&e, hint);
+        }
     };
     if run.json {
-        super::print_json(&summary).expect("summary serializes");
-    } else if !run.quiet || summary.has_problems() || summary.aborted.is_some() {
+        let error = summary.aborted.as_ref().map(|a| super::JsonError {
+            kind: "aborted",
+            message: a.clone(),
+            hint: Some("fix the cause, then run the same command again to resume".into()),
+        });
+        envelope.summary(&summary, error);
+    } else if !quiet || summary.has_problems() || summary.aborted.is_some() {
         print_human(&summary);
     }
     if summary.interrupted {
@@ -198,12 +343,17 @@ fn print_human(s: &MigrateSummary) {
     outln!("  listed      {:>8} objects", s.listed);
     if s.dry_run {
         outln!(
-            "  {verb:<10}  {:>8} objects, {} (space needed)",
+            "  {verb:<10}  {:>8} objects, {}{}",
             s.would_copy.len(),
-            human_bytes(s.bytes_planned)
+            human_bytes(s.bytes_planned),
+            if s.direction == "s3-to-local" {
+                " (space needed)"
+            } else {
+                ""
+            }
         );
         for k in s.would_copy.iter().take(50) {
-            outln!("      {k}");
+            outln!("      {}", k.key);
         }
         if s.would_copy.len() > 50 {
             outln!(
@@ -228,7 +378,7 @@ fn print_human(s: &MigrateSummary) {
     for (title, items) in [
         ("rejected", &s.rejected),
         ("failed", &s.failed),
-        ("unverified", &s.unverified_reasons),
+        ("unverified", &s.unverified),
     ] {
         outln!("  {title:<10}  {:>8}", items.len());
         super::print_key_reasons(items);

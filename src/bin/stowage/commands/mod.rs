@@ -54,19 +54,151 @@ pub(crate) fn parse_age(s: &str) -> Result<std::time::Duration, String> {
         .map_err(|e| format!("invalid duration {t:?} ({e}): write e.g. 24h, 7d or 90min"))
 }
 
-/// Prints `value` as one pretty JSON document on stdout (what `--json` prints).
-pub(crate) fn print_json(value: &impl serde::Serialize) -> serde_json::Result<()> {
-    outln!("{}", serde_json::to_string_pretty(value)?);
-    Ok(())
+/// One run of a command: its name and start time, and whether stdout is JSON.
+///
+/// Every `--json` document goes through [`Envelope::summary`] or [`Envelope::fatal`], so
+/// each carries the same `command`, `started`, `finished` (RFC 3339, UTC) and `elapsed_s`,
+/// and a fatal error is still one JSON object on stdout (`error: {kind, message, hint}`):
+/// a script never parses an empty stdout. The vocabulary is documented in the README
+/// ("JSON output").
+pub(crate) struct Envelope {
+    command: &'static str,
+    started: std::time::SystemTime,
+    clock: std::time::Instant,
+    pub(crate) json: bool,
 }
 
-/// Reports an error of a command working on a local store root; returns exit status 2.
-pub(crate) fn root_error(command: &str, root: &std::path::Path, e: &stowage::Error) -> u8 {
-    errln!("stowage {command}: {e}");
-    if !root.is_dir() {
-        errln!("hint: --root (or LOCAL_STORAGE_PATH) must name the store directory");
+impl Envelope {
+    pub(crate) fn start(command: &'static str, json: bool) -> Envelope {
+        Envelope {
+            command,
+            started: std::time::SystemTime::now(),
+            clock: std::time::Instant::now(),
+            json,
+        }
     }
-    2
+
+    /// `body` (a summary, or nothing) with the common fields, and `error` when given.
+    fn document(&self, body: serde_json::Value, error: Option<JsonError>) -> serde_json::Value {
+        let mut map = match body {
+            serde_json::Value::Object(map) => map,
+            _ => serde_json::Map::new(),
+        };
+        let finished = std::time::SystemTime::now();
+        map.insert("command".into(), self.command.into());
+        map.insert("started".into(), rfc3339(self.started).into());
+        map.insert("finished".into(), rfc3339(finished).into());
+        map.insert(
+            "elapsed_s".into(),
+            self.clock.elapsed().as_secs_f64().into(),
+        );
+        if let Some(e) = error {
+            map.insert(
+                "error".into(),
+                serde_json::json!({"kind": e.kind, "message": e.message, "hint": e.hint}),
+            );
+        }
+        serde_json::Value::Object(map)
+    }
+
+    /// Prints `summary` as the command's JSON document (with `error` when the run stopped
+    /// early but has a summary, e.g. a held lock or a fatal error midway).
+    pub(crate) fn summary(&self, summary: &impl serde::Serialize, error: Option<JsonError>) {
+        let body = serde_json::to_value(summary).expect("summaries serialize");
+        print_json(&self.document(body, error));
+    }
+
+    /// Reports a fatal error: the message (and hint) on stderr, and with `--json` one
+    /// JSON object on stdout. Returns the exit: 130 for an interruption, 2 otherwise.
+    pub(crate) fn fatal(&self, e: &stowage::Error, hint: Option<String>) -> crate::exit::Exit {
+        errln!("stowage {}: {e}", self.command);
+        if let Some(h) = &hint {
+            errln!("hint: {h}");
+        }
+        if self.json {
+            let error = JsonError {
+                kind: error_kind(e),
+                message: e.to_string(),
+                hint,
+            };
+            print_json(&self.document(serde_json::Value::Null, Some(error)));
+        }
+        match e {
+            stowage::Error::Interrupted => crate::exit::Exit::Interrupted,
+            _ => crate::exit::Exit::Error,
+        }
+    }
+
+    /// [`Envelope::fatal`] for a command working on a local store root: hints at
+    /// `option` when the root is not a directory.
+    pub(crate) fn root_fatal(
+        &self,
+        option: &str,
+        root: &std::path::Path,
+        e: &stowage::Error,
+    ) -> crate::exit::Exit {
+        let hint = (!root.is_dir()).then(|| {
+            format!(
+                "{option} (or LOCAL_STORAGE_PATH) must name the store directory; {} is not one",
+                root.display()
+            )
+        });
+        self.fatal(e, hint)
+    }
+}
+
+/// The `error` object of a JSON document.
+pub(crate) struct JsonError {
+    /// A stable word scripts can match on: `config`, `usage`, `access_denied`, ...
+    pub(crate) kind: &'static str,
+    pub(crate) message: String,
+    pub(crate) hint: Option<String>,
+}
+
+/// The `error.kind` of a library error: one word per variant, stable for scripts.
+fn error_kind(e: &stowage::Error) -> &'static str {
+    use stowage::Error as E;
+    match e {
+        E::NotFound { .. } => "not_found",
+        E::InvalidKey { .. } => "invalid_key",
+        E::Config { .. } => "config",
+        E::AccessDenied { .. } => "access_denied",
+        E::NoSuchBucket { .. } => "no_such_bucket",
+        E::NoSpace { .. } => "no_space",
+        E::Integrity { .. } => "integrity",
+        E::Locked { .. } => "locked",
+        E::Interrupted => "interrupted",
+        E::Io { .. } => "io",
+        E::Unreachable { .. } => "unreachable",
+        E::Backend { .. } => "backend",
+        _ => "other",
+    }
+}
+
+/// `t` as RFC 3339 in UTC, to the millisecond.
+pub(crate) fn rfc3339(t: std::time::SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// `--max-age` of cleanup and disk: one rule for both, [`parse_age`] and more than zero
+/// (0s would make every file old).
+pub(crate) fn parse_max_age(s: &str) -> Result<std::time::Duration, String> {
+    let d = parse_age(s)?;
+    if d.is_zero() {
+        return Err(format!(
+            "{:?} would make every file old: give an age more than zero, after which a clip may go, e.g. 24h or 7d",
+            s.trim()
+        ));
+    }
+    Ok(d)
+}
+
+/// Prints `value` as one pretty JSON document on stdout (what `--json` prints).
+pub(crate) fn print_json(value: &serde_json::Value) {
+    outln!(
+        "{}",
+        serde_json::to_string_pretty(value).expect("a JSON value serializes")
+    );
 }
 
 /// Prints up to 100 `key: reason` lines of a summary list, then how many more `--json` has.

@@ -39,6 +39,9 @@ use crate::exit::Exit;
 /// Example:
 ///   stowage serve --root /opt/meme-maker/storage --listen 127.0.0.1:8000
 ///
+/// Environment: LOCAL_STORAGE_PATH (--root), FILES_PATH (--base-path), STORAGE_URL_SECRET
+/// (signed URLs required when set), STORAGE_URL_TTL, BASE_URL.
+///
 /// Exit codes: 0 stopped by a signal after finishing in-flight requests; 2 configuration
 /// error or the address cannot be bound.
 #[derive(Debug, Args)]
@@ -47,8 +50,9 @@ pub(crate) struct ServeArgs {
     /// Store root to serve.
     #[arg(long, env = "LOCAL_STORAGE_PATH", default_value = stowage::config::DEFAULT_LOCAL_PATH, value_name = "DIR")]
     root: PathBuf,
-    /// Address to listen on (port 0 picks a free port; the address is printed).
-    #[arg(long, default_value = "127.0.0.1:8000", value_name = "ADDR")]
+    /// Address to listen on: IP:PORT or HOST:PORT such as localhost:8000 (port 0 picks a
+    /// free port; the address is printed).
+    #[arg(long, default_value = "127.0.0.1:8000", value_name = "ADDR", value_parser = parse_listen)]
     listen: SocketAddr,
     /// URL path the files are served under (where download URLs point).
     #[arg(
@@ -79,6 +83,28 @@ pub(crate) struct ServeArgs {
     header_timeout: Duration,
 }
 
+/// `--listen`: an IP address and port, or a host name (`localhost:8000`) resolved to its
+/// first address.
+fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    if let Ok(a) = s.parse() {
+        return Ok(a);
+    }
+    if !s.contains(':') {
+        return Err(format!(
+            "{s:?} has no port: write HOST:PORT, e.g. 127.0.0.1:8000 or localhost:8000"
+        ));
+    }
+    match s.to_socket_addrs() {
+        Ok(mut addrs) => addrs
+            .next()
+            .ok_or_else(|| format!("{s:?} resolves to no address")),
+        Err(e) => Err(format!(
+            "cannot resolve {s:?} ({e}): write HOST:PORT, e.g. 127.0.0.1:8000 or localhost:8000"
+        )),
+    }
+}
+
 /// What `ServeArgs` resolve to before anything is bound.
 struct Plan {
     store: BlobStore,
@@ -93,6 +119,15 @@ impl ServeArgs {
             reason,
         };
         let root = super::absolute("--root", &self.root)?;
+        if !root.is_dir() {
+            return Err(config_err(
+                "--root",
+                format!(
+                    "{} is not a directory; --root (or LOCAL_STORAGE_PATH) must name the store directory",
+                    root.display()
+                ),
+            ));
+        }
         let base_path = self.base_path.trim_end_matches('/');
         if !self.base_path.starts_with('/') {
             return Err(config_err(
@@ -177,7 +212,7 @@ pub(crate) async fn run(args: ServeArgs) -> Exit {
         if signed { "required" } else { "off" },
         limits.max_connections,
     );
-    let cancel = crate::interrupt::cancel_on_signals();
+    let cancel = crate::interrupt::cancel_on_signals("finishing the downloads in flight");
     conn::serve(listener, app, limits, cancel).await;
     errln!("stowage serve: stopped");
     Exit::Success

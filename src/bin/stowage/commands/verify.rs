@@ -26,8 +26,40 @@ pub(crate) enum VerifyCommand {
     ///
     /// Exit codes: 0 identical; 1 differences or unverifiable objects (each listed with
     /// key and reason); 2 errors; 130 interrupted.
+    ///
+    /// Environment: as for `stowage migrate s3-to-local`.
     #[command(name = "s3-to-local", verbatim_doc_comment)]
     S3ToLocal(VerifyArgs),
+
+    /// The rollback check: prove that a bucket matches the local store it was restored from.
+    ///
+    /// The same comparison as s3-to-local, named for `migrate local-to-s3`: the bucket
+    /// listing against the files under --source, downloading nothing. Files only on disk
+    /// are reported as missing from the bucket; objects only in the bucket as extra in it.
+    /// (In --json the lists keep s3-to-local's names: `extra` is what the bucket lacks,
+    /// `missing` what only the bucket has.)
+    ///
+    /// Example:
+    ///   stowage verify local-to-s3 --source /opt/meme-maker/storage --bucket clips-prod
+    ///
+    /// Exit codes: 0 identical; 1 differences or unverifiable objects; 2 errors;
+    /// 130 interrupted.
+    ///
+    /// Environment: as for `stowage migrate local-to-s3`.
+    #[command(name = "local-to-s3", verbatim_doc_comment)]
+    LocalToS3(VerifyRollbackArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct VerifyRollbackArgs {
+    /// The local store the bucket was restored from (the store root).
+    #[arg(long, env = "LOCAL_STORAGE_PATH", default_value = stowage::config::DEFAULT_LOCAL_PATH, value_name = "DIR")]
+    source: PathBuf,
+    #[command(flatten)]
+    s3: S3Args,
+    /// Print the findings as one JSON object on stdout (also on a fatal error).
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -37,23 +69,36 @@ pub(crate) struct VerifyArgs {
     /// The local copy (the store root).
     #[arg(long, env = "LOCAL_STORAGE_PATH", default_value = stowage::config::DEFAULT_LOCAL_PATH, value_name = "DIR")]
     dest: PathBuf,
-    /// Print the findings as one JSON object on stdout.
+    /// Print the findings as one JSON object on stdout (also on a fatal error).
     #[arg(long)]
     json: bool,
-    /// Print only the findings, no progress.
-    #[arg(long, short)]
-    quiet: bool,
 }
 
-pub(crate) async fn run(cmd: VerifyCommand) -> Exit {
-    let VerifyCommand::S3ToLocal(a) = cmd;
-    let cancel = crate::interrupt::cancel_on_signals();
-    let progress = Progress::new(a.quiet);
+pub(crate) async fn run(cmd: VerifyCommand, quiet: bool) -> Exit {
+    let (a, rollback) = match cmd {
+        VerifyCommand::S3ToLocal(a) => (a, false),
+        VerifyCommand::LocalToS3(r) => (
+            VerifyArgs {
+                s3: r.s3,
+                dest: r.source,
+                json: r.json,
+            },
+            true,
+        ),
+    };
+    let name = if rollback {
+        "verify local-to-s3"
+    } else {
+        "verify s3-to-local"
+    };
+    let envelope = super::Envelope::start(name, a.json);
+    let cancel = crate::interrupt::cancel_on_signals("reporting what was compared");
+    let progress = Progress::new(quiet);
     let result = async {
         let src = a.s3.config()?.open()?;
-        let dest = super::absolute("--dest", &a.dest)?;
+        let dest = super::absolute(if rollback { "--source" } else { "--dest" }, &a.dest)?;
         let opts = VerifyOptions {
-            prefix: a.s3.prefix.clone(),
+            prefix: a.s3.prefix()?,
             cancel,
             ..Default::default()
         };
@@ -63,12 +108,15 @@ pub(crate) async fn run(cmd: VerifyCommand) -> Exit {
     progress.finish();
     let s = match result {
         Ok(s) => s,
-        Err(e) => return crate::fatal(&e),
+        Err(e) => {
+            let hint = super::migrate::credentials_hint(&e);
+            return envelope.fatal(&e, hint);
+        }
     };
     if a.json {
-        super::print_json(&s).expect("summary serializes");
-    } else {
-        print_human(&s);
+        envelope.summary(&s, None);
+    } else if !quiet || s.interrupted || s.has_differences() {
+        print_human(&s, rollback);
     }
     if s.interrupted {
         Exit::Interrupted
@@ -77,8 +125,12 @@ pub(crate) async fn run(cmd: VerifyCommand) -> Exit {
     }
 }
 
-fn print_human(s: &VerifySummary) {
-    outln!("verify: {} vs {}", s.source, s.destination);
+fn print_human(s: &VerifySummary, rollback: bool) {
+    if rollback {
+        outln!("verify: {} (restored from {})", s.source, s.destination);
+    } else {
+        outln!("verify: {} vs {}", s.source, s.destination);
+    }
     outln!(
         "  listed {} objects; {} identical ({} hashed in {:.1} s)",
         s.listed,
@@ -92,8 +144,13 @@ fn print_human(s: &VerifySummary) {
             super::print_key_reasons(items);
         }
     };
-    list("missing locally", &s.missing);
-    list("extra locally", &s.extra);
+    if rollback {
+        list("missing from the bucket", &s.extra);
+        list("only in the bucket", &s.missing);
+    } else {
+        list("missing locally", &s.missing);
+        list("extra locally", &s.extra);
+    }
     list("size differs", &s.size_differs);
     list("content differs", &s.content_differs);
     list("unverifiable", &s.unverifiable);
@@ -101,6 +158,13 @@ fn print_human(s: &VerifySummary) {
     if s.interrupted {
         outln!("  INTERRUPTED: the lists above are incomplete");
     } else if !s.has_differences() {
-        outln!("  OK: the local copy is identical to the bucket");
+        outln!(
+            "  OK: {}",
+            if rollback {
+                "the bucket is identical to the local store"
+            } else {
+                "the local copy is identical to the bucket"
+            }
+        );
     }
 }
