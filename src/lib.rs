@@ -64,6 +64,7 @@
 #![deny(rustdoc::broken_intra_doc_links)]
 #![warn(unreachable_pub)]
 
+pub mod checksum;
 pub mod config;
 mod error;
 pub mod etag;

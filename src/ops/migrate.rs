@@ -35,12 +35,14 @@ use futures::stream::{self, BoxStream, StreamExt};
 use object_store::{GetOptions, GetRange};
 use tokio_util::sync::CancellationToken;
 
+use crate::checksum::{Proof, ProofCounts};
 use crate::error::{Error, Result};
 use crate::etag::{self, ContentHasher, Verdict};
 use crate::key::Key;
 use crate::local::{self, AtomicFile, Expect, PlaceError, StoreLock};
 use crate::report::Reporter;
 use crate::s3::list::ListedObject;
+use crate::s3::ObjectHeaders;
 use crate::size::{human_bytes, SizeSpec};
 use crate::store::{BlobStore, ObjectBackend};
 use crate::walk::{EntryKind, WalkOptions, Walker};
@@ -130,6 +132,9 @@ pub struct MigrateSummary {
     pub unverified: Vec<String>,
     /// Why each unverified object could not be checked.
     pub unverified_reasons: Vec<KeyReason>,
+    /// How the objects copied in this run were proven (`size_only`: listed in
+    /// `unverified`).
+    pub proofs: ProofCounts,
     /// Dry run: the keys that would be copied.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub would_copy: Vec<String>,
@@ -173,6 +178,7 @@ enum Outcome {
     Copied {
         bytes: u64,
         unverified: Option<String>,
+        proof: Proof,
     },
     Failed(String),
     Rejected(String),
@@ -365,9 +371,14 @@ pub async fn s3_to_local(
     while let Some((key, outcome)) = running.next().await {
         match outcome {
             Outcome::Cancelled => {}
-            Outcome::Copied { bytes, unverified } => {
+            Outcome::Copied {
+                bytes,
+                unverified,
+                proof,
+            } => {
                 summary.copied += 1;
                 summary.bytes_copied += bytes;
+                summary.proofs.add(proof);
                 if let Some(reason) = unverified {
                     reporter.note(&format!("unverified {key:?}: {reason}"));
                     summary.unverified.push(key.clone());
@@ -748,6 +759,9 @@ async fn copy_one(ctx: &CopyCtx, p: Planned, reporter: &dyn Reporter) -> Outcome
     // Some servers list without ETags (s3s-fs); the first GET then supplies it.
     let mut etag = p.raw.etag.clone();
     let mut hasher = ContentHasher::new(etag.as_deref(), size);
+    // What the first full GET said about encryption and checksums (never taken from a
+    // ranged GET: a part-aligned range would bring that part's checksum).
+    let mut headers: Option<ObjectHeaders> = None;
     let mut content_type: Option<String> = None;
     // Body chunks as received (no copy); written out once WRITE_BUFFER bytes are held.
     let mut buf = Chunks::default();
@@ -774,11 +788,14 @@ async fn copy_one(ctx: &CopyCtx, p: Planned, reporter: &dyn Reporter) -> Outcome
         let offset = hasher.bytes() + buf.len;
         if offset < size || size == 0 {
             let mut body = match open_get(backend, &path, &p, etag.as_deref(), offset).await {
-                Ok((body, ct, got_etag)) => {
+                Ok((body, ct, got_etag, got_headers)) => {
                     content_type = content_type.or(ct);
-                    if etag.is_none() && offset == 0 && got_etag.is_some() {
-                        etag = got_etag;
-                        hasher = ContentHasher::new(etag.as_deref(), size);
+                    if offset == 0 {
+                        if etag.is_none() {
+                            etag = got_etag;
+                        }
+                        headers = got_headers.or(headers);
+                        hasher = ContentHasher::for_object(etag.as_deref(), size, headers.as_ref());
                     }
                     body
                 }
@@ -843,6 +860,8 @@ async fn copy_one(ctx: &CopyCtx, p: Planned, reporter: &dyn Reporter) -> Outcome
                     None => AtomicFile::create(&root, &key)?,
                 };
                 rest.write_to(&mut file, &mut hasher)?;
+                let (whole_proof, part_proof) = (hasher.proof(None), hasher.proof(Some(0)));
+                let checksum = hasher.checksum().cloned();
                 let verdict = match hasher.finish() {
                     Some(v) => v,
                     None => etag::check_reader(etag2.as_deref(), size, || file.reopen_read())?,
@@ -867,19 +886,31 @@ async fn copy_one(ctx: &CopyCtx, p: Planned, reporter: &dyn Reporter) -> Outcome
                 if let Some(p) = part_size {
                     file.set_part_size(p)?;
                 }
+                let proof = match (&unverified, part_size) {
+                    (Some(_), _) => Proof::SizeOnly,
+                    (None, Some(_)) => part_proof,
+                    (None, None) => whole_proof,
+                };
+                if let (None, Some(c)) = (&unverified, &checksum) {
+                    file.set_checksum(c)?;
+                }
+                if let Some(e) = &etag2 {
+                    file.set_etag(e)?;
+                }
                 // The data is fsynced before the rename; the renames of the whole run are
                 // made durable by one syncfs before the summary is returned.
                 // Never over a file the plan did not see there.
                 file.commit_unsynced_dir_expecting(expect)?;
-                Ok(Finished::Committed { unverified })
+                Ok(Finished::Committed { unverified, proof })
             })
             .await
             .expect("verify and commit do not panic");
         hasher = ContentHasher::new(etag.as_deref(), size);
         return match finished {
-            Ok(Finished::Committed { unverified }) => Outcome::Copied {
+            Ok(Finished::Committed { unverified, proof }) => Outcome::Copied {
                 bytes: size,
                 unverified,
+                proof,
             },
             Ok(Finished::Mismatch {
                 file: f,
@@ -900,6 +931,7 @@ async fn copy_one(ctx: &CopyCtx, p: Planned, reporter: &dyn Reporter) -> Outcome
 enum Finished {
     Committed {
         unverified: Option<String>,
+        proof: Proof,
     },
     Mismatch {
         file: AtomicFile,
@@ -935,11 +967,12 @@ impl Chunks {
     }
 }
 
-/// A GET body with the object's Content-Type and ETag.
+/// A GET body with the object's Content-Type, ETag and integrity headers.
 type Opened = (
     BoxStream<'static, object_store::Result<Bytes>>,
     Option<String>,
     Option<String>,
+    Option<ObjectHeaders>,
 );
 
 /// Opens a GET of the object from `offset`, pinned to `etag` when known.
@@ -981,7 +1014,8 @@ async fn open_get(
         .get(&object_store::Attribute::ContentType)
         .map(|v| v.as_ref().to_owned());
     let etag = res.meta.e_tag.clone();
-    Ok((res.into_stream(), ct, etag))
+    let headers = res.extensions.get::<ObjectHeaders>().cloned();
+    Ok((res.into_stream(), ct, etag, headers))
 }
 
 /// Hashes and writes the held chunks to the temp file (created first if need be).
@@ -1114,9 +1148,14 @@ pub async fn local_to_s3(
                 summary.bytes_planned += size;
                 summary.would_copy.push(key);
             }
-            UploadOutcome::Done(Outcome::Copied { bytes, unverified }) => {
+            UploadOutcome::Done(Outcome::Copied {
+                bytes,
+                unverified,
+                proof,
+            }) => {
                 summary.copied += 1;
                 summary.bytes_copied += bytes;
+                summary.proofs.add(proof);
                 summary.bytes_planned += bytes;
                 if let Some(reason) = unverified {
                     summary.unverified.push(key.clone());
@@ -1281,13 +1320,18 @@ async fn upload_one(
     })
     .await;
     let outcome = match verdict {
-        Ok(Verdict::Match { .. }) => Outcome::Copied {
+        Ok(Verdict::Match { part_size }) => Outcome::Copied {
             bytes: f.size,
             unverified: None,
+            proof: match part_size {
+                Some(_) => Proof::MultipartMd5,
+                None => Proof::Md5,
+            },
         },
         Ok(Verdict::Unverifiable { reason }) => Outcome::Copied {
             bytes: f.size,
             unverified: Some(reason),
+            proof: Proof::SizeOnly,
         },
         Ok(Verdict::Mismatch { expected, actual }) => Outcome::Failed(format!(
             "uploaded object does not match the file: ETag {expected}, file {actual}"

@@ -15,14 +15,15 @@ use futures::stream::{self, StreamExt};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use crate::checksum::{Checksum, ChecksumHasher, Proof, ProofCounts};
 use crate::error::{Error, Result};
-use crate::etag::{self, Verdict};
+use crate::etag::{self, ETag, Verdict};
 use crate::key::Key;
 use crate::local;
 use crate::ops::{source_listing, KeyReason, Placement};
 use crate::report::Reporter;
-use crate::s3::ListedObject;
-use crate::store::BlobStore;
+use crate::s3::{ListedObject, ObjectHeaders};
+use crate::store::{BlobStore, ObjectBackend};
 use crate::walk::{EntryKind, WalkOptions, Walker};
 
 /// Options of a verification.
@@ -59,6 +60,8 @@ pub struct VerifySummary {
     pub listed: u64,
     /// Objects whose local copy has the same size and content.
     pub identical: u64,
+    /// How the identical files were proven (folder markers not counted).
+    pub proofs: ProofCounts,
     /// Bytes read from local files to hash them.
     pub bytes_hashed: u64,
     /// In the bucket, not on disk.
@@ -93,7 +96,7 @@ impl VerifySummary {
 }
 
 enum Finding {
-    Identical(u64),
+    Identical(u64, Option<Proof>),
     Missing(String),
     SizeDiffers(KeyReason),
     ContentDiffers(KeyReason, u64),
@@ -173,7 +176,12 @@ pub async fn s3_to_local(
             async move {
                 match check {
                     Check::Done(f) => f,
-                    Check::Hash { key, root, size, etag } => {
+                    Check::Hash {
+                        key,
+                        root,
+                        size,
+                        etag,
+                    } => {
                         // Some servers list without ETags (s3s-fs): ask for it.
                         let etag = match etag {
                             Some(e) => Some(e),
@@ -183,30 +191,24 @@ pub async fn s3_to_local(
                             },
                         };
                         let _permit = hashing.acquire().await.expect("semaphore open");
-                        let k = key.clone();
-                        let checked = tokio::task::spawn_blocking(move || {
-                            // Opened beneath the root without following symlinks, like every local
-                            // read; the first pass reads the handle the hint came from.
-                            let mut first = local::open_beneath(&root, &k).ok();
-                            let hint = first.as_ref().and_then(local::read_part_size);
-                            etag::check_reader_hinted(etag.as_deref(), size, hint, || match first.take() {
-                                Some(f) => Ok(f),
-                                None => local::open_beneath(&root, &k),
-                            })
-                        })
-                        .await
-                        .expect("hashing does not panic");
+                        let finding = check_file(&root, &key, size, etag.clone()).await;
+                        let finding = match finding {
+                            // The ETag may be no MD5 at all: ask the bucket what it is.
+                            Finding::ContentDiffers(..) | Finding::Unverifiable(..)
+                                if !recorded_proof(&finding) =>
+                            {
+                                match head_headers(backend, &key).await {
+                                    Some(h) => {
+                                        recheck(&root, &key, size, etag.as_deref(), &h, finding)
+                                            .await
+                                    }
+                                    None => finding,
+                                }
+                            }
+                            f => f,
+                        };
                         reporter.bytes_done(size);
-                        let kr = |reason: String| KeyReason { key: key.to_string(), reason };
-                        match checked {
-                            Ok(Verdict::Match { .. }) => Finding::Identical(size),
-                            Ok(Verdict::Mismatch { expected, actual }) => Finding::ContentDiffers(
-                                kr(format!("content differs: the bucket's ETag is {expected}, the file hashes to {actual}")),
-                                size,
-                            ),
-                            Ok(Verdict::Unverifiable { reason }) => Finding::Unverifiable(kr(reason), size),
-                            Err(e) => Finding::Unverifiable(kr(format!("cannot read the local file: {e}")), 0),
-                        }
+                        finding
                     }
                 }
             }
@@ -223,9 +225,12 @@ pub async fn s3_to_local(
         summary.listed += 1;
         reporter.item_done("", true);
         match finding {
-            Finding::Identical(n) => {
+            Finding::Identical(n, proof) => {
                 summary.identical += 1;
                 summary.bytes_hashed += n;
+                if let Some(p) = proof {
+                    summary.proofs.add(p);
+                }
             }
             Finding::Missing(key) => summary.missing.push(KeyReason {
                 key,
@@ -266,13 +271,169 @@ pub async fn s3_to_local(
     Ok(summary)
 }
 
+/// The reason prefix of a finding that came from a proof `migrate` recorded (a checksum,
+/// or a part size): no HEAD can make it weaker.
+const RECORDED: &str = "recorded ";
+
+fn recorded_proof(f: &Finding) -> bool {
+    matches!(f, Finding::ContentDiffers(kr, _) if kr.reason.starts_with(RECORDED))
+}
+
+/// Checks one local file with the strongest proof at hand, offline: the checksum
+/// `migrate` recorded (while the bucket holds the object it was recorded from), else the
+/// ETag with the recorded part size, else the ETag with the likely part sizes.
+async fn check_file(root: &Path, key: &Key, size: u64, etag: Option<String>) -> Finding {
+    let (root, k) = (root.to_path_buf(), key.clone());
+    let kr = |reason: String| KeyReason {
+        key: key.to_string(),
+        reason,
+    };
+    let checked = tokio::task::spawn_blocking(move || {
+        // Opened beneath the root without following symlinks, like every local read; the
+        // first pass reads the handle the records came from.
+        let mut first = local::open_beneath(&root, &k).ok();
+        let recorded_etag = first.as_ref().and_then(local::read_etag);
+        let same_object = match (&recorded_etag, &etag) {
+            (Some(r), Some(e)) => r == e,
+            _ => true,
+        };
+        let checksum = first
+            .as_ref()
+            .and_then(local::read_checksum)
+            .filter(|_| same_object);
+        if let Some(c) = checksum {
+            let f = match first.take() {
+                Some(f) => f,
+                None => local::open_beneath(&root, &k)?,
+            };
+            return hash_with(&c, size, f).map(|v| (v, Some(c.proof()), true));
+        }
+        let hint = first.as_ref().and_then(local::read_part_size);
+        let proof = match etag.as_deref().map(ETag::parse) {
+            Some(ETag::Md5(_)) => Some(Proof::Md5),
+            Some(ETag::Multipart { .. }) => Some(Proof::MultipartMd5),
+            _ => None,
+        };
+        etag::check_reader_hinted(etag.as_deref(), size, hint, || match first.take() {
+            Some(f) => Ok(f),
+            None => local::open_beneath(&root, &k),
+        })
+        .map(|v| (v, proof, hint.is_some()))
+    })
+    .await
+    .expect("hashing does not panic");
+    match checked {
+        Ok((Verdict::Match { .. }, proof, _)) => Finding::Identical(size, proof),
+        Ok((Verdict::Mismatch { expected, actual }, _, recorded)) => {
+            let what = if recorded {
+                format!("{RECORDED}proof: the bucket's object has {expected}, the file {actual}")
+            } else {
+                format!(
+                    "content differs: the bucket's ETag is {expected}, the file hashes to {actual}"
+                )
+            };
+            Finding::ContentDiffers(kr(what), size)
+        }
+        Ok((Verdict::Unverifiable { reason }, _, _)) => Finding::Unverifiable(kr(reason), size),
+        Err(e) => Finding::Unverifiable(kr(format!("cannot read the local file: {e}")), 0),
+    }
+}
+
+/// Hashes `file` with `checksum`'s algorithm and compares.
+fn hash_with(checksum: &Checksum, size: u64, file: std::fs::File) -> std::io::Result<Verdict> {
+    use std::io::Read;
+    let mut h = ChecksumHasher::new(checksum.algorithm);
+    let mut r = std::io::BufReader::with_capacity(256 << 10, file);
+    let mut buf = vec![0u8; 256 << 10];
+    let mut seen = 0u64;
+    loop {
+        let n = r.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        seen += n as u64;
+        h.update(&buf[..n]);
+    }
+    let name = checksum.algorithm.name();
+    let got = h.finish();
+    Ok(if seen != size {
+        Verdict::Mismatch {
+            expected: format!("{size} bytes"),
+            actual: format!("{seen} bytes"),
+        }
+    } else if got == checksum.value {
+        Verdict::Match { part_size: None }
+    } else {
+        Verdict::Mismatch {
+            expected: format!("{name} {}", checksum.value),
+            actual: format!("{name} {got}"),
+        }
+    })
+}
+
+/// The integrity headers of a HEAD of `key` (with checksum mode), if the store sends any.
+async fn head_headers(backend: &ObjectBackend, key: &Key) -> Option<ObjectHeaders> {
+    let path = backend.path(key).ok()?;
+    let opts = object_store::GetOptions {
+        head: true,
+        ..Default::default()
+    };
+    let res = backend.store.get_opts(&path, opts).await.ok()?;
+    res.extensions.get::<ObjectHeaders>().cloned()
+}
+
+/// Judges again a file the ETag could not prove, with what a HEAD said: a full-object
+/// checksum is checked; an ETag the headers call opaque (SSE-KMS, SSE-C) makes the
+/// object unverifiable, never "differs".
+async fn recheck(
+    root: &Path,
+    key: &Key,
+    size: u64,
+    etag: Option<&str>,
+    h: &ObjectHeaders,
+    finding: Finding,
+) -> Finding {
+    let kr = |reason: String| KeyReason {
+        key: key.to_string(),
+        reason,
+    };
+    if let Some(c) = h.best_checksum().cloned() {
+        let (root, k) = (root.to_path_buf(), key.clone());
+        let proof = c.proof();
+        let v = tokio::task::spawn_blocking(move || {
+            hash_with(&c, size, local::open_beneath(&root, &k)?)
+        })
+        .await
+        .expect("hashing does not panic");
+        return match v {
+            Ok(Verdict::Match { .. }) => Finding::Identical(size, Some(proof)),
+            Ok(Verdict::Mismatch { expected, actual }) => Finding::ContentDiffers(
+                kr(format!("content differs: the bucket's checksum is {expected}, the file hashes to {actual}")),
+                size,
+            ),
+            Ok(Verdict::Unverifiable { reason }) => Finding::Unverifiable(kr(reason), size),
+            Err(e) => Finding::Unverifiable(kr(format!("cannot read the local file: {e}")), 0),
+        };
+    }
+    match h.opaque_etag_reason() {
+        Some(reason) => Finding::Unverifiable(
+            kr(format!(
+                "{reason} and the bucket sent no full-object checksum (ETag {})",
+                etag.unwrap_or("none")
+            )),
+            size,
+        ),
+        None => finding,
+    }
+}
+
 fn classify(root: &Path, o: ListedObject, keys: &mut HashSet<Box<str>>) -> Check {
     let key = match Placement::of(&o) {
         // A folder marker: identical when its directory exists (a cleanup may have pruned it).
-        Placement::Folder(None) => return Check::Done(Finding::Identical(0)),
+        Placement::Folder(None) => return Check::Done(Finding::Identical(0, None)),
         Placement::Folder(Some(dir)) => {
             return Check::Done(match local::is_dir_beneath(root, &dir) {
-                Ok(true) => Finding::Identical(0),
+                Ok(true) => Finding::Identical(0, None),
                 Ok(false) => Finding::Missing(o.key),
                 Err(e) => Finding::Unverifiable(
                     KeyReason {
@@ -365,7 +526,7 @@ mod tests {
 
     fn finding(root: &Path, key: &str) -> String {
         match classify(root, marker(key), &mut HashSet::new()) {
-            Check::Done(Finding::Identical(_)) => "identical".into(),
+            Check::Done(Finding::Identical(..)) => "identical".into(),
             Check::Done(Finding::Missing(k)) => format!("missing {k}"),
             _ => "other".into(),
         }

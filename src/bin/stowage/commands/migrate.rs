@@ -221,6 +221,9 @@ fn print_human(s: &MigrateSummary) {
             human_bytes((s.bytes_copied as f64 / secs) as u64)
         );
     }
+    if s.copied > 0 {
+        outln!("  proven by   {}", s.proofs.describe());
+    }
     outln!("  skipped     {:>8} already present", s.skipped);
     if s.folders > 0 {
         outln!("  folders     {:>8} folder markers", s.folders);
