@@ -350,6 +350,16 @@ pub async fn s3_to_local(
         root: dest.to_path_buf(),
         stop: stop.clone(),
         streams: tokio::sync::Semaphore::new(opts.concurrency.clamp(1, MAX_STREAMS)),
+        http: reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .read_timeout(Duration::from_secs(60))
+            .build()
+            .map_err(|e| {
+                Error::config(
+                    "S3 configuration",
+                    format!("cannot build the HTTP client: {e}"),
+                )
+            })?,
     });
     // No new copies once stopped; the loop below drains the ones in flight, so the
     // summary counts exactly the files that were put in place.
@@ -499,6 +509,8 @@ struct CopyCtx {
     stop: CancellationToken,
     /// Permits for objects bigger than one write buffer ([`MAX_STREAMS`]).
     streams: tokio::sync::Semaphore,
+    /// For the requests object_store cannot make (`HEAD ?partNumber=1`).
+    http: reqwest::Client,
 }
 
 /// Finds keys that need a directory where an earlier key is a file (`x` then `x/y`).
@@ -860,51 +872,42 @@ async fn copy_one(ctx: &CopyCtx, p: Planned, reporter: &dyn Reporter) -> Outcome
                     None => AtomicFile::create(&root, &key)?,
                 };
                 rest.write_to(&mut file, &mut hasher)?;
-                let (whole_proof, part_proof) = (hasher.proof(None), hasher.proof(Some(0)));
-                let checksum = hasher.checksum().cloned();
-                let verdict = match hasher.finish() {
-                    Some(v) => v,
-                    None => etag::check_reader(etag2.as_deref(), size, || file.reopen_read())?,
+                let checked = Checked {
+                    whole_proof: hasher.proof(None),
+                    part_proof: hasher.proof(Some(0)),
+                    checksum: hasher.checksum().cloned(),
+                    etag: etag2,
+                    last_modified: lm,
+                    content_type: ct,
+                    expect,
                 };
-                let (part_size, unverified) = match verdict {
-                    Verdict::Match { part_size } => (part_size, None),
-                    Verdict::Unverifiable { reason } => (None, Some(reason)),
-                    Verdict::Mismatch { expected, actual } => {
-                        // Corrupt or overlong body: start again from an empty file.
-                        file.truncate()?;
-                        return Ok(Finished::Mismatch {
-                            file,
-                            expected,
-                            actual,
-                        });
-                    }
-                };
-                file.set_modified(SystemTime::from(lm))?;
-                if let Some(ct) = ct {
-                    file.set_content_type(&ct)?;
+                match hasher.finish() {
+                    Some(v) => commit_checked(file, v, checked),
+                    None => Ok(Finished::NeedsPartSize { file, checked }),
                 }
-                if let Some(p) = part_size {
-                    file.set_part_size(p)?;
-                }
-                let proof = match (&unverified, part_size) {
-                    (Some(_), _) => Proof::SizeOnly,
-                    (None, Some(_)) => part_proof,
-                    (None, None) => whole_proof,
-                };
-                if let (None, Some(c)) = (&unverified, &checksum) {
-                    file.set_checksum(c)?;
-                }
-                if let Some(e) = &etag2 {
-                    file.set_etag(e)?;
-                }
-                // The data is fsynced before the rename; the renames of the whole run are
-                // made durable by one syncfs before the summary is returned.
-                // Never over a file the plan did not see there.
-                file.commit_unsynced_dir_expecting(expect)?;
-                Ok(Finished::Committed { unverified, proof })
             })
             .await
             .expect("verify and commit do not panic");
+        // A multipart ETag no streamed part size reproduced: ask S3 for the part size
+        // (one HEAD) before re-reading the file for every likely one.
+        let finished = match finished {
+            Ok(Finished::NeedsPartSize { file, checked }) => {
+                let exact = exact_part_size(ctx, backend, &path, etag.as_deref(), size).await;
+                tokio::task::spawn_blocking(move || {
+                    let etag = checked.etag.as_deref();
+                    let verdict = match exact {
+                        Some(p) => {
+                            etag::check_reader_hinted(etag, size, Some(p), || file.reopen_read())?
+                        }
+                        None => etag::check_reader(etag, size, || file.reopen_read())?,
+                    };
+                    commit_checked(file, verdict, checked)
+                })
+                .await
+                .expect("verify and commit do not panic")
+            }
+            other => other,
+        };
         hasher = ContentHasher::new(etag.as_deref(), size);
         return match finished {
             Ok(Finished::Committed { unverified, proof }) => Outcome::Copied {
@@ -922,13 +925,98 @@ async fn copy_one(ctx: &CopyCtx, p: Planned, reporter: &dyn Reporter) -> Outcome
                 file = Some(f);
                 continue;
             }
+            Ok(Finished::NeedsPartSize { .. }) => unreachable!("resolved above"),
             Err(e) => place_outcome(&ctx.root, &p.key, e),
         };
     }
 }
 
+/// What a body's check decided, and what to record with the file.
+struct Checked {
+    whole_proof: Proof,
+    part_proof: Proof,
+    checksum: Option<crate::checksum::Checksum>,
+    etag: Option<String>,
+    last_modified: DateTime<Utc>,
+    content_type: Option<String>,
+    expect: Expect,
+}
+
+/// Places a checked temp file (or truncates it for a refetch on a mismatch), recording
+/// its mtime, Content-Type and proof.
+fn commit_checked(
+    mut file: AtomicFile,
+    verdict: Verdict,
+    c: Checked,
+) -> std::result::Result<Finished, PlaceError> {
+    let (part_size, unverified) = match verdict {
+        Verdict::Match { part_size } => (part_size, None),
+        Verdict::Unverifiable { reason } => (None, Some(reason)),
+        Verdict::Mismatch { expected, actual } => {
+            // Corrupt or overlong body: start again from an empty file.
+            file.truncate()?;
+            return Ok(Finished::Mismatch {
+                file,
+                expected,
+                actual,
+            });
+        }
+    };
+    file.set_modified(SystemTime::from(c.last_modified))?;
+    if let Some(ct) = &c.content_type {
+        file.set_content_type(ct)?;
+    }
+    if let Some(p) = part_size {
+        file.set_part_size(p)?;
+    }
+    let proof = match (&unverified, part_size) {
+        (Some(_), _) => Proof::SizeOnly,
+        (None, Some(_)) => c.part_proof,
+        (None, None) => c.whole_proof,
+    };
+    if let (None, Some(sum)) = (&unverified, &c.checksum) {
+        file.set_checksum(sum)?;
+    }
+    if let Some(e) = &c.etag {
+        file.set_etag(e)?;
+    }
+    // The data is fsynced before the rename; the renames of the whole run are made
+    // durable by one syncfs before the summary is returned. Never over a file the plan
+    // did not see there.
+    file.commit_unsynced_dir_expecting(c.expect)?;
+    Ok(Finished::Committed { unverified, proof })
+}
+
+/// The part size of a multipart object as S3 states it (`HEAD ?partNumber=1`), when its
+/// answer is consistent with the ETag's part count and the object's size. Asked only once
+/// the part sizes hashed in the stream failed: one request against re-reading the whole
+/// file once per four guesses (up to 16 passes), while asking up front would cost a
+/// request for every multipart object, most of which the 8 MiB or 5 MiB guess proves.
+async fn exact_part_size(
+    ctx: &CopyCtx,
+    backend: &ObjectBackend,
+    path: &object_store::path::Path,
+    etag: Option<&str>,
+    size: u64,
+) -> Option<u64> {
+    let Some(etag::ETag::Multipart { parts, .. }) = etag.map(etag::ETag::parse) else {
+        return None;
+    };
+    let s3 = backend.s3.as_ref()?;
+    let h = crate::s3::integrity::head_part(s3.signer.as_ref(), &ctx.http, path, 1)
+        .await
+        .ok()?;
+    let (p, n) = (h.content_length?, u64::from(parts));
+    // Some S3-compatible servers answer partNumber with the whole object: such an answer
+    // is ignored, and the likely part sizes are tried instead.
+    let fits = p > 0 && (n - 1) * p < size && size <= n * p;
+    (h.parts_count == Some(parts) && fits).then_some(p)
+}
+
 /// How the last step of a copy ended.
 enum Finished {
+    /// A multipart ETag the streamed part sizes did not reproduce.
+    NeedsPartSize { file: AtomicFile, checked: Checked },
     Committed {
         unverified: Option<String>,
         proof: Proof,

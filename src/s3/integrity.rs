@@ -81,6 +81,47 @@ impl ObjectHeaders {
     }
 }
 
+/// Asks for part `part` of a multipart object (`HEAD ?partNumber=N`, checksum mode on):
+/// S3 answers with that part's `Content-Length` and the object's `x-amz-mp-parts-count`,
+/// which pin a multipart ETag's part size exactly instead of guessing it. object_store has
+/// no part-number option, so the request is a presigned URL with `partNumber` in the
+/// signed query and `x-amz-checksum-mode` among the signed headers (object_store's
+/// `Signer::signed_url_opts` signs both), sent with `http`.
+pub(crate) async fn head_part(
+    signer: &dyn object_store::signer::Signer,
+    http: &reqwest::Client,
+    path: &object_store::path::Path,
+    part: u32,
+) -> Result<ObjectHeaders, String> {
+    use object_store::signer::{Method, SignedUrlOptions};
+    let (name, value) = (
+        http::HeaderName::from_static("x-amz-checksum-mode"),
+        http::HeaderValue::from_static("ENABLED"),
+    );
+    let opts = SignedUrlOptions::new()
+        .with_query([("partNumber", part.to_string())])
+        .with_signed_header(name.clone(), value.clone());
+    let url = signer
+        .signed_url_opts(
+            Method::HEAD,
+            path,
+            std::time::Duration::from_secs(300),
+            &opts,
+        )
+        .await
+        .map_err(|e| format!("cannot sign HEAD ?partNumber={part}: {e}"))?;
+    let resp = http
+        .head(url)
+        .header(name, value)
+        .send()
+        .await
+        .map_err(|e| format!("HEAD ?partNumber={part}: {}", e.without_url()))?;
+    if !resp.status().is_success() {
+        return Err(format!("HEAD ?partNumber={part}: {}", resp.status()));
+    }
+    Ok(ObjectHeaders::from_headers(resp.headers()))
+}
+
 /// object_store's reqwest connector, with [`ObjectHeaders`] put into every response's
 /// extensions.
 #[derive(Debug, Default)]

@@ -187,3 +187,40 @@ async fn each_checksum_algorithm_proves_a_copy_and_catches_a_flipped_byte() {
     let j = verify(&s3, tmp.path()).json();
     assert_eq!(keys(&j["content_differs"]), all, "{j}");
 }
+
+/// A multipart object whose part size (5 MiB + 123 bytes) is none of the likely guesses:
+/// `migrate` asks S3 for part 1's size (`HEAD ?partNumber=1`) instead of giving up, records
+/// it, and `verify` then proves the copy and catches a flipped byte offline.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs moto: STOWAGE_TEST_S3_ENDPOINT (.ci/run starts it)"]
+async fn an_odd_multipart_part_size_is_asked_for_and_recorded() {
+    use object_store::{MultipartUpload, ObjectStoreExt};
+    let s3 = TestS3::moto();
+    let store = s3.object_store();
+    let part = (5 << 20) + 123;
+    let data = body(7, 2 * part + 1000);
+    let path = object_store::path::Path::parse("big/odd-parts.bin").unwrap();
+    let mut up = store.put_multipart(&path).await.unwrap();
+    for chunk in data.chunks(part) {
+        up.put_part(chunk.to_vec().into()).await.unwrap();
+    }
+    up.complete().await.unwrap();
+    let etag = store.head(&path).await.unwrap().e_tag.unwrap();
+    assert!(etag.ends_with("-3\""), "{etag}");
+
+    let tmp = tempfile::tempdir().unwrap();
+    let r = migrate(&s3, tmp.path());
+    assert_eq!(r.code, 0, "{r:?}");
+    let j = r.json();
+    assert_eq!(j["proofs"]["multipart_md5"], 1, "{j}");
+    let file = tmp.path().join("big/odd-parts.bin");
+    assert_eq!(std::fs::read(&file).unwrap(), data);
+
+    let r = verify(&s3, tmp.path());
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(r.json()["proofs"]["multipart_md5"], 1);
+
+    flip_a_byte(&file);
+    let j = verify(&s3, tmp.path()).json();
+    assert_eq!(keys(&j["content_differs"]), ["big/odd-parts.bin"], "{j}");
+}
