@@ -147,6 +147,17 @@ pub async fn s3_to_local(
     let listed_keys = Arc::new(std::sync::Mutex::new(HashSet::<Box<str>>::new()));
     let hashing = Arc::new(Semaphore::new(opts.hash_concurrency.max(1)));
     let root = dest.to_path_buf();
+    // For the requests object_store cannot make (`HEAD ?partNumber=1`).
+    let http = reqwest::Client::builder()
+        .connect_timeout(std::time::Duration::from_secs(10))
+        .read_timeout(std::time::Duration::from_secs(60))
+        .build()
+        .map_err(|e| {
+            Error::config(
+                "S3 configuration",
+                format!("cannot build the HTTP client: {e}"),
+            )
+        })?;
     let checks = {
         let listed_keys = Arc::clone(&listed_keys);
         source_listing(src, backend, &opts.prefix)
@@ -172,7 +183,7 @@ pub async fn s3_to_local(
     let mut results = checks
         .flat_map(stream::iter)
         .map(|check| {
-            let hashing = Arc::clone(&hashing);
+            let (hashing, http) = (Arc::clone(&hashing), http.clone());
             async move {
                 match check {
                     Check::Done(f) => f,
@@ -197,13 +208,8 @@ pub async fn s3_to_local(
                             Finding::ContentDiffers(..) | Finding::Unverifiable(..)
                                 if !recorded_proof(&finding) =>
                             {
-                                match head_headers(backend, &key).await {
-                                    Some(h) => {
-                                        recheck(&root, &key, size, etag.as_deref(), &h, finding)
-                                            .await
-                                    }
-                                    None => finding,
-                                }
+                                let e = etag.as_deref();
+                                ask_the_bucket(backend, &http, &root, &key, size, e, finding).await
                             }
                             f => f,
                         };
@@ -380,6 +386,78 @@ async fn head_headers(backend: &ObjectBackend, key: &Key) -> Option<ObjectHeader
     };
     let res = backend.store.get_opts(&path, opts).await.ok()?;
     res.extensions.get::<ObjectHeaders>().cloned()
+}
+
+/// Judges again, with what a HEAD says, a file its ETag did not prove: a checksum, an
+/// ETag that is no MD5, or (multipart) the part size S3 states for part 1.
+async fn ask_the_bucket(
+    backend: &ObjectBackend,
+    http: &reqwest::Client,
+    root: &Path,
+    key: &Key,
+    size: u64,
+    etag: Option<&str>,
+    finding: Finding,
+) -> Finding {
+    let Some(h) = head_headers(backend, key).await else {
+        return finding;
+    };
+    match recheck(root, key, size, etag, &h, finding).await {
+        f @ Finding::Unverifiable(..) => {
+            with_part_size(backend, http, root, key, size, etag, f).await
+        }
+        f => f,
+    }
+}
+
+/// Judges a multipart ETag no likely part size reproduced with the part size S3 states
+/// (`HEAD ?partNumber=1`), for files `migrate` recorded none with.
+async fn with_part_size(
+    backend: &ObjectBackend,
+    http: &reqwest::Client,
+    root: &Path,
+    key: &Key,
+    size: u64,
+    etag: Option<&str>,
+    finding: Finding,
+) -> Finding {
+    let Some(ETag::Multipart { parts, .. }) = etag.map(ETag::parse) else {
+        return finding;
+    };
+    let (Some(s3), Ok(path)) = (backend.s3.as_ref(), backend.path(key)) else {
+        return finding;
+    };
+    let Ok(h) = crate::s3::integrity::head_part(s3.signer.as_ref(), http, &path, 1).await else {
+        return finding;
+    };
+    let (Some(p), n) = (h.content_length, u64::from(parts)) else {
+        return finding;
+    };
+    if h.parts_count != Some(parts) || p == 0 || (n - 1) * p >= size || size > n * p {
+        return finding;
+    }
+    let (root, k, e) = (root.to_path_buf(), key.clone(), etag.map(str::to_owned));
+    let v = tokio::task::spawn_blocking(move || {
+        etag::check_reader_hinted(e.as_deref(), size, Some(p), || {
+            local::open_beneath(&root, &k)
+        })
+    })
+    .await
+    .expect("hashing does not panic");
+    let kr = |reason: String| KeyReason {
+        key: key.to_string(),
+        reason,
+    };
+    match v {
+        Ok(Verdict::Match { .. }) => Finding::Identical(size, Some(Proof::MultipartMd5)),
+        Ok(Verdict::Mismatch { expected, actual }) => Finding::ContentDiffers(
+            kr(format!(
+                "content differs: the bucket's ETag is {expected}, the file hashes to {actual}"
+            )),
+            size,
+        ),
+        _ => finding,
+    }
 }
 
 /// Judges again a file the ETag could not prove, with what a HEAD said: a full-object
