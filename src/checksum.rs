@@ -212,6 +212,22 @@ pub enum Proof {
     SizeOnly,
 }
 
+impl Proof {
+    /// The name used in `proofs` counts and in the `user.stowage.proof` xattr.
+    pub fn name(self) -> &'static str {
+        match self {
+            Proof::Md5 => "md5",
+            Proof::MultipartMd5 => "multipart_md5",
+            Proof::Sha256 => "sha256",
+            Proof::Sha1 => "sha1",
+            Proof::Crc64Nvme => "crc64nvme",
+            Proof::Crc32c => "crc32c",
+            Proof::Crc32 => "crc32",
+            Proof::SizeOnly => "size_only",
+        }
+    }
+}
+
 /// How many objects each proof covered. `--json` prints it as `proofs`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct ProofCounts {

@@ -411,6 +411,25 @@ fn size_mismatch(size: u64, seen: u64) -> Verdict {
     }
 }
 
+/// Checks everything `r` yields (`size` bytes expected) against an S3 full-object
+/// checksum.
+pub fn check_checksum(checksum: &Checksum, size: u64, r: impl Read) -> std::io::Result<Verdict> {
+    let mut h = ChecksumHasher::new(checksum.algorithm);
+    let seen = read_through(r, |b| h.update(b))?;
+    if seen != size {
+        return Ok(size_mismatch(size, seen));
+    }
+    let (name, got) = (checksum.algorithm.name(), h.finish());
+    Ok(if got == checksum.value {
+        Verdict::Match { part_size: None }
+    } else {
+        Verdict::Mismatch {
+            expected: format!("{name} {}", checksum.value),
+            actual: format!("{name} {got}"),
+        }
+    })
+}
+
 /// Checks content read from `open()` (called once per pass) against `etag`, trying every
 /// candidate part size for a multipart ETag. `open` must yield the same bytes each time.
 pub fn check_reader<R: Read>(

@@ -40,6 +40,9 @@ pub const CHECKSUM_XATTR: &str = "user.stowage.checksum";
 /// The extended attribute holding the ETag of the object the file was copied from, so a
 /// recorded proof is only used while the bucket still holds that very object.
 pub const ETAG_XATTR: &str = "user.stowage.etag";
+/// The extended attribute naming how `migrate` proved the file (`md5`, `sha256`, ...,
+/// `size_only` when nothing could be checked).
+pub const PROOF_XATTR: &str = "user.stowage.proof";
 
 /// True for names stowage creates for itself (temp files, lock file); such names are never
 /// valid keys, never listed and never cleaned up as data.
@@ -209,6 +212,11 @@ pub fn read_checksum(file: &File) -> Option<crate::checksum::Checksum> {
     crate::checksum::Checksum::from_record(&read_xattr(file, CHECKSUM_XATTR)?)
 }
 
+/// Reads how `migrate` proved a file (see [`PROOF_XATTR`]), if recorded.
+pub fn read_proof(file: &File) -> Option<String> {
+    read_xattr(file, PROOF_XATTR)
+}
+
 /// Reads the ETag of the object a file was copied from, if recorded.
 pub fn read_etag(file: &File) -> Option<String> {
     read_xattr(file, ETAG_XATTR)
@@ -369,6 +377,11 @@ impl AtomicFile {
     /// Records the S3 checksum the content was checked against.
     pub fn set_checksum(&mut self, checksum: &crate::checksum::Checksum) -> io::Result<()> {
         self.set_xattr(CHECKSUM_XATTR, &checksum.to_record())
+    }
+
+    /// Records how the content was proven.
+    pub fn set_proof(&mut self, proof: crate::checksum::Proof) -> io::Result<()> {
+        self.set_xattr(PROOF_XATTR, proof.name())
     }
 
     /// Records the ETag of the object the content came from.

@@ -80,6 +80,11 @@ pub struct MigrateOptions {
     pub max_used: Option<SizeSpec>,
     /// Plan and report only; write nothing.
     pub dry_run: bool,
+    /// s3-to-local: a local file of the object's size is present only if its content is
+    /// proven the object's (recorded checksum, or its hash against the ETag), whatever its
+    /// mtime; a file that differs is fetched again (rclone's `--checksum`). Reads every
+    /// present file, so a rerun costs a pass over the data.
+    pub checksum: bool,
     /// Cancelled on Ctrl-C / SIGTERM: the run stops, removes its temp files and reports.
     pub cancel: CancellationToken,
 }
@@ -92,6 +97,7 @@ impl Default for MigrateOptions {
             min_free: SizeSpec::Percent(5.0),
             max_used: None,
             dry_run: false,
+            checksum: false,
             cancel: CancellationToken::new(),
         }
     }
@@ -243,7 +249,7 @@ pub async fn s3_to_local(
             let page: Vec<ListedObject> = page.into_iter().collect::<Result<_>>()?;
             reporter.items_found(page.len() as u64);
             summary.listed += page.len() as u64;
-            let classes = classify_page(dest, page, &mut clashes).await;
+            let classes = classify_page(dest, page, &mut clashes, opts.checksum).await;
             for c in classes {
                 match c {
                     Class::Rejected(kr) => {
@@ -316,6 +322,7 @@ pub async fn s3_to_local(
         Some(v) => stream::iter(v.into_iter().map(Ok)).boxed(),
         None => {
             let root = dest.to_path_buf();
+            let by_content = opts.checksum;
             let pages = source_listing(src, backend, &opts.prefix).ready_chunks(1000);
             stream::unfold(
                 (pages, ClashGuard::default()),
@@ -328,7 +335,7 @@ pub async fn s3_to_local(
                             Ok(p) => p,
                             Err(e) => return Some((vec![Err(e)], (pages, clashes))),
                         };
-                        let copies = classify_page(&root, page, &mut clashes)
+                        let copies = classify_page(&root, page, &mut clashes, by_content)
                             .await
                             .into_iter()
                             .filter_map(|c| match c {
@@ -548,6 +555,7 @@ async fn classify_page(
     root: &Path,
     page: Vec<ListedObject>,
     clashes: &mut ClashGuard,
+    by_content: bool,
 ) -> Vec<Class> {
     let mut out: Vec<Option<Class>> = Vec::with_capacity(page.len());
     let mut rest = Vec::new();
@@ -565,7 +573,7 @@ async fn classify_page(
     let root = root.to_path_buf();
     let mut classified = tokio::task::spawn_blocking(move || {
         rest.into_iter()
-            .map(|o| classify(&root, o))
+            .map(|o| classify(&root, o, by_content))
             .collect::<Vec<_>>()
     })
     .await
@@ -576,7 +584,7 @@ async fn classify_page(
         .collect()
 }
 
-fn classify(root: &Path, o: ListedObject) -> Class {
+fn classify(root: &Path, o: ListedObject, by_content: bool) -> Class {
     let key = match Placement::of(&o) {
         Placement::Folder(dir) => return Class::Folder(dir),
         Placement::Unsafe { reason, .. } => {
@@ -588,6 +596,18 @@ fn classify(root: &Path, o: ListedObject) -> Class {
         Placement::File(k) => k,
     };
     let expect = match local::stat_file_id(root, &key) {
+        Ok(Some(id)) if by_content && id.size == o.size => match same_content(root, &key, &o) {
+            Some(true) => return Class::Present,
+            // Unprovable either way (an SSE-KMS ETag and no checksum): size and mtime decide.
+            None if same_time(id.mtime, o.last_modified) => return Class::Present,
+            _ if newer(id.mtime, o.last_modified) => {
+                return Class::Conflict(KeyReason {
+                    key: o.key,
+                    reason: "the local file is newer than the bucket's version (written locally since); left as it is".into(),
+                })
+            }
+            _ => Expect::File(id),
+        },
         Ok(Some(id)) if id.size == o.size && same_time(id.mtime, o.last_modified) => {
             return Class::Present
         }
@@ -607,6 +627,38 @@ fn classify(root: &Path, o: ListedObject) -> Class {
         raw: o,
         expect,
     })
+}
+
+/// `--checksum`: whether the local file holds the listed object's content: by the checksum
+/// recorded when it was copied (while it was copied from this very ETag), else by hashing
+/// it against the ETag (with the recorded part size, if any). `None` when neither can tell
+/// (an opaque ETag and nothing recorded, an unreadable file).
+fn same_content(root: &Path, key: &Key, o: &ListedObject) -> Option<bool> {
+    let file = local::open_beneath(root, key).ok()?;
+    let recorded_etag = local::read_etag(&file);
+    // Servers that list no ETags (s3s-fs): the recorded one stands in for it.
+    let etag = o.etag.clone().or_else(|| recorded_etag.clone());
+    let same_object = recorded_etag.is_some() && recorded_etag == etag;
+    if same_object && local::read_proof(&file).as_deref() == Some(Proof::SizeOnly.name()) {
+        // Copied unverified (an SSE-KMS ETag, no checksum): hashing cannot tell.
+        return None;
+    }
+    let verdict = match local::read_checksum(&file) {
+        Some(c) if same_object => etag::check_checksum(&c, o.size, &file),
+        _ => {
+            let hint = local::read_part_size(&file);
+            let mut first = Some(file);
+            etag::check_reader_hinted(etag.as_deref(), o.size, hint, || match first.take() {
+                Some(f) => Ok(f),
+                None => local::open_beneath(root, key),
+            })
+        }
+    };
+    match verdict.ok()? {
+        Verdict::Match { .. } => Some(true),
+        Verdict::Mismatch { .. } => Some(false),
+        Verdict::Unverifiable { .. } => None,
+    }
 }
 
 /// True when a local mtime is later than LastModified (compared to the millisecond, as
@@ -980,6 +1032,7 @@ fn commit_checked(
     if let Some(e) = &c.etag {
         file.set_etag(e)?;
     }
+    file.set_proof(proof)?;
     // The data is fsynced before the rename; the renames of the whole run are made
     // durable by one syncfs before the summary is returned. Never over a file the plan
     // did not see there.

@@ -15,7 +15,7 @@ use futures::stream::{self, StreamExt};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::checksum::{Checksum, ChecksumHasher, Proof, ProofCounts};
+use crate::checksum::{Checksum, Proof, ProofCounts};
 use crate::error::{Error, Result};
 use crate::etag::{self, ETag, Verdict};
 use crate::key::Key;
@@ -347,34 +347,7 @@ async fn check_file(root: &Path, key: &Key, size: u64, etag: Option<String>) -> 
 
 /// Hashes `file` with `checksum`'s algorithm and compares.
 fn hash_with(checksum: &Checksum, size: u64, file: std::fs::File) -> std::io::Result<Verdict> {
-    use std::io::Read;
-    let mut h = ChecksumHasher::new(checksum.algorithm);
-    let mut r = std::io::BufReader::with_capacity(256 << 10, file);
-    let mut buf = vec![0u8; 256 << 10];
-    let mut seen = 0u64;
-    loop {
-        let n = r.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        seen += n as u64;
-        h.update(&buf[..n]);
-    }
-    let name = checksum.algorithm.name();
-    let got = h.finish();
-    Ok(if seen != size {
-        Verdict::Mismatch {
-            expected: format!("{size} bytes"),
-            actual: format!("{seen} bytes"),
-        }
-    } else if got == checksum.value {
-        Verdict::Match { part_size: None }
-    } else {
-        Verdict::Mismatch {
-            expected: format!("{name} {}", checksum.value),
-            actual: format!("{name} {got}"),
-        }
-    })
+    etag::check_checksum(checksum, size, file)
 }
 
 /// The integrity headers of a HEAD of `key` (with checksum mode), if the store sends any.

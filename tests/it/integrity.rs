@@ -230,3 +230,78 @@ async fn an_odd_multipart_part_size_is_asked_for_and_recorded() {
     let j = verify(&s3, tmp.path()).json();
     assert_eq!(keys(&j["content_differs"]), ["big/odd-parts.bin"], "{j}");
 }
+
+/// A local file corrupted with its size and mtime kept: every plain rerun skips it, a
+/// `--checksum` rerun fetches it again. An object that could only be copied unverified
+/// (SSE-KMS, no checksum) is not fetched again for it.
+#[tokio::test(flavor = "multi_thread")]
+async fn migrate_checksum_fetches_again_a_file_corrupted_in_place() {
+    use object_store::ObjectStoreExt;
+    let s3 = TestS3::start();
+    let store = s3.object_store();
+    let good = body(11, 300_000);
+    let kms = body(12, 1000);
+    for (k, d) in [("a/good.bin", &good), ("a/kms.bin", &kms)] {
+        store
+            .put(
+                &object_store::path::Path::parse(k).unwrap(),
+                d.clone().into(),
+            )
+            .await
+            .unwrap();
+    }
+    s3.faults().present_as_kms("a/kms.bin", None);
+    let tmp = tempfile::tempdir().unwrap();
+    assert_eq!(migrate(&s3, tmp.path()).json()["copied"], 2);
+
+    let file = tmp.path().join("a/good.bin");
+    let mtime = std::fs::metadata(&file).unwrap().modified().unwrap();
+    flip_a_byte(&file);
+    std::fs::File::options()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+
+    let j = migrate(&s3, tmp.path()).json();
+    assert_eq!(
+        (j["copied"].as_u64(), j["skipped"].as_u64()),
+        (Some(0), Some(2)),
+        "{j}"
+    );
+    assert_ne!(
+        std::fs::read(&file).unwrap(),
+        good,
+        "a plain rerun trusts size and mtime"
+    );
+
+    let dest = tmp.path().to_str().unwrap();
+    let r = run(
+        Some(&s3),
+        &[
+            "migrate",
+            "s3-to-local",
+            "--dest",
+            dest,
+            "--json",
+            "--checksum",
+        ],
+    );
+    let j = r.json();
+    assert_eq!(
+        (j["copied"].as_u64(), j["skipped"].as_u64()),
+        (Some(1), Some(1)),
+        "{j}"
+    );
+    assert_eq!(std::fs::read(&file).unwrap(), good);
+    assert_eq!(s3.faults().gets_of("a/good.bin"), 2);
+    assert_eq!(
+        s3.faults().gets_of("a/kms.bin"),
+        1,
+        "nothing to compare it with: not refetched"
+    );
+    let j = verify(&s3, tmp.path()).json();
+    assert!(j["content_differs"].as_array().unwrap().is_empty(), "{j}");
+    assert_eq!(j["identical"], 1, "{j}");
+}

@@ -78,6 +78,11 @@ pub(crate) struct RunArgs {
     /// List what would be copied, skipped and rejected, and the space needed; write nothing.
     #[arg(long)]
     dry_run: bool,
+    /// s3-to-local: tell an already present file by its content (the proof recorded when it
+    /// was copied, or its hash against the ETag) instead of size and mtime, and fetch again
+    /// what differs. Reads every present file. (local-to-s3 always compares content.)
+    #[arg(long)]
+    checksum: bool,
     /// Print the summary as one JSON object on stdout.
     #[arg(long)]
     json: bool,
@@ -132,6 +137,7 @@ impl RunArgs {
             min_free: self.min_free,
             max_used: self.max_used,
             dry_run: self.dry_run,
+            checksum: self.checksum,
             cancel,
         }
     }
