@@ -477,6 +477,30 @@ pub fn check_open_file(
     check_reader(etag, size, || Ok(ReadAt { file, pos: 0 }))
 }
 
+/// Checks the open `file` with the strongest proof the object's `etag` and response
+/// `headers` allow (see [`ContentHasher::for_object`]); returns the verdict and, for a
+/// match, the proof it rests on ([`Proof::SizeOnly`] otherwise).
+pub fn check_open_file_for_object(
+    file: &std::fs::File,
+    size: u64,
+    etag: Option<&str>,
+    headers: Option<&ObjectHeaders>,
+) -> std::io::Result<(Verdict, Proof)> {
+    let mut h = ContentHasher::for_object(etag, size, headers);
+    let (whole, part) = (h.proof(None), h.proof(Some(0)));
+    read_through(ReadAt { file, pos: 0 }, |b| h.update(b))?;
+    let v = match h.finish() {
+        Some(v) => v,
+        None => check_reader(etag, size, || Ok(ReadAt { file, pos: 0 }))?,
+    };
+    let proof = match &v {
+        Verdict::Match { part_size: Some(_) } => part,
+        Verdict::Match { part_size: None } => whole,
+        _ => Proof::SizeOnly,
+    };
+    Ok((v, proof))
+}
+
 /// Sequential reads of a file through `pread`.
 struct ReadAt<'a> {
     file: &'a std::fs::File,

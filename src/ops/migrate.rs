@@ -1355,6 +1355,29 @@ struct LocalFile {
     size: u64,
 }
 
+/// Size, ETag and integrity headers of a stored object (one HEAD with checksum mode).
+async fn head_object(
+    dst: &BlobStore,
+    key: &Key,
+) -> Result<(u64, Option<String>, Option<ObjectHeaders>)> {
+    if let Some(b) = dst.object_backend() {
+        let path = b.path(key)?;
+        let opts = GetOptions {
+            head: true,
+            ..Default::default()
+        };
+        let r = b
+            .store
+            .get_opts(&path, opts)
+            .await
+            .map_err(|e| Error::backend(&b.name, &e))?;
+        let headers = r.extensions.get::<ObjectHeaders>().cloned();
+        return Ok((r.meta.size, r.meta.e_tag, headers));
+    }
+    let m = dst.head(key).await?;
+    Ok((m.size, m.etag, None))
+}
+
 /// Runs `f` on the blocking pool with a shared handle to `file`.
 async fn with_file<T: Send + 'static>(
     file: &Arc<std::fs::File>,
@@ -1436,8 +1459,9 @@ async fn upload_one(
         );
     }
     reporter.bytes_done(f.size);
-    // Check what landed against what we sent.
-    let meta = match dst.head(&key).await {
+    // Check what landed against what we sent: the checksum S3 stored (and verified on
+    // receipt) when it sends one, else the ETag.
+    let (stored_size, etag, headers) = match head_object(dst, &key).await {
         Ok(m) => m,
         Err(e) => {
             return (
@@ -1446,35 +1470,32 @@ async fn upload_one(
             )
         }
     };
-    if meta.size != f.size {
+    if stored_size != f.size {
         return (
             name,
             failed(format!(
-                "uploaded {} bytes but the bucket holds {}",
-                f.size, meta.size
+                "uploaded {} bytes but the bucket holds {stored_size}",
+                f.size
             )),
         );
     }
-    let (size, etag) = (f.size, meta.etag.clone());
+    let size = f.size;
     let verdict = with_file(&file, move |fh| {
-        etag::check_open_file(fh, size, etag.as_deref())
+        etag::check_open_file_for_object(fh, size, etag.as_deref(), headers.as_ref())
     })
     .await;
     let outcome = match verdict {
-        Ok(Verdict::Match { part_size }) => Outcome::Copied {
+        Ok((Verdict::Match { .. }, proof)) => Outcome::Copied {
             bytes: f.size,
             unverified: None,
-            proof: match part_size {
-                Some(_) => Proof::MultipartMd5,
-                None => Proof::Md5,
-            },
+            proof,
         },
-        Ok(Verdict::Unverifiable { reason }) => Outcome::Copied {
+        Ok((Verdict::Unverifiable { reason }, _)) => Outcome::Copied {
             bytes: f.size,
             unverified: Some(reason),
             proof: Proof::SizeOnly,
         },
-        Ok(Verdict::Mismatch { expected, actual }) => Outcome::Failed(format!(
+        Ok((Verdict::Mismatch { expected, actual }, _)) => Outcome::Failed(format!(
             "uploaded object does not match the file: ETag {expected}, file {actual}"
         )),
         Err(e) => Outcome::Failed(format!("{}: {e}", f.path.display())),

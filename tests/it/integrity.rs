@@ -305,3 +305,35 @@ async fn migrate_checksum_fetches_again_a_file_corrupted_in_place() {
     assert!(j["content_differs"].as_array().unwrap().is_empty(), "{j}");
     assert_eq!(j["identical"], 1, "{j}");
 }
+
+/// `local-to-s3` into a bucket that encrypts with SSE-KMS: an upload is confirmed by the
+/// checksum the bucket stored, or listed as unverified; never failed for its ETag.
+#[tokio::test(flavor = "multi_thread")]
+async fn local_to_s3_confirms_uploads_to_an_sse_kms_bucket_by_checksum() {
+    let s3 = TestS3::start();
+    let src = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(src.path().join("up")).unwrap();
+    let one = body(21, 77_777);
+    std::fs::write(src.path().join("up/one.bin"), &one).unwrap();
+    std::fs::write(src.path().join("up/two.bin"), body(22, 1234)).unwrap();
+    s3.faults().present_as_kms(
+        "up/one.bin",
+        Some(("sha256", checksum_of(Algorithm::Sha256, &one))),
+    );
+    s3.faults().present_as_kms("up/two.bin", None);
+    let r = run(
+        Some(&s3),
+        &[
+            "migrate",
+            "local-to-s3",
+            "--source",
+            src.path().to_str().unwrap(),
+            "--json",
+        ],
+    );
+    let j = r.json();
+    assert_eq!(j["copied"], 2, "{j}");
+    assert!(j["failed"].as_array().unwrap().is_empty(), "{j}");
+    assert_eq!(j["proofs"]["sha256"], 1, "{j}");
+    assert_eq!(j["unverified"], serde_json::json!(["up/two.bin"]), "{j}");
+}
