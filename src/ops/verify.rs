@@ -1,9 +1,12 @@
 //! `verify`: proof that a local copy matches its bucket, without downloading anything.
 //!
 //! The bucket listing streams past (the same hostile-key-proof listing as `migrate`); each
-//! object's local file is checked for presence and size, then hashed in parallel and
-//! compared with the object's ETag (MD5, or the multipart ETag recomputed for the likely
-//! part sizes). Afterwards the local tree is walked for files the bucket does not have.
+//! object's local file is checked for presence and size, then hashed in parallel against
+//! the strongest proof at hand: the S3 checksum `migrate` recorded with the file (while the
+//! bucket holds the same ETag), else the ETag (MD5, or the multipart ETag with the recorded
+//! part size, else the likely ones). A file its ETag does not prove gets one HEAD before
+//! any verdict: a checksum, an SSE-KMS/SSE-C ETag (unverifiable, never "differs") or part
+//! 1's size decide. Afterwards the local tree is walked for files the bucket does not have.
 //! Anything that cannot be checked is reported as unverifiable, never as identical.
 
 use std::collections::HashSet;
