@@ -11,6 +11,9 @@ use std::io::Read;
 
 use md5::{Digest, Md5};
 
+use crate::checksum::{Checksum, ChecksumHasher, Proof};
+use crate::s3::ObjectHeaders;
+
 /// A parsed ETag.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ETag {
@@ -180,6 +183,10 @@ pub struct ContentHasher {
     whole: Option<Md5>,
     parts: Vec<PartHasher>,
     seen: u64,
+    /// Set when a full-object checksum is the proof instead of the ETag.
+    checksum: Option<(Checksum, ChecksumHasher)>,
+    /// Set when the response headers say the ETag is no MD5 and no checksum came.
+    opaque_reason: Option<String>,
 }
 
 impl std::fmt::Debug for ContentHasher {
@@ -215,7 +222,70 @@ impl ContentHasher {
             whole,
             parts,
             seen: 0,
+            checksum: None,
+            opaque_reason: None,
         }
+    }
+
+    /// A hasher for the strongest proof the object's ETag and response `headers` allow:
+    /// a SHA-256 or SHA-1 checksum, then a content-MD5 ETag, then a CRC checksum, then a
+    /// multipart ETag. An ETag the headers call opaque (SSE-KMS, SSE-C) is never compared.
+    /// A CRC ranks above a multipart ETag because it needs no part size (no guess, no
+    /// extra request) and S3 checked it on receipt; only one proof is hashed per body, so
+    /// a large object costs one pass of one hash.
+    pub fn for_object(
+        etag: Option<&str>,
+        size: u64,
+        headers: Option<&ObjectHeaders>,
+    ) -> ContentHasher {
+        let Some(h) = headers else {
+            return ContentHasher::new(etag, size);
+        };
+        let opaque = h.opaque_etag_reason();
+        let parsed = etag.map(ETag::parse);
+        let checksum = h.best_checksum().cloned();
+        let use_checksum = match (&checksum, &parsed, &opaque) {
+            (None, _, _) => false,
+            (Some(c), _, _) if c.algorithm.is_cryptographic() => true,
+            (Some(_), Some(ETag::Md5(_)), None) => false,
+            (Some(_), _, _) => true,
+        };
+        if use_checksum {
+            let c = checksum.expect("checked above");
+            let hasher = ChecksumHasher::new(c.algorithm);
+            let mut me = ContentHasher::new(None, size);
+            me.checksum = Some((c, hasher));
+            return me;
+        }
+        let mut me = ContentHasher::new(etag, size);
+        if let Some(reason) = opaque {
+            let composite = if h.composite_checksum {
+                " and its checksum is COMPOSITE (a checksum of part checksums, not checked)"
+            } else {
+                " and the server sent no full-object checksum"
+            };
+            me = ContentHasher::new(None, size);
+            me.opaque_reason = Some(format!("{reason}{composite}"));
+        }
+        me
+    }
+
+    /// The proof a match of this hasher's verdict gives (`part_size` from the verdict).
+    pub fn proof(&self, part_size: Option<u64>) -> Proof {
+        if let Some((c, _)) = &self.checksum {
+            return c.proof();
+        }
+        match (&self.etag, part_size) {
+            _ if self.opaque_reason.is_some() => Proof::SizeOnly,
+            (ETag::Md5(_), _) => Proof::Md5,
+            (ETag::Multipart { .. }, Some(_)) => Proof::MultipartMd5,
+            _ => Proof::SizeOnly,
+        }
+    }
+
+    /// The checksum this hasher checks, if it checks one.
+    pub fn checksum(&self) -> Option<&Checksum> {
+        self.checksum.as_ref().map(|(c, _)| c)
     }
 
     /// Feeds the next bytes of the body.
@@ -226,6 +296,9 @@ impl ContentHasher {
         }
         for p in &mut self.parts {
             p.update(data);
+        }
+        if let Some((_, h)) = &mut self.checksum {
+            h.update(data);
         }
     }
 
@@ -242,6 +315,21 @@ impl ContentHasher {
                 expected: format!("{} bytes", self.size),
                 actual: format!("{} bytes", self.seen),
             });
+        }
+        if let Some((want, h)) = self.checksum {
+            let got = h.finish();
+            let name = want.algorithm.name();
+            return Some(if got == want.value {
+                Verdict::Match { part_size: None }
+            } else {
+                Verdict::Mismatch {
+                    expected: format!("{name} {}", want.value),
+                    actual: format!("{name} {got}"),
+                }
+            });
+        }
+        if let Some(reason) = self.opaque_reason {
+            return Some(Verdict::Unverifiable { reason });
         }
         match self.etag {
             ETag::Md5(want) => {
@@ -323,6 +411,25 @@ fn size_mismatch(size: u64, seen: u64) -> Verdict {
     }
 }
 
+/// Checks everything `r` yields (`size` bytes expected) against an S3 full-object
+/// checksum.
+pub fn check_checksum(checksum: &Checksum, size: u64, r: impl Read) -> std::io::Result<Verdict> {
+    let mut h = ChecksumHasher::new(checksum.algorithm);
+    let seen = read_through(r, |b| h.update(b))?;
+    if seen != size {
+        return Ok(size_mismatch(size, seen));
+    }
+    let (name, got) = (checksum.algorithm.name(), h.finish());
+    Ok(if got == checksum.value {
+        Verdict::Match { part_size: None }
+    } else {
+        Verdict::Mismatch {
+            expected: format!("{name} {}", checksum.value),
+            actual: format!("{name} {got}"),
+        }
+    })
+}
+
 /// Checks content read from `open()` (called once per pass) against `etag`, trying every
 /// candidate part size for a multipart ETag. `open` must yield the same bytes each time.
 pub fn check_reader<R: Read>(
@@ -368,6 +475,30 @@ pub fn check_open_file(
     etag: Option<&str>,
 ) -> std::io::Result<Verdict> {
     check_reader(etag, size, || Ok(ReadAt { file, pos: 0 }))
+}
+
+/// Checks the open `file` with the strongest proof the object's `etag` and response
+/// `headers` allow (see [`ContentHasher::for_object`]); returns the verdict and, for a
+/// match, the proof it rests on ([`Proof::SizeOnly`] otherwise).
+pub fn check_open_file_for_object(
+    file: &std::fs::File,
+    size: u64,
+    etag: Option<&str>,
+    headers: Option<&ObjectHeaders>,
+) -> std::io::Result<(Verdict, Proof)> {
+    let mut h = ContentHasher::for_object(etag, size, headers);
+    let (whole, part) = (h.proof(None), h.proof(Some(0)));
+    read_through(ReadAt { file, pos: 0 }, |b| h.update(b))?;
+    let v = match h.finish() {
+        Some(v) => v,
+        None => check_reader(etag, size, || Ok(ReadAt { file, pos: 0 }))?,
+    };
+    let proof = match &v {
+        Verdict::Match { part_size: Some(_) } => part,
+        Verdict::Match { part_size: None } => whole,
+        _ => Proof::SizeOnly,
+    };
+    Ok((v, proof))
 }
 
 /// Sequential reads of a file through `pread`.

@@ -72,6 +72,7 @@ compile_error!(
     "stowage supports Linux only: its local store relies on openat, renameat2, xattrs and syncfs"
 );
 
+pub mod checksum;
 pub mod config;
 mod error;
 pub mod etag;

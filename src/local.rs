@@ -34,6 +34,15 @@ pub const CONTENT_TYPE_XATTR: &str = "user.mime_type";
 /// Extended attribute holding the part size that reproduced a multipart ETag, so `verify`
 /// can tell a changed file from an unusual part size.
 pub const PART_SIZE_XATTR: &str = "user.stowage.part_size";
+/// The extended attribute holding the S3 full-object checksum `migrate` checked the file
+/// against, as `<alg>:<base64>` (see [`crate::checksum::Checksum::to_record`]).
+pub const CHECKSUM_XATTR: &str = "user.stowage.checksum";
+/// The extended attribute holding the ETag of the object the file was copied from, so a
+/// recorded proof is only used while the bucket still holds that very object.
+pub const ETAG_XATTR: &str = "user.stowage.etag";
+/// The extended attribute naming how `migrate` proved the file (`md5`, `sha256`, ...,
+/// `size_only` when nothing could be checked).
+pub const PROOF_XATTR: &str = "user.stowage.proof";
 
 /// True for names stowage creates for itself (temp files, lock file); such names are never
 /// valid keys, never listed and never cleaned up as data.
@@ -198,6 +207,21 @@ pub fn read_part_size(file: &File) -> Option<u64> {
     read_xattr(file, PART_SIZE_XATTR)?.parse().ok()
 }
 
+/// Reads the S3 checksum `migrate` recorded with a file, if any.
+pub fn read_checksum(file: &File) -> Option<crate::checksum::Checksum> {
+    crate::checksum::Checksum::from_record(&read_xattr(file, CHECKSUM_XATTR)?)
+}
+
+/// Reads how `migrate` proved a file (see [`PROOF_XATTR`]), if recorded.
+pub fn read_proof(file: &File) -> Option<String> {
+    read_xattr(file, PROOF_XATTR)
+}
+
+/// Reads the ETag of the object a file was copied from, if recorded.
+pub fn read_etag(file: &File) -> Option<String> {
+    read_xattr(file, ETAG_XATTR)
+}
+
 fn read_xattr(file: &File, name: &str) -> Option<String> {
     let mut buf = [0u8; 256];
     let n = rfs::fgetxattr(file, name, &mut buf).ok()?;
@@ -348,6 +372,21 @@ impl AtomicFile {
     /// Records the part size that reproduced the object's multipart ETag.
     pub fn set_part_size(&mut self, part_size: u64) -> io::Result<()> {
         self.set_xattr(PART_SIZE_XATTR, &part_size.to_string())
+    }
+
+    /// Records the S3 checksum the content was checked against.
+    pub fn set_checksum(&mut self, checksum: &crate::checksum::Checksum) -> io::Result<()> {
+        self.set_xattr(CHECKSUM_XATTR, &checksum.to_record())
+    }
+
+    /// Records how the content was proven.
+    pub fn set_proof(&mut self, proof: crate::checksum::Proof) -> io::Result<()> {
+        self.set_xattr(PROOF_XATTR, proof.name())
+    }
+
+    /// Records the ETag of the object the content came from.
+    pub fn set_etag(&mut self, etag: &str) -> io::Result<()> {
+        self.set_xattr(ETAG_XATTR, etag)
     }
 
     fn set_xattr(&mut self, name: &str, value: &str) -> io::Result<()> {

@@ -11,7 +11,9 @@
 //!    create must fit in the destination's free space minus `min_free` (and the store
 //!    under `max_used`) before the first byte is written.
 //! 3. **Copy**: up to `concurrency` objects at once, each streamed into an [`AtomicFile`]
-//!    while hashed, checked against its size and ETag, given the object's mtime and
+//!    while hashed, checked against its size and its strongest proof (an S3 checksum, the
+//!    ETag unless SSE-KMS/SSE-C headers make it opaque, the part size S3 states for a
+//!    multipart ETag no guess reproduces), given the object's mtime and
 //!    Content-Type, fsynced and renamed into place — never over a file the plan did not
 //!    see there (the service writes the same store while we run): a free name must still
 //!    be free, a file to replace must still be that very file; otherwise the key is a
@@ -35,12 +37,14 @@ use futures::stream::{self, BoxStream, StreamExt};
 use object_store::{GetOptions, GetRange};
 use tokio_util::sync::CancellationToken;
 
+use crate::checksum::{Proof, ProofCounts};
 use crate::error::{Error, Result};
 use crate::etag::{self, ContentHasher, Verdict};
 use crate::key::Key;
 use crate::local::{self, AtomicFile, Expect, PlaceError, StoreLock};
 use crate::report::Reporter;
 use crate::s3::list::ListedObject;
+use crate::s3::ObjectHeaders;
 use crate::size::{human_bytes, SizeSpec};
 use crate::store::{BlobStore, ObjectBackend};
 use crate::walk::{EntryKind, WalkOptions, Walker};
@@ -78,6 +82,11 @@ pub struct MigrateOptions {
     pub max_used: Option<SizeSpec>,
     /// Plan and report only; write nothing.
     pub dry_run: bool,
+    /// s3-to-local: a local file of the object's size is present only if its content is
+    /// proven the object's (recorded checksum, or its hash against the ETag), whatever its
+    /// mtime; a file that differs is fetched again (rclone's `--checksum`). Reads every
+    /// present file, so a rerun costs a pass over the data.
+    pub checksum: bool,
     /// Cancelled on Ctrl-C / SIGTERM: the run stops, removes its temp files and reports.
     pub cancel: CancellationToken,
 }
@@ -90,6 +99,7 @@ impl Default for MigrateOptions {
             min_free: SizeSpec::Percent(5.0),
             max_used: None,
             dry_run: false,
+            checksum: false,
             cancel: CancellationToken::new(),
         }
     }
@@ -131,6 +141,9 @@ pub struct MigrateSummary {
     pub conflicts: Vec<KeyReason>,
     /// Objects copied whose content could not be checked against their ETag, and why.
     pub unverified: Vec<KeyReason>,
+    /// How the objects copied in this run were proven (`size_only`: listed in
+    /// `unverified`).
+    pub proofs: ProofCounts,
     /// Dry run: the keys that would be copied, each with its size.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub would_copy: Vec<KeyReason>,
@@ -174,6 +187,7 @@ enum Outcome {
     Copied {
         bytes: u64,
         unverified: Option<String>,
+        proof: Proof,
     },
     Failed(String),
     Rejected(String),
@@ -239,7 +253,7 @@ pub async fn s3_to_local(
             let page: Vec<ListedObject> = page.into_iter().collect::<Result<_>>()?;
             reporter.items_found(page.len() as u64);
             summary.listed += page.len() as u64;
-            let classes = classify_page(dest, page, &mut clashes).await;
+            let classes = classify_page(dest, page, &mut clashes, opts.checksum).await;
             for c in classes {
                 match c {
                     // Listed once, in the summary (not also as a note).
@@ -313,6 +327,7 @@ pub async fn s3_to_local(
         Some(v) => stream::iter(v.into_iter().map(Ok)).boxed(),
         None => {
             let root = dest.to_path_buf();
+            let by_content = opts.checksum;
             let pages = source_listing(src, backend, &opts.prefix).ready_chunks(1000);
             stream::unfold(
                 (pages, ClashGuard::default()),
@@ -325,7 +340,7 @@ pub async fn s3_to_local(
                             Ok(p) => p,
                             Err(e) => return Some((vec![Err(e)], (pages, clashes))),
                         };
-                        let copies = classify_page(&root, page, &mut clashes)
+                        let copies = classify_page(&root, page, &mut clashes, by_content)
                             .await
                             .into_iter()
                             .filter_map(|c| match c {
@@ -347,6 +362,16 @@ pub async fn s3_to_local(
         root: dest.to_path_buf(),
         stop: stop.clone(),
         streams: tokio::sync::Semaphore::new(opts.concurrency.clamp(1, MAX_STREAMS)),
+        http: reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .read_timeout(Duration::from_secs(60))
+            .build()
+            .map_err(|e| {
+                Error::config(
+                    "S3 configuration",
+                    format!("cannot build the HTTP client: {e}"),
+                )
+            })?,
     });
     // No new copies once stopped; the loop below drains the ones in flight, so the
     // summary counts exactly the files that were put in place.
@@ -368,9 +393,14 @@ pub async fn s3_to_local(
     while let Some((key, outcome)) = running.next().await {
         match outcome {
             Outcome::Cancelled => {}
-            Outcome::Copied { bytes, unverified } => {
+            Outcome::Copied {
+                bytes,
+                unverified,
+                proof,
+            } => {
                 summary.copied += 1;
                 summary.bytes_copied += bytes;
+                summary.proofs.add(proof);
                 if let Some(reason) = unverified {
                     reporter.note(&format!("unverified {key:?}: {reason}"));
                     summary.unverified.push(KeyReason {
@@ -489,6 +519,8 @@ struct CopyCtx {
     stop: CancellationToken,
     /// Permits for objects bigger than one write buffer ([`MAX_STREAMS`]).
     streams: tokio::sync::Semaphore,
+    /// For the requests object_store cannot make (`HEAD ?partNumber=1`).
+    http: reqwest::Client,
 }
 
 /// Finds keys that need a directory where an earlier key is a file (`x` then `x/y`).
@@ -526,6 +558,7 @@ async fn classify_page(
     root: &Path,
     page: Vec<ListedObject>,
     clashes: &mut ClashGuard,
+    by_content: bool,
 ) -> Vec<Class> {
     let mut out: Vec<Option<Class>> = Vec::with_capacity(page.len());
     let mut rest = Vec::new();
@@ -543,7 +576,7 @@ async fn classify_page(
     let root = root.to_path_buf();
     let mut classified = tokio::task::spawn_blocking(move || {
         rest.into_iter()
-            .map(|o| classify(&root, o))
+            .map(|o| classify(&root, o, by_content))
             .collect::<Vec<_>>()
     })
     .await
@@ -554,7 +587,7 @@ async fn classify_page(
         .collect()
 }
 
-fn classify(root: &Path, o: ListedObject) -> Class {
+fn classify(root: &Path, o: ListedObject, by_content: bool) -> Class {
     let key = match Placement::of(&o) {
         Placement::Folder(dir) => return Class::Folder(dir),
         Placement::Unsafe { reason, .. } => {
@@ -566,6 +599,18 @@ fn classify(root: &Path, o: ListedObject) -> Class {
         Placement::File(k) => k,
     };
     let expect = match local::stat_file_id(root, &key) {
+        Ok(Some(id)) if by_content && id.size == o.size => match same_content(root, &key, &o) {
+            Some(true) => return Class::Present,
+            // Unprovable either way (an SSE-KMS ETag and no checksum): size and mtime decide.
+            None if same_time(id.mtime, o.last_modified) => return Class::Present,
+            _ if newer(id.mtime, o.last_modified) => {
+                return Class::Conflict(KeyReason {
+                    key: o.key,
+                    reason: "the local file is newer than the bucket's version (written locally since); left as it is".into(),
+                })
+            }
+            _ => Expect::File(id),
+        },
         Ok(Some(id)) if id.size == o.size && same_time(id.mtime, o.last_modified) => {
             return Class::Present
         }
@@ -585,6 +630,38 @@ fn classify(root: &Path, o: ListedObject) -> Class {
         raw: o,
         expect,
     })
+}
+
+/// `--checksum`: whether the local file holds the listed object's content: by the checksum
+/// recorded when it was copied (while it was copied from this very ETag), else by hashing
+/// it against the ETag (with the recorded part size, if any). `None` when neither can tell
+/// (an opaque ETag and nothing recorded, an unreadable file).
+fn same_content(root: &Path, key: &Key, o: &ListedObject) -> Option<bool> {
+    let file = local::open_beneath(root, key).ok()?;
+    let recorded_etag = local::read_etag(&file);
+    // Servers that list no ETags (s3s-fs): the recorded one stands in for it.
+    let etag = o.etag.clone().or_else(|| recorded_etag.clone());
+    let same_object = recorded_etag.is_some() && recorded_etag == etag;
+    if same_object && local::read_proof(&file).as_deref() == Some(Proof::SizeOnly.name()) {
+        // Copied unverified (an SSE-KMS ETag, no checksum): hashing cannot tell.
+        return None;
+    }
+    let verdict = match local::read_checksum(&file) {
+        Some(c) if same_object => etag::check_checksum(&c, o.size, &file),
+        _ => {
+            let hint = local::read_part_size(&file);
+            let mut first = Some(file);
+            etag::check_reader_hinted(etag.as_deref(), o.size, hint, || match first.take() {
+                Some(f) => Ok(f),
+                None => local::open_beneath(root, key),
+            })
+        }
+    };
+    match verdict.ok()? {
+        Verdict::Match { .. } => Some(true),
+        Verdict::Mismatch { .. } => Some(false),
+        Verdict::Unverifiable { .. } => None,
+    }
 }
 
 /// True when a local mtime is later than LastModified (compared to the millisecond, as
@@ -752,6 +829,9 @@ async fn copy_one(ctx: &CopyCtx, p: Planned, reporter: &dyn Reporter) -> Outcome
     // Some servers list without ETags (s3s-fs); the first GET then supplies it.
     let mut etag = p.raw.etag.clone();
     let mut hasher = ContentHasher::new(etag.as_deref(), size);
+    // What the first full GET said about encryption and checksums (never taken from a
+    // ranged GET: a part-aligned range would bring that part's checksum).
+    let mut headers: Option<ObjectHeaders> = None;
     let mut content_type: Option<String> = None;
     // Body chunks as received (no copy); written out once WRITE_BUFFER bytes are held.
     let mut buf = Chunks::default();
@@ -778,11 +858,14 @@ async fn copy_one(ctx: &CopyCtx, p: Planned, reporter: &dyn Reporter) -> Outcome
         let offset = hasher.bytes() + buf.len;
         if offset < size || size == 0 {
             let mut body = match open_get(backend, &path, &p, etag.as_deref(), offset).await {
-                Ok((body, ct, got_etag)) => {
+                Ok((body, ct, got_etag, got_headers)) => {
                     content_type = content_type.or(ct);
-                    if etag.is_none() && offset == 0 && got_etag.is_some() {
-                        etag = got_etag;
-                        hasher = ContentHasher::new(etag.as_deref(), size);
+                    if offset == 0 {
+                        if etag.is_none() {
+                            etag = got_etag;
+                        }
+                        headers = got_headers.or(headers);
+                        hasher = ContentHasher::for_object(etag.as_deref(), size, headers.as_ref());
                     }
                     body
                 }
@@ -847,43 +930,48 @@ async fn copy_one(ctx: &CopyCtx, p: Planned, reporter: &dyn Reporter) -> Outcome
                     None => AtomicFile::create(&root, &key)?,
                 };
                 rest.write_to(&mut file, &mut hasher)?;
-                let verdict = match hasher.finish() {
-                    Some(v) => v,
-                    None => etag::check_reader(etag2.as_deref(), size, || file.reopen_read())?,
+                let checked = Checked {
+                    whole_proof: hasher.proof(None),
+                    part_proof: hasher.proof(Some(0)),
+                    checksum: hasher.checksum().cloned(),
+                    etag: etag2,
+                    last_modified: lm,
+                    content_type: ct,
+                    expect,
                 };
-                let (part_size, unverified) = match verdict {
-                    Verdict::Match { part_size } => (part_size, None),
-                    Verdict::Unverifiable { reason } => (None, Some(reason)),
-                    Verdict::Mismatch { expected, actual } => {
-                        // Corrupt or overlong body: start again from an empty file.
-                        file.truncate()?;
-                        return Ok(Finished::Mismatch {
-                            file,
-                            expected,
-                            actual,
-                        });
-                    }
-                };
-                file.set_modified(SystemTime::from(lm))?;
-                if let Some(ct) = ct {
-                    file.set_content_type(&ct)?;
+                match hasher.finish() {
+                    Some(v) => commit_checked(file, v, checked),
+                    None => Ok(Finished::NeedsPartSize { file, checked }),
                 }
-                if let Some(p) = part_size {
-                    file.set_part_size(p)?;
-                }
-                // The data is fsynced before the rename; the renames of the whole run are
-                // made durable by one syncfs before the summary is returned.
-                // Never over a file the plan did not see there.
-                file.commit_unsynced_dir_expecting(expect)?;
-                Ok(Finished::Committed { unverified })
             })
             .await
             .expect("verify and commit do not panic");
+        // A multipart ETag no streamed part size reproduced: ask S3 for the part size
+        // (one HEAD) before re-reading the file for every likely one.
+        let finished = match finished {
+            Ok(Finished::NeedsPartSize { file, checked }) => {
+                let exact = exact_part_size(ctx, backend, &path, etag.as_deref(), size).await;
+                tokio::task::spawn_blocking(move || {
+                    let etag = checked.etag.as_deref();
+                    let verdict = match exact {
+                        Some(p) => {
+                            etag::check_reader_hinted(etag, size, Some(p), || file.reopen_read())?
+                        }
+                        None => etag::check_reader(etag, size, || file.reopen_read())?,
+                    };
+                    commit_checked(file, verdict, checked)
+                })
+                .await
+                .expect("verify and commit do not panic")
+            }
+            other => other,
+        };
         hasher = ContentHasher::new(etag.as_deref(), size);
         return match finished {
-            Ok(Finished::Committed { unverified }) => Outcome::Copied {
+            Ok(Finished::Committed { unverified, proof }) => Outcome::Copied {
                 bytes: size,
                 unverified,
+                proof,
             },
             Ok(Finished::Mismatch {
                 file: f,
@@ -895,15 +983,102 @@ async fn copy_one(ctx: &CopyCtx, p: Planned, reporter: &dyn Reporter) -> Outcome
                 file = Some(f);
                 continue;
             }
+            Ok(Finished::NeedsPartSize { .. }) => unreachable!("resolved above"),
             Err(e) => place_outcome(&ctx.root, &p.key, e),
         };
     }
 }
 
+/// What a body's check decided, and what to record with the file.
+struct Checked {
+    whole_proof: Proof,
+    part_proof: Proof,
+    checksum: Option<crate::checksum::Checksum>,
+    etag: Option<String>,
+    last_modified: DateTime<Utc>,
+    content_type: Option<String>,
+    expect: Expect,
+}
+
+/// Places a checked temp file (or truncates it for a refetch on a mismatch), recording
+/// its mtime, Content-Type and proof.
+fn commit_checked(
+    mut file: AtomicFile,
+    verdict: Verdict,
+    c: Checked,
+) -> std::result::Result<Finished, PlaceError> {
+    let (part_size, unverified) = match verdict {
+        Verdict::Match { part_size } => (part_size, None),
+        Verdict::Unverifiable { reason } => (None, Some(reason)),
+        Verdict::Mismatch { expected, actual } => {
+            // Corrupt or overlong body: start again from an empty file.
+            file.truncate()?;
+            return Ok(Finished::Mismatch {
+                file,
+                expected,
+                actual,
+            });
+        }
+    };
+    file.set_modified(SystemTime::from(c.last_modified))?;
+    if let Some(ct) = &c.content_type {
+        file.set_content_type(ct)?;
+    }
+    if let Some(p) = part_size {
+        file.set_part_size(p)?;
+    }
+    let proof = match (&unverified, part_size) {
+        (Some(_), _) => Proof::SizeOnly,
+        (None, Some(_)) => c.part_proof,
+        (None, None) => c.whole_proof,
+    };
+    if let (None, Some(sum)) = (&unverified, &c.checksum) {
+        file.set_checksum(sum)?;
+    }
+    if let Some(e) = &c.etag {
+        file.set_etag(e)?;
+    }
+    file.set_proof(proof)?;
+    // The data is fsynced before the rename; the renames of the whole run are made
+    // durable by one syncfs before the summary is returned. Never over a file the plan
+    // did not see there.
+    file.commit_unsynced_dir_expecting(c.expect)?;
+    Ok(Finished::Committed { unverified, proof })
+}
+
+/// The part size of a multipart object as S3 states it (`HEAD ?partNumber=1`), when its
+/// answer is consistent with the ETag's part count and the object's size. Asked only once
+/// the part sizes hashed in the stream failed: one request against re-reading the whole
+/// file once per four guesses (up to 16 passes), while asking up front would cost a
+/// request for every multipart object, most of which the 8 MiB or 5 MiB guess proves.
+async fn exact_part_size(
+    ctx: &CopyCtx,
+    backend: &ObjectBackend,
+    path: &object_store::path::Path,
+    etag: Option<&str>,
+    size: u64,
+) -> Option<u64> {
+    let Some(etag::ETag::Multipart { parts, .. }) = etag.map(etag::ETag::parse) else {
+        return None;
+    };
+    let s3 = backend.s3.as_ref()?;
+    let h = crate::s3::integrity::head_part(s3.signer.as_ref(), &ctx.http, path, 1)
+        .await
+        .ok()?;
+    let (p, n) = (h.content_length?, u64::from(parts));
+    // Some S3-compatible servers answer partNumber with the whole object: such an answer
+    // is ignored, and the likely part sizes are tried instead.
+    let fits = p > 0 && (n - 1) * p < size && size <= n * p;
+    (h.parts_count == Some(parts) && fits).then_some(p)
+}
+
 /// How the last step of a copy ended.
 enum Finished {
+    /// A multipart ETag the streamed part sizes did not reproduce.
+    NeedsPartSize { file: AtomicFile, checked: Checked },
     Committed {
         unverified: Option<String>,
+        proof: Proof,
     },
     Mismatch {
         file: AtomicFile,
@@ -939,11 +1114,12 @@ impl Chunks {
     }
 }
 
-/// A GET body with the object's Content-Type and ETag.
+/// A GET body with the object's Content-Type, ETag and integrity headers.
 type Opened = (
     BoxStream<'static, object_store::Result<Bytes>>,
     Option<String>,
     Option<String>,
+    Option<ObjectHeaders>,
 );
 
 /// Opens a GET of the object from `offset`, pinned to `etag` when known.
@@ -985,7 +1161,8 @@ async fn open_get(
         .get(&object_store::Attribute::ContentType)
         .map(|v| v.as_ref().to_owned());
     let etag = res.meta.e_tag.clone();
-    Ok((res.into_stream(), ct, etag))
+    let headers = res.extensions.get::<ObjectHeaders>().cloned();
+    Ok((res.into_stream(), ct, etag, headers))
 }
 
 /// Hashes and writes the held chunks to the temp file (created first if need be).
@@ -1122,9 +1299,14 @@ pub async fn local_to_s3(
                     reason: format!("{size} bytes"),
                 });
             }
-            UploadOutcome::Done(Outcome::Copied { bytes, unverified }) => {
+            UploadOutcome::Done(Outcome::Copied {
+                bytes,
+                unverified,
+                proof,
+            }) => {
                 summary.copied += 1;
                 summary.bytes_copied += bytes;
+                summary.proofs.add(proof);
                 summary.bytes_planned += bytes;
                 if let Some(reason) = unverified {
                     summary.unverified.push(KeyReason {
@@ -1179,6 +1361,29 @@ struct LocalFile {
     entry: crate::walk::Entry,
     path: PathBuf,
     size: u64,
+}
+
+/// Size, ETag and integrity headers of a stored object (one HEAD with checksum mode).
+async fn head_object(
+    dst: &BlobStore,
+    key: &Key,
+) -> Result<(u64, Option<String>, Option<ObjectHeaders>)> {
+    if let Some(b) = dst.object_backend() {
+        let path = b.path(key)?;
+        let opts = GetOptions {
+            head: true,
+            ..Default::default()
+        };
+        let r = b
+            .store
+            .get_opts(&path, opts)
+            .await
+            .map_err(|e| Error::backend(&b.name, &e))?;
+        let headers = r.extensions.get::<ObjectHeaders>().cloned();
+        return Ok((r.meta.size, r.meta.e_tag, headers));
+    }
+    let m = dst.head(key).await?;
+    Ok((m.size, m.etag, None))
 }
 
 /// Runs `f` on the blocking pool with a shared handle to `file`.
@@ -1262,8 +1467,9 @@ async fn upload_one(
         );
     }
     reporter.bytes_done(f.size);
-    // Check what landed against what we sent.
-    let meta = match dst.head(&key).await {
+    // Check what landed against what we sent: the checksum S3 stored (and verified on
+    // receipt) when it sends one, else the ETag.
+    let (stored_size, etag, headers) = match head_object(dst, &key).await {
         Ok(m) => m,
         Err(e) => {
             return (
@@ -1272,30 +1478,32 @@ async fn upload_one(
             )
         }
     };
-    if meta.size != f.size {
+    if stored_size != f.size {
         return (
             name,
             failed(format!(
-                "uploaded {} bytes but the bucket holds {}",
-                f.size, meta.size
+                "uploaded {} bytes but the bucket holds {stored_size}",
+                f.size
             )),
         );
     }
-    let (size, etag) = (f.size, meta.etag.clone());
+    let size = f.size;
     let verdict = with_file(&file, move |fh| {
-        etag::check_open_file(fh, size, etag.as_deref())
+        etag::check_open_file_for_object(fh, size, etag.as_deref(), headers.as_ref())
     })
     .await;
     let outcome = match verdict {
-        Ok(Verdict::Match { .. }) => Outcome::Copied {
+        Ok((Verdict::Match { .. }, proof)) => Outcome::Copied {
             bytes: f.size,
             unverified: None,
+            proof,
         },
-        Ok(Verdict::Unverifiable { reason }) => Outcome::Copied {
+        Ok((Verdict::Unverifiable { reason }, _)) => Outcome::Copied {
             bytes: f.size,
             unverified: Some(reason),
+            proof: Proof::SizeOnly,
         },
-        Ok(Verdict::Mismatch { expected, actual }) => Outcome::Failed(format!(
+        Ok((Verdict::Mismatch { expected, actual }, _)) => Outcome::Failed(format!(
             "uploaded object does not match the file: ETag {expected}, file {actual}"
         )),
         Err(e) => Outcome::Failed(format!("{}: {e}", f.path.display())),

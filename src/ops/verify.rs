@@ -1,9 +1,12 @@
 //! `verify`: proof that a local copy matches its bucket, without downloading anything.
 //!
 //! The bucket listing streams past (the same hostile-key-proof listing as `migrate`); each
-//! object's local file is checked for presence and size, then hashed in parallel and
-//! compared with the object's ETag (MD5, or the multipart ETag recomputed for the likely
-//! part sizes). Afterwards the local tree is walked for files the bucket does not have.
+//! object's local file is checked for presence and size, then hashed in parallel against
+//! the strongest proof at hand: the S3 checksum `migrate` recorded with the file (while the
+//! bucket holds the same ETag), else the ETag (MD5, or the multipart ETag with the recorded
+//! part size, else the likely ones). A file its ETag does not prove gets one HEAD before
+//! any verdict: a checksum, an SSE-KMS/SSE-C ETag (unverifiable, never "differs") or part
+//! 1's size decide. Afterwards the local tree is walked for files the bucket does not have.
 //! Anything that cannot be checked is reported as unverifiable, never as identical.
 
 use std::collections::HashSet;
@@ -15,14 +18,15 @@ use futures::stream::{self, StreamExt};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use crate::checksum::{Checksum, Proof, ProofCounts};
 use crate::error::{Error, Result};
-use crate::etag::{self, Verdict};
+use crate::etag::{self, ETag, Verdict};
 use crate::key::Key;
 use crate::local;
 use crate::ops::{source_listing, KeyReason, Placement};
 use crate::report::Reporter;
-use crate::s3::ListedObject;
-use crate::store::BlobStore;
+use crate::s3::{ListedObject, ObjectHeaders};
+use crate::store::{BlobStore, ObjectBackend};
 use crate::walk::{EntryKind, WalkOptions, Walker};
 
 /// Options of a verification.
@@ -61,6 +65,8 @@ pub struct VerifySummary {
     pub listed: u64,
     /// Objects whose local copy has the same size and content.
     pub identical: u64,
+    /// How the identical files were proven (folder markers not counted).
+    pub proofs: ProofCounts,
     /// Bytes read from local files to hash them.
     pub bytes_hashed: u64,
     /// In the bucket, not on disk.
@@ -95,7 +101,7 @@ impl VerifySummary {
 }
 
 enum Finding {
-    Identical(u64),
+    Identical(u64, Option<Proof>),
     Missing(String),
     SizeDiffers(KeyReason),
     ContentDiffers(KeyReason, u64),
@@ -147,6 +153,17 @@ pub async fn s3_to_local(
     let listed_keys = Arc::new(std::sync::Mutex::new(HashSet::<Box<str>>::new()));
     let hashing = Arc::new(Semaphore::new(opts.hash_concurrency.max(1)));
     let root = dest.to_path_buf();
+    // For the requests object_store cannot make (`HEAD ?partNumber=1`).
+    let http = reqwest::Client::builder()
+        .connect_timeout(std::time::Duration::from_secs(10))
+        .read_timeout(std::time::Duration::from_secs(60))
+        .build()
+        .map_err(|e| {
+            Error::config(
+                "S3 configuration",
+                format!("cannot build the HTTP client: {e}"),
+            )
+        })?;
     let checks = {
         let listed_keys = Arc::clone(&listed_keys);
         source_listing(src, backend, &opts.prefix)
@@ -172,11 +189,16 @@ pub async fn s3_to_local(
     let mut results = checks
         .flat_map(stream::iter)
         .map(|check| {
-            let hashing = Arc::clone(&hashing);
+            let (hashing, http) = (Arc::clone(&hashing), http.clone());
             async move {
                 match check {
                     Check::Done(f) => f,
-                    Check::Hash { key, root, size, etag } => {
+                    Check::Hash {
+                        key,
+                        root,
+                        size,
+                        etag,
+                    } => {
                         // Some servers list without ETags (s3s-fs): ask for it.
                         let etag = match etag {
                             Some(e) => Some(e),
@@ -186,30 +208,19 @@ pub async fn s3_to_local(
                             },
                         };
                         let _permit = hashing.acquire().await.expect("semaphore open");
-                        let k = key.clone();
-                        let checked = tokio::task::spawn_blocking(move || {
-                            // Opened beneath the root without following symlinks, like every local
-                            // read; the first pass reads the handle the hint came from.
-                            let mut first = local::open_beneath(&root, &k).ok();
-                            let hint = first.as_ref().and_then(local::read_part_size);
-                            etag::check_reader_hinted(etag.as_deref(), size, hint, || match first.take() {
-                                Some(f) => Ok(f),
-                                None => local::open_beneath(&root, &k),
-                            })
-                        })
-                        .await
-                        .expect("hashing does not panic");
+                        let finding = check_file(&root, &key, size, etag.clone()).await;
+                        let finding = match finding {
+                            // The ETag may be no MD5 at all: ask the bucket what it is.
+                            Finding::ContentDiffers(..) | Finding::Unverifiable(..)
+                                if !recorded_proof(&finding) =>
+                            {
+                                let e = etag.as_deref();
+                                ask_the_bucket(backend, &http, &root, &key, size, e, finding).await
+                            }
+                            f => f,
+                        };
                         reporter.bytes_done(size);
-                        let kr = |reason: String| KeyReason { key: key.to_string(), reason };
-                        match checked {
-                            Ok(Verdict::Match { .. }) => Finding::Identical(size),
-                            Ok(Verdict::Mismatch { expected, actual }) => Finding::ContentDiffers(
-                                kr(format!("content differs: the bucket's ETag is {expected}, the file hashes to {actual}")),
-                                size,
-                            ),
-                            Ok(Verdict::Unverifiable { reason }) => Finding::Unverifiable(kr(reason), size),
-                            Err(e) => Finding::Unverifiable(kr(format!("cannot read the local file: {e}")), 0),
-                        }
+                        finding
                     }
                 }
             }
@@ -226,9 +237,12 @@ pub async fn s3_to_local(
         summary.listed += 1;
         reporter.item_done("", true);
         match finding {
-            Finding::Identical(n) => {
+            Finding::Identical(n, proof) => {
                 summary.identical += 1;
                 summary.bytes_hashed += n;
+                if let Some(p) = proof {
+                    summary.proofs.add(p);
+                }
             }
             Finding::Missing(key) => summary.missing.push(KeyReason {
                 key,
@@ -269,13 +283,214 @@ pub async fn s3_to_local(
     Ok(summary)
 }
 
+/// The reason prefix of a finding that came from a proof `migrate` recorded (a checksum,
+/// or a part size): no HEAD can make it weaker.
+const RECORDED: &str = "recorded ";
+
+fn recorded_proof(f: &Finding) -> bool {
+    matches!(f, Finding::ContentDiffers(kr, _) if kr.reason.starts_with(RECORDED))
+}
+
+/// Checks one local file with the strongest proof at hand, offline: the checksum
+/// `migrate` recorded (while the bucket holds the object it was recorded from), else the
+/// ETag with the recorded part size, else the ETag with the likely part sizes.
+async fn check_file(root: &Path, key: &Key, size: u64, etag: Option<String>) -> Finding {
+    let (root, k) = (root.to_path_buf(), key.clone());
+    let kr = |reason: String| KeyReason {
+        key: key.to_string(),
+        reason,
+    };
+    let checked = tokio::task::spawn_blocking(move || {
+        // Opened beneath the root without following symlinks, like every local read; the
+        // first pass reads the handle the records came from.
+        let mut first = local::open_beneath(&root, &k).ok();
+        let recorded_etag = first.as_ref().and_then(local::read_etag);
+        let same_object = match (&recorded_etag, &etag) {
+            (Some(r), Some(e)) => r == e,
+            _ => true,
+        };
+        let checksum = first
+            .as_ref()
+            .and_then(local::read_checksum)
+            .filter(|_| same_object);
+        if let Some(c) = checksum {
+            let f = match first.take() {
+                Some(f) => f,
+                None => local::open_beneath(&root, &k)?,
+            };
+            return hash_with(&c, size, f).map(|v| (v, Some(c.proof()), true));
+        }
+        let hint = first.as_ref().and_then(local::read_part_size);
+        let proof = match etag.as_deref().map(ETag::parse) {
+            Some(ETag::Md5(_)) => Some(Proof::Md5),
+            Some(ETag::Multipart { .. }) => Some(Proof::MultipartMd5),
+            _ => None,
+        };
+        etag::check_reader_hinted(etag.as_deref(), size, hint, || match first.take() {
+            Some(f) => Ok(f),
+            None => local::open_beneath(&root, &k),
+        })
+        .map(|v| (v, proof, hint.is_some()))
+    })
+    .await
+    .expect("hashing does not panic");
+    match checked {
+        Ok((Verdict::Match { .. }, proof, _)) => Finding::Identical(size, proof),
+        Ok((Verdict::Mismatch { expected, actual }, _, recorded)) => {
+            let what = if recorded {
+                format!("{RECORDED}proof: the bucket's object has {expected}, the file {actual}")
+            } else {
+                format!(
+                    "content differs: the bucket's ETag is {expected}, the file hashes to {actual}"
+                )
+            };
+            Finding::ContentDiffers(kr(what), size)
+        }
+        Ok((Verdict::Unverifiable { reason }, _, _)) => Finding::Unverifiable(kr(reason), size),
+        Err(e) => Finding::Unverifiable(kr(format!("cannot read the local file: {e}")), 0),
+    }
+}
+
+/// Hashes `file` with `checksum`'s algorithm and compares.
+fn hash_with(checksum: &Checksum, size: u64, file: std::fs::File) -> std::io::Result<Verdict> {
+    etag::check_checksum(checksum, size, file)
+}
+
+/// The integrity headers of a HEAD of `key` (with checksum mode), if the store sends any.
+async fn head_headers(backend: &ObjectBackend, key: &Key) -> Option<ObjectHeaders> {
+    let path = backend.path(key).ok()?;
+    let opts = object_store::GetOptions {
+        head: true,
+        ..Default::default()
+    };
+    let res = backend.store.get_opts(&path, opts).await.ok()?;
+    res.extensions.get::<ObjectHeaders>().cloned()
+}
+
+/// Judges again, with what a HEAD says, a file its ETag did not prove: a checksum, an
+/// ETag that is no MD5, or (multipart) the part size S3 states for part 1.
+async fn ask_the_bucket(
+    backend: &ObjectBackend,
+    http: &reqwest::Client,
+    root: &Path,
+    key: &Key,
+    size: u64,
+    etag: Option<&str>,
+    finding: Finding,
+) -> Finding {
+    let Some(h) = head_headers(backend, key).await else {
+        return finding;
+    };
+    match recheck(root, key, size, etag, &h, finding).await {
+        f @ Finding::Unverifiable(..) => {
+            with_part_size(backend, http, root, key, size, etag, f).await
+        }
+        f => f,
+    }
+}
+
+/// Judges a multipart ETag no likely part size reproduced with the part size S3 states
+/// (`HEAD ?partNumber=1`), for files `migrate` recorded none with.
+async fn with_part_size(
+    backend: &ObjectBackend,
+    http: &reqwest::Client,
+    root: &Path,
+    key: &Key,
+    size: u64,
+    etag: Option<&str>,
+    finding: Finding,
+) -> Finding {
+    let Some(ETag::Multipart { parts, .. }) = etag.map(ETag::parse) else {
+        return finding;
+    };
+    let (Some(s3), Ok(path)) = (backend.s3.as_ref(), backend.path(key)) else {
+        return finding;
+    };
+    let Ok(h) = crate::s3::integrity::head_part(s3.signer.as_ref(), http, &path, 1).await else {
+        return finding;
+    };
+    let (Some(p), n) = (h.content_length, u64::from(parts)) else {
+        return finding;
+    };
+    if h.parts_count != Some(parts) || p == 0 || (n - 1) * p >= size || size > n * p {
+        return finding;
+    }
+    let (root, k, e) = (root.to_path_buf(), key.clone(), etag.map(str::to_owned));
+    let v = tokio::task::spawn_blocking(move || {
+        etag::check_reader_hinted(e.as_deref(), size, Some(p), || {
+            local::open_beneath(&root, &k)
+        })
+    })
+    .await
+    .expect("hashing does not panic");
+    let kr = |reason: String| KeyReason {
+        key: key.to_string(),
+        reason,
+    };
+    match v {
+        Ok(Verdict::Match { .. }) => Finding::Identical(size, Some(Proof::MultipartMd5)),
+        Ok(Verdict::Mismatch { expected, actual }) => Finding::ContentDiffers(
+            kr(format!(
+                "content differs: the bucket's ETag is {expected}, the file hashes to {actual}"
+            )),
+            size,
+        ),
+        _ => finding,
+    }
+}
+
+/// Judges again a file the ETag could not prove, with what a HEAD said: a full-object
+/// checksum is checked; an ETag the headers call opaque (SSE-KMS, SSE-C) makes the
+/// object unverifiable, never "differs".
+async fn recheck(
+    root: &Path,
+    key: &Key,
+    size: u64,
+    etag: Option<&str>,
+    h: &ObjectHeaders,
+    finding: Finding,
+) -> Finding {
+    let kr = |reason: String| KeyReason {
+        key: key.to_string(),
+        reason,
+    };
+    if let Some(c) = h.best_checksum().cloned() {
+        let (root, k) = (root.to_path_buf(), key.clone());
+        let proof = c.proof();
+        let v = tokio::task::spawn_blocking(move || {
+            hash_with(&c, size, local::open_beneath(&root, &k)?)
+        })
+        .await
+        .expect("hashing does not panic");
+        return match v {
+            Ok(Verdict::Match { .. }) => Finding::Identical(size, Some(proof)),
+            Ok(Verdict::Mismatch { expected, actual }) => Finding::ContentDiffers(
+                kr(format!("content differs: the bucket's checksum is {expected}, the file hashes to {actual}")),
+                size,
+            ),
+            Ok(Verdict::Unverifiable { reason }) => Finding::Unverifiable(kr(reason), size),
+            Err(e) => Finding::Unverifiable(kr(format!("cannot read the local file: {e}")), 0),
+        };
+    }
+    match h.opaque_etag_reason() {
+        Some(reason) => Finding::Unverifiable(
+            kr(format!(
+                "{reason} and the bucket sent no full-object checksum (ETag {})",
+                etag.unwrap_or("none")
+            )),
+            size,
+        ),
+        None => finding,
+    }
+}
+
 fn classify(root: &Path, o: ListedObject, keys: &mut HashSet<Box<str>>) -> Check {
     let key = match Placement::of(&o) {
         // A folder marker: identical when its directory exists (a cleanup may have pruned it).
-        Placement::Folder(None) => return Check::Done(Finding::Identical(0)),
+        Placement::Folder(None) => return Check::Done(Finding::Identical(0, None)),
         Placement::Folder(Some(dir)) => {
             return Check::Done(match local::is_dir_beneath(root, &dir) {
-                Ok(true) => Finding::Identical(0),
+                Ok(true) => Finding::Identical(0, None),
                 Ok(false) => Finding::Missing(o.key),
                 Err(e) => Finding::Unverifiable(
                     KeyReason {
@@ -368,7 +583,7 @@ mod tests {
 
     fn finding(root: &Path, key: &str) -> String {
         match classify(root, marker(key), &mut HashSet::new()) {
-            Check::Done(Finding::Identical(_)) => "identical".into(),
+            Check::Done(Finding::Identical(..)) => "identical".into(),
             Check::Done(Finding::Missing(k)) => format!("missing {k}"),
             _ => "other".into(),
         }

@@ -24,6 +24,20 @@ pub(crate) fn client_options(cfg: &S3Config) -> ClientOptions {
         .with_connect_timeout(Duration::from_secs(10))
         .with_read_timeout(Duration::from_secs(60))
         .with_pool_max_idle_per_host(256)
+        .with_default_headers(checksum_mode())
+}
+
+/// `x-amz-checksum-mode: ENABLED` on every request, so GET and HEAD answers carry the
+/// object's additional checksums (S3 ignores the header on other requests). A default
+/// header is added before object_store signs the request, so it is signed as SigV4
+/// requires of every `x-amz-*` header (see [`super::integrity`]).
+fn checksum_mode() -> http::HeaderMap {
+    let mut h = http::HeaderMap::new();
+    h.insert(
+        "x-amz-checksum-mode",
+        http::HeaderValue::from_static("ENABLED"),
+    );
+    h
 }
 
 /// Builds the object_store client.
@@ -32,7 +46,8 @@ pub(crate) fn build(cfg: &S3Config) -> Result<AmazonS3> {
         .with_bucket_name(&cfg.bucket)
         .with_region(&cfg.region)
         .with_client_options(client_options(cfg))
-        .with_checksum_algorithm(Checksum::SHA256);
+        .with_checksum_algorithm(Checksum::SHA256)
+        .with_http_connector(super::integrity::IntegrityConnector);
     if let Some(e) = &cfg.endpoint {
         b = b.with_endpoint(e).with_virtual_hosted_style_request(false);
     }

@@ -6,6 +6,7 @@
 //! builds object_store's S3 client with settings fit for large objects.
 
 mod client;
+pub mod integrity;
 pub mod list;
 
 pub(crate) use client::open;
@@ -17,4 +18,5 @@ pub(crate) use client::open;
 pub fn object_store(cfg: &crate::S3Config) -> crate::Result<object_store::aws::AmazonS3> {
     client::build(cfg)
 }
+pub use integrity::ObjectHeaders;
 pub use list::{ListedObject, RawLister};

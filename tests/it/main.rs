@@ -6,6 +6,7 @@ mod config;
 mod conformance;
 mod disk;
 mod http;
+mod integrity;
 mod local_tree;
 mod migrate;
 mod object_store_suite;

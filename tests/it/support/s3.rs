@@ -298,10 +298,54 @@ impl TestS3 {
 
     /// One SigV4-signed HTTP/1.1 request over a blocking socket; returns status and body.
     fn raw_request(&self, method: &str, path: &str, body: &[u8]) -> Result<(u16, Vec<u8>), String> {
+        self.raw_request_with(method, path, &[], body)
+            .map(|(status, _, body)| (status, body))
+    }
+
+    /// PUTs `body` under `key` with extra request headers (signed along with the rest), e.g.
+    /// `x-amz-checksum-sha256` + `x-amz-sdk-checksum-algorithm` to have the server store an
+    /// additional checksum.
+    pub fn put_raw_with_headers(
+        &self,
+        key: &str,
+        body: &[u8],
+        headers: &[(&str, &str)],
+    ) -> Result<(), String> {
+        let path = format!(
+            "/{}/{}",
+            self.bucket,
+            percent_encoding::utf8_percent_encode(key, KEY_PATH)
+        );
+        let (status, _, resp) = self.raw_request_with("PUT", &path, headers, body)?;
+        if (200..300).contains(&status) {
+            Ok(())
+        } else {
+            Err(format!(
+                "PUT {key:?}: {status} {}",
+                String::from_utf8_lossy(&resp)
+            ))
+        }
+    }
+
+    /// One signed request with extra headers; returns status, response head and body.
+    pub fn raw_request_with(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Result<(u16, String, Vec<u8>), String> {
         let url = format!("{}{path}", self.endpoint);
         let mut req = HttpRequest::new(HttpRequestBody::from(body.to_vec()));
         *req.method_mut() = Method::from_bytes(method.as_bytes()).map_err(|e| e.to_string())?;
         *req.uri_mut() = url.parse().map_err(|e| format!("{url}: {e}"))?;
+        for (name, value) in headers {
+            req.headers_mut().insert(
+                hyper::header::HeaderName::from_bytes(name.as_bytes())
+                    .map_err(|e| e.to_string())?,
+                value.parse().map_err(|e| format!("{name}: {e}"))?,
+            );
+        }
         let credential = AwsCredential {
             key_id: self.access_key.clone(),
             secret_key: self.secret_key.clone(),
@@ -344,11 +388,11 @@ impl TestS3 {
                     text.chars().take(100).collect::<String>()
                 )
             })?;
-        let body = match text.find("\r\n\r\n") {
-            Some(i) => resp[i + 4..].to_vec(),
-            None => Vec::new(),
+        let (head, body) = match text.find("\r\n\r\n") {
+            Some(i) => (text[..i].to_string(), resp[i + 4..].to_vec()),
+            None => (text.to_string(), Vec::new()),
         };
-        Ok((status, body))
+        Ok((status, head, body))
     }
 }
 
@@ -419,6 +463,8 @@ pub struct Faults {
     list_delays: Mutex<VecDeque<Duration>>,
     failing_keys: Mutex<std::collections::HashMap<String, (u16, Duration)>>,
     slow_keys: Mutex<std::collections::HashMap<String, Duration>>,
+    kms_keys: Mutex<std::collections::HashMap<String, Option<(String, String)>>>,
+    gets_by_key: Mutex<std::collections::HashMap<String, u64>>,
 }
 
 /// One entry of a crafted listing ([`Faults::answer_lists_with`]).
@@ -531,6 +577,27 @@ impl Faults {
     pub fn gets(&self) -> u64 {
         self.gets.load(Ordering::SeqCst)
     }
+
+    /// GET-object requests seen so far for `key`.
+    pub fn gets_of(&self, key: &str) -> u64 {
+        self.gets_by_key
+            .lock()
+            .unwrap()
+            .get(key)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Makes `key` present like an SSE-KMS object on every GET and HEAD: the ETag becomes
+    /// a 32-hex value that is not the content's MD5 (the same for every request, as real
+    /// ETags are), `x-amz-server-side-encryption: aws:kms` is added, and, when given, the
+    /// full-object checksum `(alg, base64)` as `x-amz-checksum-<alg>`.
+    pub fn present_as_kms(&self, key: &str, checksum: Option<(&str, String)>) {
+        self.kms_keys
+            .lock()
+            .unwrap()
+            .insert(key.to_owned(), checksum.map(|(a, v)| (a.to_owned(), v)));
+    }
 }
 
 /// True for `GET /bucket/key` (path-style): a GetObject, not a listing of the bucket.
@@ -568,7 +635,17 @@ async fn with_faults(
     let get_object = is_get_object(&req);
     if get_object {
         faults.gets.fetch_add(1, Ordering::SeqCst);
+        if let Some((_, key)) = object_path(&req) {
+            *faults.gets_by_key.lock().unwrap().entry(key).or_default() += 1;
+        }
     }
+    let kms = match *req.method() {
+        hyper::Method::GET | hyper::Method::HEAD => object_path(&req).and_then(|(_, key)| {
+            let found = faults.kms_keys.lock().unwrap().get(&key).cloned();
+            found.map(|c| (key, c))
+        }),
+        _ => None,
+    };
     if req.method() == hyper::Method::GET && object_path(&req).is_none() {
         faults.lists.fetch_add(1, Ordering::SeqCst);
         let delay = faults.list_delays.lock().unwrap().pop_front();
@@ -607,6 +684,10 @@ async fn with_faults(
     if let Some(delay) = slow {
         tokio::time::sleep(delay).await;
     }
+    let resp = match kms {
+        Some((key, checksum)) if resp.status().is_success() => as_kms(resp, &key, checksum),
+        _ => resp,
+    };
     let fault = if get_object && resp.status().is_success() {
         faults.get_faults.lock().unwrap().pop_front()
     } else {
@@ -647,6 +728,31 @@ async fn with_faults(
         }
     };
     Ok(Response::from_parts(parts, body))
+}
+
+/// Rewrites a GET/HEAD answer to look like an SSE-KMS object's (see
+/// [`Faults::present_as_kms`]).
+fn as_kms<B>(mut resp: Response<B>, key: &str, checksum: Option<(String, String)>) -> Response<B> {
+    use md5::Digest;
+    let fake = format!(
+        "\"{}\"",
+        hex::encode(md5::Md5::digest(format!("kms:{key}")))
+    );
+    let h = resp.headers_mut();
+    h.insert(hyper::header::ETAG, fake.parse().unwrap());
+    h.insert("x-amz-server-side-encryption", "aws:kms".parse().unwrap());
+    for alg in ["crc32", "crc32c", "crc64nvme", "sha1", "sha256"] {
+        h.remove(format!("x-amz-checksum-{alg}").as_str());
+    }
+    if let Some((alg, value)) = checksum {
+        h.insert(
+            hyper::header::HeaderName::from_bytes(format!("x-amz-checksum-{alg}").as_bytes())
+                .unwrap(),
+            value.parse().unwrap(),
+        );
+        h.insert("x-amz-checksum-type", "FULL_OBJECT".parse().unwrap());
+    }
+    resp
 }
 
 fn error_response(status: u16) -> Response<RespBody> {

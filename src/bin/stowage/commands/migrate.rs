@@ -121,6 +121,11 @@ pub(crate) struct S3ToLocalArgs {
     dest: PathBuf,
     #[command(flatten)]
     space: SpaceArgs,
+    /// Tell an already present file by its content (the proof recorded when it was copied,
+    /// or its hash against the ETag) instead of size and mtime, and fetch again what
+    /// differs. Reads every present file. (local-to-s3 always compares content.)
+    #[arg(long)]
+    checksum: bool,
     #[command(flatten)]
     run: RunArgs,
 }
@@ -285,6 +290,7 @@ pub(crate) async fn run(cmd: MigrateCommand, quiet: bool) -> Exit {
                 let mut opts = a.run.options(a.s3.prefix()?, cancel.clone());
                 opts.min_free = a.space.min_free;
                 opts.max_used = a.space.max_used;
+                opts.checksum = a.checksum;
                 let dest = super::absolute("--dest", &a.dest)?;
                 parent_exists(&dest)?;
                 migrate::s3_to_local(&src, &dest, &opts, &progress).await
@@ -370,6 +376,9 @@ fn print_human(s: &MigrateSummary) {
             s.copied as f64 / secs,
             human_bytes((s.bytes_copied as f64 / secs) as u64)
         );
+    }
+    if s.copied > 0 {
+        outln!("  proven by   {}", s.proofs.describe());
     }
     outln!("  skipped     {:>8} already present", s.skipped);
     if s.folders > 0 {

@@ -138,6 +138,10 @@ fn print_human(s: &VerifySummary, rollback: bool) {
         human_bytes(s.bytes_hashed),
         s.elapsed_s
     );
+    let proven = s.proofs.describe();
+    if !proven.is_empty() {
+        outln!("  proven by {proven}");
+    }
     let list = |title: &str, items: &[KeyReason]| {
         if !items.is_empty() {
             outln!("  {title}: {}", items.len());
