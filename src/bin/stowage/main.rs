@@ -116,8 +116,8 @@ fn foreign_flag_hint(e: &clap::Error) -> Option<String> {
         "--delete" | "--delete-after" | "--delete-extra" => {
             "stowage has no --delete: a migrate rerun never deletes; `stowage verify s3-to-local` lists the extra files"
         }
-        "--checksum" | "-c" => {
-            "stowage has no --checksum because it always checks: every copy is verified against the object's ETag"
+        "-c" => {
+            "stowage spells it --checksum (migrate s3-to-local): an already present file is told by its content"
         }
         "--size-only" | "--update" | "-u" => {
             "reruns already skip files with the same size and mtime; no flag is needed"

@@ -16,7 +16,8 @@ use crate::progress::Progress;
 const FROM_RCLONE: &str = "\
 Coming from rclone / aws s3 sync:
   --transfers N, --dryrun   accepted: the same as --concurrency N, --dry-run
-  --checksum                always on: every copy is checked against its ETag (MD5 or multipart)
+  --checksum                the same: an already present file is told by its content, not by
+                            size and mtime (every copy is checked against its ETag or checksum anyway)
   --size-only               reruns skip a file with the same size and mtime; no flag needed
   --delete                  not offered: a rerun never deletes; `stowage verify` lists extras
   --include/--exclude       not offered; --prefix (or --bucket s3://NAME/PREFIX) narrows the keys
