@@ -9,6 +9,7 @@ mod local_tree;
 mod migrate;
 mod object_store_suite;
 mod pipe;
+mod read_through;
 mod s3_list;
 mod secrets;
 mod serve_load;
