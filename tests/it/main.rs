@@ -10,6 +10,7 @@ mod migrate;
 mod object_store_suite;
 mod pipe;
 mod read_through;
+mod runbook;
 mod s3_list;
 mod secrets;
 mod serve_load;
