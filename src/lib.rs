@@ -85,7 +85,7 @@ pub use config::{S3Config, StoreConfig};
 pub use error::{Error, Result};
 pub use key::{Key, KeyError};
 pub use local_store::LocalStore;
-pub use read_through::{ReadThrough, ReadThroughOptions, ReadThroughStats};
+pub use read_through::{ReadThrough, ReadThroughConfig, ReadThroughOptions, ReadThroughStats};
 pub use report::{NoopReporter, Reporter};
 pub use size::SizeSpec;
 pub use store::{BackendKind, BlobStore, GetStream, LocalUrls, Meta};

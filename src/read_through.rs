@@ -49,6 +49,9 @@ use tokio::sync::watch;
 
 use crate::etag::{ContentHasher, Verdict};
 
+mod config;
+pub use config::{object_store_of, ReadThroughConfig};
+
 type OsResult<T> = object_store::Result<T>;
 
 /// The name errors carry in their `store` field.
