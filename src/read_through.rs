@@ -50,7 +50,11 @@ use tokio::sync::watch;
 use crate::etag::{ContentHasher, Verdict};
 
 mod config;
+#[cfg(feature = "http")]
+mod routes;
 pub use config::{object_store_of, ReadThroughConfig};
+#[cfg(feature = "http")]
+pub use routes::health_and_metrics;
 
 type OsResult<T> = object_store::Result<T>;
 
