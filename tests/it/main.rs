@@ -13,6 +13,7 @@ mod read_through;
 mod runbook;
 mod s3_list;
 mod secrets;
+mod serve_fallback;
 mod serve_load;
 mod support;
 mod verify;
