@@ -80,6 +80,10 @@ pub struct MigrateOptions {
     pub dry_run: bool,
     /// Cancelled on Ctrl-C / SIGTERM: the run stops, removes its temp files and reports.
     pub cancel: CancellationToken,
+    /// s3-to-local: copy only objects whose LastModified is within this age (a catch-up
+    /// into a store that `cleanup --max-age` keeps: older objects would be deleted again).
+    /// The others are counted in [`MigrateSummary::too_old`].
+    pub max_age: Option<std::time::Duration>,
 }
 
 impl Default for MigrateOptions {
@@ -91,6 +95,7 @@ impl Default for MigrateOptions {
             max_used: None,
             dry_run: false,
             cancel: CancellationToken::new(),
+            max_age: None,
         }
     }
 }
@@ -112,6 +117,8 @@ pub struct MigrateSummary {
     pub copied: u64,
     /// Objects already present and identical (not downloaded again).
     pub skipped: u64,
+    /// Objects not copied because they are older than `--max-age`.
+    pub too_old: u64,
     /// Folder markers turned into directories.
     pub folders: u64,
     /// Bytes copied in this run.
@@ -237,6 +244,9 @@ pub async fn s3_to_local(
             let page: Vec<ListedObject> = page.into_iter().collect::<Result<_>>()?;
             reporter.items_found(page.len() as u64);
             summary.listed += page.len() as u64;
+            let before = page.len();
+            let page = within_max_age(page, opts.max_age);
+            summary.too_old += (before - page.len()) as u64;
             let classes = classify_page(dest, page, &mut clashes).await;
             for c in classes {
                 match c {
@@ -310,6 +320,7 @@ pub async fn s3_to_local(
         Some(v) => stream::iter(v.into_iter().map(Ok)).boxed(),
         None => {
             let root = dest.to_path_buf();
+            let max_age = opts.max_age;
             let pages = source_listing(src, backend, &opts.prefix).ready_chunks(1000);
             stream::unfold(
                 (pages, ClashGuard::default()),
@@ -322,6 +333,7 @@ pub async fn s3_to_local(
                             Ok(p) => p,
                             Err(e) => return Some((vec![Err(e)], (pages, clashes))),
                         };
+                        let page = within_max_age(page, max_age);
                         let copies = classify_page(&root, page, &mut clashes)
                             .await
                             .into_iter()
@@ -518,6 +530,19 @@ impl ClashGuard {
         self.open.push(key.trim_end_matches('/').to_owned());
         false
     }
+}
+
+/// The objects of `page` modified within `max_age` of now (all of them without one).
+fn within_max_age(
+    page: Vec<ListedObject>,
+    max_age: Option<std::time::Duration>,
+) -> Vec<ListedObject> {
+    let Some(age) = max_age else { return page };
+    let cutoff =
+        chrono::Utc::now() - chrono::Duration::from_std(age).unwrap_or(chrono::Duration::MAX);
+    page.into_iter()
+        .filter(|o| o.last_modified >= cutoff)
+        .collect()
 }
 
 /// Classifies one listing page: clash detection in order, then local stats off the runtime.

@@ -1,5 +1,6 @@
 //! The single integration-test binary: one module per area, shared servers in `support`.
 
+mod catch_up;
 mod cleanup;
 mod config;
 mod conformance;

@@ -78,6 +78,10 @@ pub(crate) struct RunArgs {
     /// List what would be copied, skipped and rejected, and the space needed; write nothing.
     #[arg(long)]
     dry_run: bool,
+    /// s3-to-local: copy only objects modified within this age (e.g. 24h, the retention
+    /// `cleanup --max-age` keeps); older ones are counted as too old.
+    #[arg(long, value_parser = super::parse_age, value_name = "AGE")]
+    max_age: Option<std::time::Duration>,
     /// Print the summary as one JSON object on stdout.
     #[arg(long)]
     json: bool,
@@ -133,6 +137,7 @@ impl RunArgs {
             max_used: self.max_used,
             dry_run: self.dry_run,
             cancel,
+            max_age: self.max_age,
         }
     }
 }
@@ -222,6 +227,9 @@ fn print_human(s: &MigrateSummary) {
         );
     }
     outln!("  skipped     {:>8} already present", s.skipped);
+    if s.too_old > 0 {
+        outln!("  too old     {:>8} older than --max-age", s.too_old);
+    }
     if s.folders > 0 {
         outln!("  folders     {:>8} folder markers", s.folders);
     }
