@@ -17,4 +17,5 @@ mod secrets;
 mod serve_fallback;
 mod serve_load;
 mod support;
+mod url;
 mod verify;

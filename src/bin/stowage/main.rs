@@ -32,6 +32,7 @@ fn main() -> std::process::ExitCode {
             cli::Command::Verify(cmd) => commands::verify::run(cmd).await,
             cli::Command::Cleanup(args) => Exit::from_status(commands::cleanup::run(args)),
             cli::Command::Disk(args) => Exit::from_status(commands::disk::run(args)),
+            cli::Command::Url(args) => commands::url::run(args).await,
         }
     });
     exit.into()
