@@ -89,6 +89,10 @@ pub struct MigrateOptions {
     pub checksum: bool,
     /// Cancelled on Ctrl-C / SIGTERM: the run stops, removes its temp files and reports.
     pub cancel: CancellationToken,
+    /// s3-to-local: copy only objects whose LastModified is within this age (a catch-up
+    /// into a store that `cleanup --max-age` keeps: older objects would be deleted again).
+    /// The others are counted in [`MigrateSummary::too_old`].
+    pub max_age: Option<std::time::Duration>,
 }
 
 impl Default for MigrateOptions {
@@ -101,6 +105,7 @@ impl Default for MigrateOptions {
             dry_run: false,
             checksum: false,
             cancel: CancellationToken::new(),
+            max_age: None,
         }
     }
 }
@@ -125,6 +130,8 @@ pub struct MigrateSummary {
     pub copied: u64,
     /// Objects already present and identical (not downloaded again).
     pub skipped: u64,
+    /// Objects not copied because they are older than `--max-age`.
+    pub too_old: u64,
     /// Folder markers turned into directories.
     pub folders: u64,
     /// Bytes copied in this run.
@@ -253,6 +260,9 @@ pub async fn s3_to_local(
             let page: Vec<ListedObject> = page.into_iter().collect::<Result<_>>()?;
             reporter.items_found(page.len() as u64);
             summary.listed += page.len() as u64;
+            let before = page.len();
+            let page = within_max_age(page, opts.max_age);
+            summary.too_old += (before - page.len()) as u64;
             let classes = classify_page(dest, page, &mut clashes, opts.checksum).await;
             for c in classes {
                 match c {
@@ -328,6 +338,7 @@ pub async fn s3_to_local(
         None => {
             let root = dest.to_path_buf();
             let by_content = opts.checksum;
+            let max_age = opts.max_age;
             let pages = source_listing(src, backend, &opts.prefix).ready_chunks(1000);
             stream::unfold(
                 (pages, ClashGuard::default()),
@@ -340,6 +351,7 @@ pub async fn s3_to_local(
                             Ok(p) => p,
                             Err(e) => return Some((vec![Err(e)], (pages, clashes))),
                         };
+                        let page = within_max_age(page, max_age);
                         let copies = classify_page(&root, page, &mut clashes, by_content)
                             .await
                             .into_iter()
@@ -551,6 +563,19 @@ impl ClashGuard {
         self.open.push(key.trim_end_matches('/').to_owned());
         false
     }
+}
+
+/// The objects of `page` modified within `max_age` of now (all of them without one).
+fn within_max_age(
+    page: Vec<ListedObject>,
+    max_age: Option<std::time::Duration>,
+) -> Vec<ListedObject> {
+    let Some(age) = max_age else { return page };
+    let cutoff =
+        chrono::Utc::now() - chrono::Duration::from_std(age).unwrap_or(chrono::Duration::MAX);
+    page.into_iter()
+        .filter(|o| o.last_modified >= cutoff)
+        .collect()
 }
 
 /// Classifies one listing page: clash detection in order, then local stats off the runtime.

@@ -1,5 +1,6 @@
 //! The single integration-test binary: one module per area, shared servers in `support`.
 
+mod catch_up;
 mod cleanup;
 mod cli_ux;
 mod config;
@@ -11,8 +12,12 @@ mod local_tree;
 mod migrate;
 mod object_store_suite;
 mod pipe;
+mod read_through;
+mod runbook;
 mod s3_list;
 mod secrets;
+mod serve_fallback;
 mod serve_load;
 mod support;
+mod url;
 mod verify;

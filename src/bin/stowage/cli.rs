@@ -48,4 +48,6 @@ pub(crate) enum Command {
     Verify(commands::verify::VerifyCommand),
     Cleanup(commands::cleanup::CleanupArgs),
     Disk(commands::disk::DiskArgs),
+    /// Print the download URL the library hands out for a key (signed when a secret is set).
+    Url(commands::url::UrlArgs),
 }

@@ -37,6 +37,7 @@ fn main() -> std::process::ExitCode {
             cli::Command::Verify(cmd) => commands::verify::run(cmd, quiet).await,
             cli::Command::Cleanup(args) => commands::cleanup::run(args, quiet),
             cli::Command::Disk(args) => commands::disk::run(args, quiet),
+            cli::Command::Url(args) => commands::url::run(args).await,
         }
     });
     exit.into()
@@ -125,8 +126,11 @@ fn foreign_flag_hint(e: &clap::Error) -> Option<String> {
         "--include" | "--exclude" | "--filter" => {
             "stowage has no --include/--exclude; --prefix (or --bucket s3://NAME/PREFIX) narrows the keys"
         }
-        "--min-age" | "--max-age" => {
-            "migrate copies whatever the bucket holds; age limits belong to `stowage cleanup --max-age` (deletes files older than it)"
+        "--min-age" => {
+            "migrate has no --min-age; `migrate s3-to-local --max-age` copies only recent objects, and `stowage cleanup --max-age` deletes files older than it"
+        }
+        "--max-age" => {
+            "--max-age is offered by `migrate s3-to-local` (copy only recent objects) and `stowage cleanup --max-age` (delete files older than it)"
         }
         "--bwlimit" => "stowage has no --bwlimit; lower --concurrency to copy fewer objects at once",
         _ => return None,

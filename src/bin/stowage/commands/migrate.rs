@@ -21,7 +21,8 @@ Coming from rclone / aws s3 sync:
   --size-only               reruns skip a file with the same size and mtime; no flag needed
   --delete                  not offered: a rerun never deletes; `stowage verify` lists extras
   --include/--exclude       not offered; --prefix (or --bucket s3://NAME/PREFIX) narrows the keys
-  --min-age/--max-age       not offered for migrate (see `stowage cleanup --max-age`)";
+  --max-age AGE             the same: s3-to-local copies only objects modified within AGE
+  --min-age                 not offered for migrate (see `stowage cleanup --max-age`)";
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum MigrateCommand {
@@ -127,6 +128,10 @@ pub(crate) struct S3ToLocalArgs {
     /// differs. Reads every present file. (local-to-s3 always compares content.)
     #[arg(long)]
     checksum: bool,
+    /// Copy only objects modified within this age (e.g. 24h, the retention `cleanup
+    /// --max-age` keeps): a catch-up run skips what cleanup would delete, counted as too old.
+    #[arg(long, value_parser = super::parse_max_age, value_name = "AGE")]
+    max_age: Option<std::time::Duration>,
     #[command(flatten)]
     run: RunArgs,
 }
@@ -292,6 +297,7 @@ pub(crate) async fn run(cmd: MigrateCommand, quiet: bool) -> Exit {
                 opts.min_free = a.space.min_free;
                 opts.max_used = a.space.max_used;
                 opts.checksum = a.checksum;
+                opts.max_age = a.max_age;
                 let dest = super::absolute("--dest", &a.dest)?;
                 parent_exists(&dest)?;
                 migrate::s3_to_local(&src, &dest, &opts, &progress).await
@@ -382,6 +388,9 @@ fn print_human(s: &MigrateSummary) {
         outln!("  proven by   {}", s.proofs.describe());
     }
     outln!("  skipped     {:>8} already present", s.skipped);
+    if s.too_old > 0 {
+        outln!("  too old     {:>8} older than --max-age", s.too_old);
+    }
     if s.folders > 0 {
         outln!("  folders     {:>8} folder markers", s.folders);
     }

@@ -4,6 +4,7 @@ pub(crate) mod cleanup;
 pub(crate) mod disk;
 pub(crate) mod migrate;
 pub(crate) mod serve;
+pub(crate) mod url;
 pub(crate) mod verify;
 
 /// `path` made absolute against the working directory; an error names the option.

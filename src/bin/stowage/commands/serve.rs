@@ -81,6 +81,14 @@ pub(crate) struct ServeArgs {
     /// Drop a client that has not sent a whole request header within this time.
     #[arg(long, default_value = "20s", value_parser = humantime::parse_duration, value_name = "DURATION")]
     header_timeout: Duration,
+    /// Read through to this store when a key is not under --root (s3://bucket/prefix, with
+    /// region, endpoint and credentials from the AWS_* variables): a hit is served and
+    /// copied into the root. /metrics counts fallback hits.
+    #[arg(long, value_name = "URL")]
+    fallback: Option<String>,
+    /// With --fallback: serve fallback hits without copying them into the root.
+    #[arg(long, requires = "fallback")]
+    no_copy_on_read: bool,
 }
 
 /// `--listen`: an IP address and port, or a host name (`localhost:8000`) resolved to its
@@ -108,6 +116,9 @@ fn parse_listen(s: &str) -> Result<SocketAddr, String> {
 /// What `ServeArgs` resolve to before anything is bound.
 struct Plan {
     store: BlobStore,
+    /// `--fallback`: the read-through store `store` is made of.
+    read_through: Option<stowage::ReadThrough>,
+    root: PathBuf,
     options: ServeOptions,
     base_path: String,
 }
@@ -148,6 +159,12 @@ impl ServeArgs {
         );
         vars.insert("FILES_PATH".into(), self.base_path.clone());
         let store = StoreConfig::from_env_map(&vars)?.open()?;
+        let read_through = self.read_through(&vars)?;
+        let secret = store.local_urls().and_then(|u| u.secret.clone());
+        let (store, read_through) = match read_through {
+            Some((s, rt)) => (s, Some(rt)),
+            None => (store, None),
+        };
         let cache_control = match self.cache_control.trim() {
             "" => None,
             v => Some(HeaderValue::from_str(v).map_err(|_| {
@@ -164,13 +181,39 @@ impl ServeArgs {
             } else {
                 Disposition::Inline
             },
+            // A read-through store has no local URLs of its own: sign with the root's secret.
+            secret,
             ..ServeOptions::default()
         };
         Ok(Plan {
             store,
+            read_through,
+            root,
             options,
             base_path: base_path.to_owned(),
         })
+    }
+}
+
+impl ServeArgs {
+    /// `--fallback`: the root read through to the fallback store.
+    fn read_through(
+        &self,
+        vars: &HashMap<String, String>,
+    ) -> stowage::Result<Option<(BlobStore, stowage::ReadThrough)>> {
+        let Some(url) = &self.fallback else {
+            return Ok(None);
+        };
+        let fallback = StoreConfig::from_url(url).map_err(|e| stowage::Error::Config {
+            name: "--fallback".into(),
+            reason: e.to_string(),
+        })?;
+        let options = stowage::ReadThroughOptions::default()
+            .with_copy_on_read(!self.no_copy_on_read)
+            .with_dual_write(false);
+        let config =
+            stowage::ReadThroughConfig::new(StoreConfig::from_env_map(vars)?, fallback, options);
+        config.open().map(Some)
     }
 }
 
@@ -179,7 +222,9 @@ pub(crate) async fn run(args: ServeArgs) -> Exit {
         Ok(p) => p,
         Err(e) => return crate::fatal(&e),
     };
-    let signed = plan.store.local_urls().is_some_and(|u| u.secret.is_some());
+    let signed = plan.options.secret.is_some();
+    let probes =
+        stowage::read_through::health_and_metrics(Some(plan.root.clone()), plan.read_through);
     let described = plan.store.describe();
     let files = match stowage::http::router(plan.store, plan.options) {
         Ok(f) => f,
@@ -190,6 +235,7 @@ pub(crate) async fn run(args: ServeArgs) -> Exit {
     } else {
         Router::new().nest(&plan.base_path, files)
     }
+    .merge(probes)
     .layer(axum::middleware::from_fn(access_log));
 
     let listener = match tokio::net::TcpListener::bind(args.listen).await {
