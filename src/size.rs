@@ -1,7 +1,9 @@
-//! `SizeSpec`: byte sizes and percentages as operators write them (`50GB`, `512MiB`, `10%`).
+//! `SizeSpec`: byte sizes and percentages as operators write them (`50GB`, `512MiB`, `10%`),
+//! and [`parse_age`]: ages and waits (`24h`, `7d`, `90min`).
 //!
 //! Thresholds such as `--min-free`, `--max-used` and `--warn-above` accept either an
-//! absolute size or a share of the filesystem, so the parsing lives in one place.
+//! absolute size or a share of the filesystem, so the parsing lives in one place. The
+//! binary's durations that decide what is deleted (`cleanup --max-age`) use [`parse_age`].
 
 use std::fmt;
 use std::str::FromStr;
@@ -112,6 +114,43 @@ pub fn human_bytes(b: u64) -> String {
     }
 }
 
+/// Parses an age or wait (`24h`, `7d`, `90min`) for options that decide what is deleted.
+///
+/// Stricter than humantime: a bare number (`24`) is refused, and so are `m` and `M`,
+/// which humantime reads as minutes and months — one slip of the shift key is a factor
+/// of 43,800.
+pub fn parse_age(s: &str) -> Result<std::time::Duration, String> {
+    let t = s.trim();
+    if !t.is_empty() && t.chars().all(|c| c.is_ascii_digit()) {
+        return Err(format!(
+            "{t:?} has no unit: write e.g. {t}h (hours), {t}d (days) or {t}min (minutes), as in 24h"
+        ));
+    }
+    let mut number = String::new();
+    let mut chars = t.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c.is_ascii_digit() {
+            number.push(c);
+            continue;
+        }
+        if c.is_alphabetic() {
+            let mut unit = String::from(c);
+            while let Some(&n) = chars.peek().filter(|n| n.is_alphabetic()) {
+                unit.push(n);
+                chars.next();
+            }
+            if unit == "m" || unit == "M" {
+                return Err(format!(
+                    "{t:?} is ambiguous: `m` reads as minutes and `M` as months; write {number}min or {number}months"
+                ));
+            }
+        }
+        number.clear();
+    }
+    humantime::parse_duration(t)
+        .map_err(|e| format!("invalid duration {t:?} ({e}): write e.g. 24h, 7d or 90min"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -160,5 +199,17 @@ mod tests {
         assert_eq!(human_bytes(512), "512 B");
         assert_eq!(human_bytes(1536), "1.5 KiB");
         assert_eq!(human_bytes(50 << 30), "50.0 GiB");
+    }
+
+    #[test]
+    fn ages_need_a_clear_unit() {
+        use std::time::Duration;
+        assert_eq!(parse_age("24h"), Ok(Duration::from_secs(86_400)));
+        assert_eq!(parse_age("90min"), Ok(Duration::from_secs(5_400)));
+        assert_eq!(parse_age("1h 30min"), Ok(Duration::from_secs(5_400)));
+        assert!(parse_age("24").unwrap_err().contains("24h"));
+        assert!(parse_age("6m").unwrap_err().contains("6min or 6months"));
+        assert!(parse_age("1h6M").unwrap_err().contains("6months"));
+        assert!(parse_age("soon").is_err());
     }
 }
