@@ -850,6 +850,59 @@ fn internal(e: Error) -> Response {
     r
 }
 
+/// The pure RFC 9110 logic of the router, for the fuzz targets in `fuzz/`: not a stable
+/// API.
+#[doc(hidden)]
+pub mod fuzzing {
+    use std::ops::Range;
+
+    use chrono::DateTime;
+    use http::{HeaderMap, StatusCode};
+
+    use super::{Outcome, RangeSpec};
+    use crate::key::Key;
+    use crate::store::Meta;
+
+    /// [`super::parse_range`]: `None` to ignore the header (200), `Some(None)` for 416,
+    /// `Some(Some(range))` for 206.
+    pub fn parse_range(value: &str, len: u64) -> Option<Option<Range<u64>>> {
+        match super::parse_range(value, len) {
+            RangeSpec::Ignore => None,
+            RangeSpec::Unsatisfiable => Some(None),
+            RangeSpec::Bytes(r) => Some(Some(r)),
+        }
+    }
+
+    /// [`super::evaluate`] for an object of `size` bytes with `etag`, last modified at
+    /// `modified` (Unix seconds): the status and, for 200 and 206, the byte range sent.
+    pub fn evaluate(
+        size: u64,
+        etag: Option<&str>,
+        modified: i64,
+        headers: &HeaderMap,
+    ) -> (StatusCode, Option<Range<u64>>) {
+        let meta = Meta {
+            key: Key::new("k").expect("a valid key"),
+            size,
+            last_modified: DateTime::from_timestamp(modified, 0).unwrap_or_default(),
+            etag: etag.map(str::to_owned),
+            content_type: None,
+        };
+        match super::evaluate(&meta, headers) {
+            Outcome::Full(r) => (StatusCode::OK, Some(r)),
+            Outcome::Partial(r) => (StatusCode::PARTIAL_CONTENT, Some(r)),
+            Outcome::NotModified => (StatusCode::NOT_MODIFIED, None),
+            Outcome::PreconditionFailed => (StatusCode::PRECONDITION_FAILED, None),
+            Outcome::Unsatisfiable => (StatusCode::RANGE_NOT_SATISFIABLE, None),
+        }
+    }
+
+    /// [`super::key_from_path`]: the key a request path names.
+    pub fn key_from_path(path: &str) -> Option<Key> {
+        super::key_from_path(path)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

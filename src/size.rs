@@ -212,4 +212,54 @@ mod tests {
         assert!(parse_age("1h6M").unwrap_err().contains("6months"));
         assert!(parse_age("soon").is_err());
     }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever an operator types: an answer, never a panic; percentages stay within
+        /// 0-100 and the strict parser only ever agrees with the plain one.
+        #[test]
+        fn size_parsing_never_panics_and_agrees(
+            s in "\\PC{0,24}|[ 0-9.]{0,24}[kKmMgGtTiIbB%]{0,4}"
+        ) {
+            let plain = s.parse::<SizeSpec>();
+            if let Ok(SizeSpec::Percent(p)) = plain {
+                prop_assert!((0.0..=100.0).contains(&p));
+            }
+            if let Ok(spec) = SizeSpec::parse_with_unit(&s) {
+                prop_assert_eq!(Ok(spec), plain.clone());
+            }
+            if let Ok(b) = parse_bytes(&s) {
+                prop_assert_eq!(plain, Ok(SizeSpec::Bytes(b)));
+            }
+        }
+
+        /// A whole number with a unit is exactly that many bytes.
+        #[test]
+        fn sizes_with_a_unit_are_exact(n in 0u64..(1 << 40), unit in 0usize..9) {
+            let (name, mult) = [
+                ("B", 1u64), ("kB", 1_000), ("MB", 1_000_000), ("GB", 1_000_000_000),
+                ("KiB", 1 << 10), ("MiB", 1 << 20), ("GiB", 1 << 30), ("K", 1 << 10),
+                ("TiB", 1 << 40),
+            ][unit];
+            let want = n as u128 * mult as u128;
+            let got = SizeSpec::parse_with_unit(&format!("{n}{name}"));
+            if want < (1 << 53) {
+                prop_assert_eq!(got, Ok(SizeSpec::Bytes(want as u64)));
+            } else if want > u64::MAX as u128 {
+                prop_assert!(got.is_err());
+            }
+        }
+
+        /// Ages: never a bare number, never `m` or `M`, and otherwise what humantime says.
+        #[test]
+        fn ages_are_never_ambiguous(s in "\\PC{0,24}|[0-9 ]{0,6}[a-zA-Z]{0,6}[0-9 ]{0,6}[a-zA-Z]{0,3}") {
+            if let Ok(d) = parse_age(&s) {
+                let t = s.trim();
+                prop_assert!(!t.chars().all(|c| c.is_ascii_digit()));
+                prop_assert!(t.split(|c: char| !c.is_alphabetic()).all(|u| u != "m" && u != "M"));
+                prop_assert_eq!(humantime::parse_duration(t).ok(), Some(d));
+            }
+        }
+    }
 }
