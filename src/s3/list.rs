@@ -730,4 +730,49 @@ mod tests {
         assert!(r.delay(1) <= Duration::from_millis(100));
         assert!(r.delay(10) >= Duration::from_millis(2500));
     }
+
+    use proptest::prelude::*;
+
+    fn page_body() -> impl Strategy<Value = Vec<u8>> {
+        let piece = prop_oneof![
+            Just("<ListBucketResult>".to_owned()),
+            Just("</ListBucketResult>".to_owned()),
+            Just("<Contents>".to_owned()),
+            Just("</Contents>".to_owned()),
+            Just("<Key>".to_owned()),
+            Just("</Key>".to_owned()),
+            Just("<LastModified>2024-05-01T10:20:30Z</LastModified>".to_owned()),
+            Just("<Size>".to_owned()),
+            Just("</Size>".to_owned()),
+            Just("<EncodingType>url</EncodingType>".to_owned()),
+            Just("<IsTruncated>true</IsTruncated>".to_owned()),
+            Just("<CommonPrefixes><Prefix>".to_owned()),
+            Just("</Prefix></CommonPrefixes>".to_owned()),
+            Just("&lt;&#x1;&amp;".to_owned()),
+            "[a-z%0-9+/.]{0,8}",
+            "\\PC{0,8}",
+        ];
+        prop_oneof![
+            proptest::collection::vec(piece, 0..24).prop_map(|p| p.concat().into_bytes()),
+            proptest::collection::vec(any::<u8>(), 0..200),
+        ]
+    }
+
+    proptest! {
+        /// Any body: an answer, never a panic, and no entry, key or prefix that the body
+        /// does not contain (lossy UTF-8 may triple a byte; no decoding lengthens text).
+        #[test]
+        fn any_page_body_parses_to_bounded_output(body in page_body(), url in any::<bool>()) {
+            if let Ok(page) = fuzzing::parse_page(&body, url, "") {
+                prop_assert!(page.entries.len() + page.prefixes.len() <= body.len() / 10);
+                let mut total = page.next_token.as_ref().map_or(0, String::len);
+                for e in &page.entries {
+                    let o = e.as_ref().unwrap();
+                    total += o.key.len() + o.etag.as_ref().map_or(0, String::len);
+                }
+                total += page.prefixes.iter().flatten().map(String::len).sum::<usize>();
+                prop_assert!(total <= 3 * body.len());
+            }
+        }
+    }
 }
