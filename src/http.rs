@@ -865,7 +865,7 @@ pub mod fuzzing {
     use crate::key::Key;
     use crate::store::Meta;
 
-    /// [`super::parse_range`]: `None` to ignore the header (200), `Some(None)` for 416,
+    /// The router's `parse_range`: `None` to ignore the header (200), `Some(None)` for 416,
     /// `Some(Some(range))` for 206.
     pub fn parse_range(value: &str, len: u64) -> Option<Option<Range<u64>>> {
         match super::parse_range(value, len) {
@@ -875,7 +875,7 @@ pub mod fuzzing {
         }
     }
 
-    /// [`super::evaluate`] for an object of `size` bytes with `etag`, last modified at
+    /// The router's `evaluate` for an object of `size` bytes with `etag`, last modified at
     /// `modified` (Unix seconds): the status and, for 200 and 206, the byte range sent.
     pub fn evaluate(
         size: u64,
@@ -899,7 +899,7 @@ pub mod fuzzing {
         }
     }
 
-    /// [`super::key_from_path`]: the key a request path names.
+    /// The router's `key_from_path`: the key a request path names.
     pub fn key_from_path(path: &str) -> Option<Key> {
         super::key_from_path(path)
     }
