@@ -81,7 +81,7 @@ fuzz_target!(|input: Input| {
     match status {
         StatusCode::OK => assert_eq!(range, Some(0..size)),
         StatusCode::PARTIAL_CONTENT => {
-            let r = range.expect("206 has a range");
+            let r = range.clone().expect("206 has a range");
             assert!(r.start < r.end && r.end <= size, "{r:?} of {size}");
             let ranges: Vec<_> = headers.get_all(header::RANGE).iter().collect();
             assert_eq!(ranges.len(), 1, "206 without exactly one Range");
