@@ -95,8 +95,13 @@ pub fn verify(
     let (Some(expires), Some(sig)) = (expires, sig) else {
         return Err(SignatureError::Missing);
     };
-    // Digits only: `+5` or ` 5` would parse as numbers that sign the same message.
-    if expires.is_empty() || expires.len() > 20 || !expires.bytes().all(|b| b.is_ascii_digit()) {
+    // Digits only, as signed: `+5`, ` 5` or `05` would parse as numbers that sign the same
+    // message, giving one signed URL many spellings.
+    if expires.is_empty()
+        || expires.len() > 20
+        || !expires.bytes().all(|b| b.is_ascii_digit())
+        || (expires.len() > 1 && expires.starts_with('0'))
+    {
         return Err(SignatureError::Invalid);
     }
     let expires: u64 = expires.parse().map_err(|_| SignatureError::Invalid)?;
@@ -191,6 +196,26 @@ mod tests {
         let both = format!("expires=500&%65xpires=500&sig={sig}");
         assert_eq!(
             verify(SECRET, &key, Some(&both), at(0)),
+            Err(SignatureError::Invalid)
+        );
+    }
+
+    #[test]
+    fn leading_zeros_in_the_expiry_are_refused() {
+        // Found by the signed_url fuzz target: `expires=060` verified as 60.
+        let key = Key::new("k").unwrap();
+        let sig = signature(SECRET, &key, 60);
+        assert_eq!(
+            verify(SECRET, &key, Some(&format!("expires=060&sig={sig}")), at(0)),
+            Err(SignatureError::Invalid)
+        );
+        let zero = signature(SECRET, &key, 0);
+        assert_eq!(
+            verify(SECRET, &key, Some(&format!("expires=0&sig={zero}")), at(0)),
+            Ok(0)
+        );
+        assert_eq!(
+            verify(SECRET, &key, Some(&format!("expires=00&sig={zero}")), at(0)),
             Err(SignatureError::Invalid)
         );
     }
