@@ -484,8 +484,10 @@ fn evaluate(meta: &Meta, headers: &HeaderMap) -> Outcome {
     // Only a strong ETag match keeps the range. A date is a weak validator with
     // one-second resolution (RFC 9110 §13.1.5 lets us ignore it): two versions written
     // within a second share it, and honouring it would splice them.
+    // If-Range holds one entity tag (RFC 9110 §13.1.5): `*` or a list is not ours.
     if let Some(if_range) = single(headers, &header::IF_RANGE) {
-        if !etag_list_matches(if_range.trim(), etag, Comparison::Strong) {
+        let ours = etag.filter(|e| !e.starts_with("W/"));
+        if ours != Some(if_range.trim()) {
             return full;
         }
     }
@@ -850,6 +852,59 @@ fn internal(e: Error) -> Response {
     r
 }
 
+/// The pure RFC 9110 logic of the router, for the fuzz targets in `fuzz/`: not a stable
+/// API.
+#[doc(hidden)]
+pub mod fuzzing {
+    use std::ops::Range;
+
+    use chrono::DateTime;
+    use http::{HeaderMap, StatusCode};
+
+    use super::{Outcome, RangeSpec};
+    use crate::key::Key;
+    use crate::store::Meta;
+
+    /// The router's `parse_range`: `None` to ignore the header (200), `Some(None)` for 416,
+    /// `Some(Some(range))` for 206.
+    pub fn parse_range(value: &str, len: u64) -> Option<Option<Range<u64>>> {
+        match super::parse_range(value, len) {
+            RangeSpec::Ignore => None,
+            RangeSpec::Unsatisfiable => Some(None),
+            RangeSpec::Bytes(r) => Some(Some(r)),
+        }
+    }
+
+    /// The router's `evaluate` for an object of `size` bytes with `etag`, last modified at
+    /// `modified` (Unix seconds): the status and, for 200 and 206, the byte range sent.
+    pub fn evaluate(
+        size: u64,
+        etag: Option<&str>,
+        modified: i64,
+        headers: &HeaderMap,
+    ) -> (StatusCode, Option<Range<u64>>) {
+        let meta = Meta {
+            key: Key::new("k").expect("a valid key"),
+            size,
+            last_modified: DateTime::from_timestamp(modified, 0).unwrap_or_default(),
+            etag: etag.map(str::to_owned),
+            content_type: None,
+        };
+        match super::evaluate(&meta, headers) {
+            Outcome::Full(r) => (StatusCode::OK, Some(r)),
+            Outcome::Partial(r) => (StatusCode::PARTIAL_CONTENT, Some(r)),
+            Outcome::NotModified => (StatusCode::NOT_MODIFIED, None),
+            Outcome::PreconditionFailed => (StatusCode::PRECONDITION_FAILED, None),
+            Outcome::Unsatisfiable => (StatusCode::RANGE_NOT_SATISFIABLE, None),
+        }
+    }
+
+    /// The router's `key_from_path`: the key a request path names.
+    pub fn key_from_path(path: &str) -> Option<Key> {
+        super::key_from_path(path)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1006,5 +1061,126 @@ mod tests {
             "attachment; filename=\"a b\""
         );
         assert!(content_disposition(Disposition::Omit, "a").is_none());
+    }
+
+    #[test]
+    fn if_range_keeps_the_range_only_for_our_own_strong_etag() {
+        let eval = |etag: &str, if_range: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::RANGE, HeaderValue::from_static("bytes=0-1"));
+            h.insert(header::IF_RANGE, HeaderValue::from_str(if_range).unwrap());
+            fuzzing::evaluate(10, Some(etag), 1_000, &h).0
+        };
+        assert_eq!(eval("\"abc\"", "\"abc\""), StatusCode::PARTIAL_CONTENT);
+        assert_eq!(eval("abc", " \"abc\" "), StatusCode::PARTIAL_CONTENT);
+        // `*`, a list or trailing text used to keep the range (seen writing the fuzz properties).
+        for other in [
+            "*",
+            "\"x\", \"abc\"",
+            "\"abc\" junk",
+            "W/\"abc\"",
+            "Thu, 01 Jan 1970 00:16:40 GMT",
+        ] {
+            assert_eq!(eval("\"abc\"", other), StatusCode::OK, "{other}");
+        }
+        assert_eq!(eval("W/\"abc\"", "W/\"abc\""), StatusCode::OK);
+    }
+
+    use proptest::prelude::*;
+
+    fn range_header() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "\\PC{0,30}",
+            "[ bBytesx]{0,7}=[ 0-9,-]{0,30}",
+            (
+                proptest::arbitrary::any::<Option<u64>>(),
+                proptest::arbitrary::any::<Option<u64>>()
+            )
+                .prop_map(|(f, l)| format!(
+                    "bytes={}-{}",
+                    f.map_or(String::new(), |f| f.to_string()),
+                    l.map_or(String::new(), |l| l.to_string())
+                )),
+        ]
+    }
+
+    proptest! {
+        /// Any `Range` value on any object size: no panic, and a satisfiable range lies
+        /// within the object; a multi-range is never honoured.
+        #[test]
+        fn a_range_is_within_the_object(v in range_header(), len in prop_oneof![0u64..64, proptest::arbitrary::any::<u64>()]) {
+            if let RangeSpec::Bytes(r) = parse_range(&v, len) {
+                prop_assert!(r.start < r.end && r.end <= len, "{:?} on {}: {:?}", v, len, r);
+                prop_assert!(!v.contains(','));
+            }
+        }
+
+        /// A well-formed `bytes=first-last` means what RFC 9110 §14.1.2 says.
+        #[test]
+        fn well_formed_ranges_mean_what_the_rfc_says(
+            first in proptest::option::of(prop_oneof![0u64..80, proptest::arbitrary::any::<u64>()]),
+            last in proptest::option::of(prop_oneof![0u64..80, proptest::arbitrary::any::<u64>()]),
+            len in prop_oneof![0u64..64, proptest::arbitrary::any::<u64>()],
+        ) {
+            prop_assume!(first.is_some() || last.is_some());
+            let h = format!("bytes={}-{}", first.map_or(String::new(), |f| f.to_string()), last.map_or(String::new(), |l| l.to_string()));
+            let want = match (first, last) {
+                (None, Some(0)) => RangeSpec::Unsatisfiable,
+                (None, Some(_)) if len == 0 => RangeSpec::Ignore,
+                (None, Some(n)) => RangeSpec::Bytes(len.saturating_sub(n)..len),
+                (Some(f), Some(l)) if l < f => RangeSpec::Ignore,
+                (Some(f), _) if f >= len => RangeSpec::Unsatisfiable,
+                (Some(f), Some(l)) => RangeSpec::Bytes(f..l.saturating_add(1).min(len)),
+                (Some(f), None) => RangeSpec::Bytes(f..len),
+                (None, None) => unreachable!(),
+            };
+            prop_assert_eq!(parse_range(&h, len), want, "{}", h);
+        }
+
+        /// Conditional and range headers together: 206 only for one valid range and,
+        /// with `If-Range`, only for our own strong ETag; 304 and 412 only when a header
+        /// allows them.
+        #[test]
+        fn conditionals_answer_only_what_their_headers_allow(
+            len in 0u64..100,
+            etag in proptest::option::of(prop_oneof![Just("\"abc\"".to_owned()), Just("W/\"abc\"".to_owned()), "[a-c\"]{0,4}"]),
+            fields in proptest::collection::vec((0usize..6, prop_oneof![
+                range_header(),
+                Just("\"abc\"".to_owned()),
+                Just("W/\"abc\"".to_owned()),
+                Just("*".to_owned()),
+                Just("\"x\", \"abc\"".to_owned()),
+                Just("Thu, 01 Jan 1970 00:16:40 GMT".to_owned()),
+                Just("Sun, 06 Nov 1994 08:49:37 GMT".to_owned()),
+                "\\PC{0,12}",
+            ]), 0..5),
+        ) {
+            let names = [header::RANGE, header::IF_RANGE, header::IF_MATCH, header::IF_NONE_MATCH, header::IF_MODIFIED_SINCE, header::IF_UNMODIFIED_SINCE];
+            let mut headers = HeaderMap::new();
+            for (n, v) in &fields {
+                if let Ok(v) = HeaderValue::from_str(v) {
+                    headers.append(names[*n].clone(), v);
+                }
+            }
+            let (status, range) = fuzzing::evaluate(len, etag.as_deref(), 1_000, &headers);
+            let has = |n: &header::HeaderName| headers.contains_key(n);
+            match status {
+                StatusCode::OK => prop_assert_eq!(range, Some(0..len)),
+                StatusCode::PARTIAL_CONTENT => {
+                    let r = range.unwrap();
+                    prop_assert!(r.start < r.end && r.end <= len);
+                    prop_assert_eq!(headers.get_all(header::RANGE).iter().count(), 1);
+                    if let Some(ir) = headers.get(header::IF_RANGE) {
+                        let ours = normalize_etag(etag.as_deref().unwrap_or("-"));
+                        prop_assert_eq!(ir.to_str().unwrap().trim(), ours.as_str());
+                        prop_assert!(!ours.starts_with("W/"));
+                    }
+                }
+                StatusCode::NOT_MODIFIED => prop_assert!(has(&header::IF_NONE_MATCH) || has(&header::IF_MODIFIED_SINCE)),
+                StatusCode::PRECONDITION_FAILED => prop_assert!(has(&header::IF_MATCH) || has(&header::IF_UNMODIFIED_SINCE)),
+                StatusCode::RANGE_NOT_SATISFIABLE => prop_assert!(has(&header::RANGE)),
+                other => prop_assert!(false, "unexpected {}", other),
+            }
+        }
     }
 }

@@ -90,6 +90,16 @@ pub mod size;
 pub mod store;
 pub mod walk;
 
+/// The pure parsers behind keys, `Range` and conditional headers, signed URLs,
+/// ListObjectsV2 pages, sizes and durations, gathered for the fuzz targets in `fuzz/`.
+/// Not a stable API.
+#[doc(hidden)]
+pub mod fuzzing {
+    #[cfg(feature = "http")]
+    pub use crate::http::fuzzing::{evaluate, key_from_path, parse_range};
+    pub use crate::s3::list::fuzzing::{parse_page, Page};
+}
+
 pub use config::{S3Config, StoreConfig};
 pub use error::{Error, Result};
 pub use key::{Key, KeyError};

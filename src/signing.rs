@@ -95,8 +95,13 @@ pub fn verify(
     let (Some(expires), Some(sig)) = (expires, sig) else {
         return Err(SignatureError::Missing);
     };
-    // Digits only: `+5` or ` 5` would parse as numbers that sign the same message.
-    if expires.is_empty() || expires.len() > 20 || !expires.bytes().all(|b| b.is_ascii_digit()) {
+    // Digits only, as signed: `+5`, ` 5` or `05` would parse as numbers that sign the same
+    // message, giving one signed URL many spellings.
+    if expires.is_empty()
+        || expires.len() > 20
+        || !expires.bytes().all(|b| b.is_ascii_digit())
+        || (expires.len() > 1 && expires.starts_with('0'))
+    {
         return Err(SignatureError::Invalid);
     }
     let expires: u64 = expires.parse().map_err(|_| SignatureError::Invalid)?;
@@ -196,6 +201,26 @@ mod tests {
     }
 
     #[test]
+    fn leading_zeros_in_the_expiry_are_refused() {
+        // Found by the signed_url fuzz target: `expires=060` verified as 60.
+        let key = Key::new("k").unwrap();
+        let sig = signature(SECRET, &key, 60);
+        assert_eq!(
+            verify(SECRET, &key, Some(&format!("expires=060&sig={sig}")), at(0)),
+            Err(SignatureError::Invalid)
+        );
+        let zero = signature(SECRET, &key, 0);
+        assert_eq!(
+            verify(SECRET, &key, Some(&format!("expires=0&sig={zero}")), at(0)),
+            Ok(0)
+        );
+        assert_eq!(
+            verify(SECRET, &key, Some(&format!("expires=00&sig={zero}")), at(0)),
+            Err(SignatureError::Invalid)
+        );
+    }
+
+    #[test]
     fn missing_parameters_are_reported_as_missing() {
         let key = Key::new("k").unwrap();
         for q in [
@@ -224,5 +249,64 @@ mod tests {
             hex::encode(m.finalize().into_bytes())
         );
         assert_eq!(signature(SECRET, &key, 42).len(), 64);
+    }
+
+    use proptest::prelude::*;
+
+    fn decoded(query: &str, name: &str) -> Vec<String> {
+        url::form_urlencoded::parse(query.as_bytes())
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.into_owned())
+            .collect()
+    }
+
+    proptest! {
+        /// Any query: an answer, never a panic, and nothing accepted without the real
+        /// signature of the expiry it carries.
+        #[test]
+        fn verify_accepts_only_real_signatures(
+            q in "\\PC{0,80}|((%65|e)xpires|sig|x)=[0-9a-f%+ ]{0,70}(&((%73|s)ig|expires)=[0-9a-f%]{0,66}){0,2}",
+            now in 0u64..2_000,
+        ) {
+            let key = Key::new("clips/a.mp4").unwrap();
+            if let Ok(expires) = verify(SECRET, &key, Some(&q), at(now)) {
+                prop_assert!(expires >= now);
+                prop_assert_eq!(decoded(&q, "expires"), [expires.to_string()]);
+                let sig = decoded(&q, "sig");
+                prop_assert_eq!(sig.len(), 1);
+                prop_assert_eq!(hex::decode(&sig[0]).ok(), hex::decode(signature(SECRET, &key, expires)).ok());
+            }
+        }
+
+        /// Edits of a signed query verify only when they still decode to the expiry and
+        /// the signature that were signed.
+        #[test]
+        fn edited_signed_queries_verify_only_to_what_was_signed(
+            ttl in 0u64..100_000,
+            edits in proptest::collection::vec((any::<usize>(), 0u8..3, prop_oneof![Just(b'0'), Just(b'&'), Just(b'%'), Just(b'='), Just(b'a'), Just(b'F'), any::<u8>()]), 1..4),
+        ) {
+            let key = Key::new("clips/a.mp4").unwrap();
+            let q = signed_query(SECRET, &key, Duration::from_secs(ttl), at(1_000));
+            let expires = 1_000 + ttl;
+            prop_assert_eq!(verify(SECRET, &key, Some(&q), at(1_000)), Ok(expires));
+            let mut bytes = q.into_bytes();
+            for (pos, what, b) in edits {
+                let pos = pos % (bytes.len() + 1);
+                match what {
+                    0 => bytes.insert(pos, b),
+                    1 if pos < bytes.len() => { bytes.remove(pos); }
+                    _ if pos < bytes.len() => bytes[pos] = b,
+                    _ => bytes.push(b),
+                }
+            }
+            let edited = String::from_utf8_lossy(&bytes);
+            if let Ok(e) = verify(SECRET, &key, Some(&edited), at(1_000)) {
+                prop_assert_eq!(e, expires);
+                prop_assert_eq!(decoded(&edited, "expires"), [expires.to_string()]);
+                let sig = decoded(&edited, "sig");
+                prop_assert_eq!(sig.len(), 1);
+                prop_assert_eq!(hex::decode(&sig[0]).ok(), hex::decode(signature(SECRET, &key, expires)).ok());
+            }
+        }
     }
 }

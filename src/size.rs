@@ -1,7 +1,9 @@
-//! `SizeSpec`: byte sizes and percentages as operators write them (`50GB`, `512MiB`, `10%`).
+//! `SizeSpec`: byte sizes and percentages as operators write them (`50GB`, `512MiB`, `10%`),
+//! and [`parse_age`]: ages and waits (`24h`, `7d`, `90min`).
 //!
 //! Thresholds such as `--min-free`, `--max-used` and `--warn-above` accept either an
-//! absolute size or a share of the filesystem, so the parsing lives in one place.
+//! absolute size or a share of the filesystem, so the parsing lives in one place. The
+//! binary's durations that decide what is deleted (`cleanup --max-age`) use [`parse_age`].
 
 use std::fmt;
 use std::str::FromStr;
@@ -112,6 +114,43 @@ pub fn human_bytes(b: u64) -> String {
     }
 }
 
+/// Parses an age or wait (`24h`, `7d`, `90min`) for options that decide what is deleted.
+///
+/// Stricter than humantime: a bare number (`24`) is refused, and so are `m` and `M`,
+/// which humantime reads as minutes and months — one slip of the shift key is a factor
+/// of 43,800.
+pub fn parse_age(s: &str) -> Result<std::time::Duration, String> {
+    let t = s.trim();
+    if !t.is_empty() && t.chars().all(|c| c.is_ascii_digit()) {
+        return Err(format!(
+            "{t:?} has no unit: write e.g. {t}h (hours), {t}d (days) or {t}min (minutes), as in 24h"
+        ));
+    }
+    let mut number = String::new();
+    let mut chars = t.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c.is_ascii_digit() {
+            number.push(c);
+            continue;
+        }
+        if c.is_alphabetic() {
+            let mut unit = String::from(c);
+            while let Some(&n) = chars.peek().filter(|n| n.is_alphabetic()) {
+                unit.push(n);
+                chars.next();
+            }
+            if unit == "m" || unit == "M" {
+                return Err(format!(
+                    "{t:?} is ambiguous: `m` reads as minutes and `M` as months; write {number}min or {number}months"
+                ));
+            }
+        }
+        number.clear();
+    }
+    humantime::parse_duration(t)
+        .map_err(|e| format!("invalid duration {t:?} ({e}): write e.g. 24h, 7d or 90min"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -160,5 +199,67 @@ mod tests {
         assert_eq!(human_bytes(512), "512 B");
         assert_eq!(human_bytes(1536), "1.5 KiB");
         assert_eq!(human_bytes(50 << 30), "50.0 GiB");
+    }
+
+    #[test]
+    fn ages_need_a_clear_unit() {
+        use std::time::Duration;
+        assert_eq!(parse_age("24h"), Ok(Duration::from_secs(86_400)));
+        assert_eq!(parse_age("90min"), Ok(Duration::from_secs(5_400)));
+        assert_eq!(parse_age("1h 30min"), Ok(Duration::from_secs(5_400)));
+        assert!(parse_age("24").unwrap_err().contains("24h"));
+        assert!(parse_age("6m").unwrap_err().contains("6min or 6months"));
+        assert!(parse_age("1h6M").unwrap_err().contains("6months"));
+        assert!(parse_age("soon").is_err());
+    }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever an operator types: an answer, never a panic; percentages stay within
+        /// 0-100 and the strict parser only ever agrees with the plain one.
+        #[test]
+        fn size_parsing_never_panics_and_agrees(
+            s in "\\PC{0,24}|[ 0-9.]{0,24}[kKmMgGtTiIbB%]{0,4}"
+        ) {
+            let plain = s.parse::<SizeSpec>();
+            if let Ok(SizeSpec::Percent(p)) = plain {
+                prop_assert!((0.0..=100.0).contains(&p));
+            }
+            if let Ok(spec) = SizeSpec::parse_with_unit(&s) {
+                prop_assert_eq!(Ok(spec), plain.clone());
+            }
+            if let Ok(b) = parse_bytes(&s) {
+                prop_assert_eq!(plain, Ok(SizeSpec::Bytes(b)));
+            }
+        }
+
+        /// A whole number with a unit is exactly that many bytes.
+        #[test]
+        fn sizes_with_a_unit_are_exact(n in 0u64..(1 << 40), unit in 0usize..9) {
+            let (name, mult) = [
+                ("B", 1u64), ("kB", 1_000), ("MB", 1_000_000), ("GB", 1_000_000_000),
+                ("KiB", 1 << 10), ("MiB", 1 << 20), ("GiB", 1 << 30), ("K", 1 << 10),
+                ("TiB", 1 << 40),
+            ][unit];
+            let want = n as u128 * mult as u128;
+            let got = SizeSpec::parse_with_unit(&format!("{n}{name}"));
+            if want < (1 << 53) {
+                prop_assert_eq!(got, Ok(SizeSpec::Bytes(want as u64)));
+            } else if want > u64::MAX as u128 {
+                prop_assert!(got.is_err());
+            }
+        }
+
+        /// Ages: never a bare number, never `m` or `M`, and otherwise what humantime says.
+        #[test]
+        fn ages_are_never_ambiguous(s in "\\PC{0,24}|[0-9 ]{0,6}[a-zA-Z]{0,6}[0-9 ]{0,6}[a-zA-Z]{0,3}") {
+            if let Ok(d) = parse_age(&s) {
+                let t = s.trim();
+                prop_assert!(!t.chars().all(|c| c.is_ascii_digit()));
+                prop_assert!(t.split(|c: char| !c.is_alphabetic()).all(|u| u != "m" && u != "M"));
+                prop_assert_eq!(humantime::parse_duration(t).ok(), Some(d));
+            }
+        }
     }
 }

@@ -517,48 +517,53 @@ impl Inner {
         })
     }
 
-    /// One listed entry. What is wrong with the entry alone becomes its `problem`; only a
-    /// key outside the store prefix, which means the server ignored our `prefix`, is an
-    /// error.
+    /// One listed entry (see [`entry`]), the prefix error as [`Error::Backend`].
     fn entry(&self, c: Contents, url_encoded: bool, strip: &str) -> Result<ListedObject> {
-        let mut problems = Vec::new();
-        let key = match url_encoded {
-            true => url_decode(&c.key).unwrap_or_else(|| {
-                problems.push(format!(
-                    "the key is not UTF-8 once URL-decoded (listed as {:?})",
-                    c.key
-                ));
-                url_decode_lossy(&c.key)
-            }),
-            false => c.key,
-        };
-        let rel = match key.strip_prefix(strip) {
-            Some(rel) => rel,
-            // A lossy key may have lost the prefix's bytes; the problem is reported anyway.
-            None if !problems.is_empty() => key.as_str(),
-            None => {
-                return Err(self.backend(format!(
-                    "listed key {key:?} does not start with the store prefix {strip:?}"
-                )))
-            }
-        };
-        let last_modified = parse_time(&c.last_modified).unwrap_or_else(|| {
-            problems.push(format!("unreadable LastModified {:?}", c.last_modified));
-            DateTime::UNIX_EPOCH
-        });
-        let size = c.size.trim().parse::<u64>().unwrap_or_else(|_| {
-            problems.push(format!("unreadable Size {:?}", c.size));
-            0
-        });
-        Ok(ListedObject {
-            key: rel.to_owned(),
-            size,
-            last_modified,
-            // Some servers send an empty <ETag/>: that is no ETag.
-            etag: c.etag.filter(|e| !e.trim_matches('"').is_empty()),
-            problem: (!problems.is_empty()).then(|| problems.join("; ")),
-        })
+        entry(c, url_encoded, strip).map_err(|msg| self.backend(msg))
     }
+}
+
+/// One listed entry. What is wrong with the entry alone becomes its `problem`; only a
+/// key outside the store prefix, which means the server ignored our `prefix`, is an
+/// error.
+fn entry(c: Contents, url_encoded: bool, strip: &str) -> std::result::Result<ListedObject, String> {
+    let mut problems = Vec::new();
+    let key = match url_encoded {
+        true => url_decode(&c.key).unwrap_or_else(|| {
+            problems.push(format!(
+                "the key is not UTF-8 once URL-decoded (listed as {:?})",
+                c.key
+            ));
+            url_decode_lossy(&c.key)
+        }),
+        false => c.key,
+    };
+    let rel = match key.strip_prefix(strip) {
+        Some(rel) => rel,
+        // A lossy key may have lost the prefix's bytes; the problem is reported anyway.
+        None if !problems.is_empty() => key.as_str(),
+        None => {
+            return Err(format!(
+                "listed key {key:?} does not start with the store prefix {strip:?}"
+            ))
+        }
+    };
+    let last_modified = parse_time(&c.last_modified).unwrap_or_else(|| {
+        problems.push(format!("unreadable LastModified {:?}", c.last_modified));
+        DateTime::UNIX_EPOCH
+    });
+    let size = c.size.trim().parse::<u64>().unwrap_or_else(|_| {
+        problems.push(format!("unreadable Size {:?}", c.size));
+        0
+    });
+    Ok(ListedObject {
+        key: rel.to_owned(),
+        size,
+        last_modified,
+        // Some servers send an empty <ETag/>: that is no ETag.
+        etag: c.etag.filter(|e| !e.trim_matches('"').is_empty()),
+        problem: (!problems.is_empty()).then(|| problems.join("; ")),
+    })
 }
 
 /// Decodes a key sent with `encoding-type=url`. AWS encodes like an HTML form (space as
@@ -628,6 +633,49 @@ struct S3Error {
     message: Option<String>,
 }
 
+/// The page parsing of [`RawLister`], for the fuzz targets in `fuzz/`: not a stable API.
+#[doc(hidden)]
+pub mod fuzzing {
+    /// One ListObjectsV2 page body as [`super::RawLister::list`] reads it.
+    #[derive(Debug)]
+    pub struct Page {
+        /// Each `<Contents>` entry, or why it ends the listing.
+        pub entries: Vec<Result<super::ListedObject, String>>,
+        /// `<CommonPrefixes>`, decoded (`None`: not UTF-8 once decoded).
+        pub prefixes: Vec<Option<String>>,
+        /// `<IsTruncated>`.
+        pub truncated: bool,
+        /// `<NextContinuationToken>`.
+        pub next_token: Option<String>,
+    }
+
+    /// Parses `body` as a page listed with `encoding-type=url` requested when
+    /// `url_encoding`, with `strip` removed from each key; `Err` for an unreadable page.
+    pub fn parse_page(body: &[u8], url_encoding: bool, strip: &str) -> Result<Page, String> {
+        let text = String::from_utf8_lossy(body);
+        let page = quick_xml::de::from_str::<super::ListBucketResult>(&text)
+            .map_err(|e| format!("unreadable ListObjectsV2 response: {e}"))?;
+        let url_encoded = url_encoding && page.encoding_type.as_deref() == Some("url");
+        Ok(Page {
+            entries: page
+                .contents
+                .into_iter()
+                .map(|c| super::entry(c, url_encoded, strip))
+                .collect(),
+            prefixes: page
+                .common_prefixes
+                .into_iter()
+                .map(|p| match url_encoded {
+                    true => super::url_decode(&p.prefix),
+                    false => Some(p.prefix),
+                })
+                .collect(),
+            truncated: page.is_truncated,
+            next_token: page.next_continuation_token,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -681,5 +729,50 @@ mod tests {
         }
         assert!(r.delay(1) <= Duration::from_millis(100));
         assert!(r.delay(10) >= Duration::from_millis(2500));
+    }
+
+    use proptest::prelude::*;
+
+    fn page_body() -> impl Strategy<Value = Vec<u8>> {
+        let piece = prop_oneof![
+            Just("<ListBucketResult>".to_owned()),
+            Just("</ListBucketResult>".to_owned()),
+            Just("<Contents>".to_owned()),
+            Just("</Contents>".to_owned()),
+            Just("<Key>".to_owned()),
+            Just("</Key>".to_owned()),
+            Just("<LastModified>2024-05-01T10:20:30Z</LastModified>".to_owned()),
+            Just("<Size>".to_owned()),
+            Just("</Size>".to_owned()),
+            Just("<EncodingType>url</EncodingType>".to_owned()),
+            Just("<IsTruncated>true</IsTruncated>".to_owned()),
+            Just("<CommonPrefixes><Prefix>".to_owned()),
+            Just("</Prefix></CommonPrefixes>".to_owned()),
+            Just("&lt;&#x1;&amp;".to_owned()),
+            "[a-z%0-9+/.]{0,8}",
+            "\\PC{0,8}",
+        ];
+        prop_oneof![
+            proptest::collection::vec(piece, 0..24).prop_map(|p| p.concat().into_bytes()),
+            proptest::collection::vec(any::<u8>(), 0..200),
+        ]
+    }
+
+    proptest! {
+        /// Any body: an answer, never a panic, and no entry, key or prefix that the body
+        /// does not contain (lossy UTF-8 may triple a byte; no decoding lengthens text).
+        #[test]
+        fn any_page_body_parses_to_bounded_output(body in page_body(), url in any::<bool>()) {
+            if let Ok(page) = fuzzing::parse_page(&body, url, "") {
+                prop_assert!(page.entries.len() + page.prefixes.len() <= body.len() / 10);
+                let mut total = page.next_token.as_ref().map_or(0, String::len);
+                for e in &page.entries {
+                    let o = e.as_ref().unwrap();
+                    total += o.key.len() + o.etag.as_ref().map_or(0, String::len);
+                }
+                total += page.prefixes.iter().flatten().map(String::len).sum::<usize>();
+                prop_assert!(total <= 3 * body.len());
+            }
+        }
     }
 }

@@ -18,42 +18,8 @@ pub(crate) fn absolute(
     })
 }
 
-/// Parses an age or wait (`24h`, `7d`, `90min`) for options that decide what is deleted.
-///
-/// Stricter than humantime: a bare number (`24`) is refused, and so are `m` and `M`,
-/// which humantime reads as minutes and months — one slip of the shift key is a factor
-/// of 43,800.
-pub(crate) fn parse_age(s: &str) -> Result<std::time::Duration, String> {
-    let t = s.trim();
-    if !t.is_empty() && t.chars().all(|c| c.is_ascii_digit()) {
-        return Err(format!(
-            "{t:?} has no unit: write e.g. {t}h (hours), {t}d (days) or {t}min (minutes), as in 24h"
-        ));
-    }
-    let mut number = String::new();
-    let mut chars = t.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c.is_ascii_digit() {
-            number.push(c);
-            continue;
-        }
-        if c.is_alphabetic() {
-            let mut unit = String::from(c);
-            while let Some(&n) = chars.peek().filter(|n| n.is_alphabetic()) {
-                unit.push(n);
-                chars.next();
-            }
-            if unit == "m" || unit == "M" {
-                return Err(format!(
-                    "{t:?} is ambiguous: `m` reads as minutes and `M` as months; write {number}min or {number}months"
-                ));
-            }
-        }
-        number.clear();
-    }
-    humantime::parse_duration(t)
-        .map_err(|e| format!("invalid duration {t:?} ({e}): write e.g. 24h, 7d or 90min"))
-}
+/// The age and wait options' parser, shared with the library so it can be fuzzed.
+pub(crate) use stowage::size::parse_age;
 
 /// One run of a command: its name and start time, and whether stdout is JSON.
 ///
@@ -213,22 +179,5 @@ pub(crate) fn print_key_reasons(items: &[stowage::ops::KeyReason]) {
             "      ... and {} more (--json lists all)",
             items.len() - SHOWN
         );
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_age;
-    use std::time::Duration;
-
-    #[test]
-    fn ages_need_a_clear_unit() {
-        assert_eq!(parse_age("24h"), Ok(Duration::from_secs(86_400)));
-        assert_eq!(parse_age("90min"), Ok(Duration::from_secs(5_400)));
-        assert_eq!(parse_age("1h 30min"), Ok(Duration::from_secs(5_400)));
-        assert!(parse_age("24").unwrap_err().contains("24h"));
-        assert!(parse_age("6m").unwrap_err().contains("6min or 6months"));
-        assert!(parse_age("1h6M").unwrap_err().contains("6months"));
-        assert!(parse_age("soon").is_err());
     }
 }
