@@ -180,6 +180,8 @@ impl Tool {
 /// What one child process cost.
 #[derive(Debug, Clone, Copy)]
 struct Sample {
+    /// HTTP requests the tool sent (WAN profile only: the relay counts them).
+    requests: Option<u64>,
     wall: f64,
     cpu: f64,
     max_rss_kib: u64,
@@ -307,13 +309,17 @@ fn main() {
                 let dest = env.work.join("dest").join(d.name).join(tool.slug());
                 prepare_dest(&env, d, tool, &dest);
                 rustix_sync();
-                let (sample, problem) = run_tool(&env, d, tool, &dest);
+                let before = relay.as_ref().map(|r| r.requests());
+                let (mut sample, problem) = run_tool(&env, d, tool, &dest);
+                if profile == Profile::Wan {
+                    sample.requests = relay.as_ref().zip(before).map(|(r, b)| r.requests() - b);
+                }
                 if !d.rerun {
                     // Big datasets times five tools do not fit every disk.
                     let _ = std::fs::remove_dir_all(&dest);
                 }
                 eprintln!(
-                    "{:8} {:6} round {} {:42} {:7.2} s  cpu {:6.2} s  rss {:6.1} MiB{}",
+                    "{:8} {:6} round {} {:42} {:7.2} s  cpu {:6.2} s  rss {:6.1} MiB  requests {}{}",
                     profile.name(),
                     d.name,
                     round + 1,
@@ -321,6 +327,7 @@ fn main() {
                     sample.wall,
                     sample.cpu,
                     sample.max_rss_kib as f64 / 1024.0,
+                    sample.requests.map_or("-".into(), |n| n.to_string()),
                     problem
                         .as_deref()
                         .map(|p| format!("  PROBLEM: {p}"))
@@ -523,6 +530,7 @@ fn measure(cmd: Command) -> (Sample, std::process::ExitStatus, Vec<u8>, Vec<u8>)
         .collect();
     let sample = match f[..] {
         [wall, cpu, rss] => Sample {
+            requests: None,
             wall,
             cpu,
             max_rss_kib: rss as u64,
@@ -631,9 +639,9 @@ fn table(
     );
     let _ = writeln!(
         s,
-        "| tool | wall s | objects/s | MB/s | CPU s | CPU s/GB | CPU s/1k obj | peak RSS MiB |"
+        "| tool | wall s | objects/s | MB/s | CPU s | CPU s/GB | CPU s/1k obj | peak RSS MiB | requests |"
     );
-    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     let best = |v: &Vec<Sample>| v.iter().copied().min_by(|a, b| a.wall.total_cmp(&b.wall));
     for (tool, samples, problems) in results {
         let Some(b) = best(samples) else { continue };
@@ -649,7 +657,7 @@ fn table(
         };
         let _ = writeln!(
             s,
-            "| {}{} | {:.2} | {:.0} | {mbs} | {:.2} | {cpu_gb} | {:.3} | {:.1} |",
+            "| {}{} | {:.2} | {:.0} | {mbs} | {:.2} | {cpu_gb} | {:.3} | {:.1} | {} |",
             tool.label(),
             if problems.is_empty() {
                 String::new()
@@ -660,7 +668,8 @@ fn table(
             d.objects as f64 / b.wall,
             b.cpu,
             b.cpu / kobj,
-            b.max_rss_kib as f64 / 1024.0
+            b.max_rss_kib as f64 / 1024.0,
+            b.requests.map_or("-".into(), |n| n.to_string())
         );
     }
     let Some(st) = results

@@ -23,6 +23,7 @@
 //! get no help from it; the bench's ceiling reader measures what the relay lets through.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -106,6 +107,8 @@ impl LinkModel {
 /// A running relay; dropping it stops it.
 pub struct Relay {
     pub endpoint: String,
+    /// Requests seen so far (with the request-rate ceiling off too).
+    requests: Arc<AtomicU64>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -117,6 +120,8 @@ impl Relay {
         listener.set_nonblocking(true).expect("nonblocking");
         let addr = listener.local_addr().expect("addr");
         let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let requests = Arc::new(AtomicU64::new(0));
+        let counted = requests.clone();
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -134,16 +139,25 @@ impl Relay {
                         a = listener.accept() => match a { Ok((s, _)) => s, Err(_) => continue },
                         _ = &mut stop_rx => return,
                     };
-                    tokio::spawn(relay_connection(client, upstream, model, bucket.clone()));
+                    let (bucket, counted) = (bucket.clone(), counted.clone());
+                    tokio::spawn(relay_connection(client, upstream, model, bucket, counted));
                 }
             });
             rt.shutdown_timeout(Duration::from_secs(1));
         });
         Relay {
             endpoint: format!("http://{addr}"),
+            requests,
             stop: Some(stop_tx),
             thread: Some(thread),
         }
+    }
+}
+
+impl Relay {
+    /// HTTP requests relayed so far.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
     }
 }
 
@@ -163,6 +177,7 @@ async fn relay_connection(
     upstream: SocketAddr,
     model: LinkModel,
     bucket: Arc<Mutex<TokenBucket>>,
+    counted: Arc<AtomicU64>,
 ) {
     let Ok(server) = TcpStream::connect(upstream).await else {
         return;
@@ -180,7 +195,11 @@ async fn relay_connection(
         half_rtt: rtt / 2,
         model,
         rate: None,
-        requests: (model.requests_per_s > 0.0).then(|| (RequestParser::default(), bucket)),
+        requests: Some(Requests {
+            parser: RequestParser::default(),
+            bucket: (model.requests_per_s > 0.0).then_some(bucket),
+            counted,
+        }),
     };
     let down = Direction {
         half_rtt: rtt / 2,
@@ -198,7 +217,13 @@ struct Direction {
     /// Bytes per second, if capped.
     rate: Option<f64>,
     /// Client-to-server only: where requests start, and the shared request budget.
-    requests: Option<(RequestParser, Arc<Mutex<TokenBucket>>)>,
+    requests: Option<Requests>,
+}
+
+struct Requests {
+    parser: RequestParser,
+    bucket: Option<Arc<Mutex<TokenBucket>>>,
+    counted: Arc<AtomicU64>,
 }
 
 impl Direction {
@@ -238,9 +263,10 @@ impl Direction {
                     Ok(0) | Err(_) => break,
                     Ok(_) => {}
                 }
-                if let Some((parser, bucket)) = &mut self.requests {
-                    let starts = parser.feed(&buf);
-                    if starts > 0 {
+                if let Some(r) = &mut self.requests {
+                    let starts = r.parser.feed(&buf);
+                    r.counted.fetch_add(starts as u64, Ordering::Relaxed);
+                    if let (Some(bucket), true) = (&r.bucket, starts > 0) {
                         let wait = bucket.lock().expect("bucket").take(starts as f64);
                         if !wait.is_zero() {
                             tokio::time::sleep(wait).await;
