@@ -578,8 +578,8 @@ fn measure_child(report: &str, program: &str, args: &[String]) -> ! {
     std::process::exit(code)
 }
 
-/// Regular files and their bytes under `root`, stowage's own files and rclone's partials
-/// included (a finished copy has none).
+/// Regular files and their bytes under `root`, stowage's temp files and rclone's partials
+/// included (a finished copy has none), its lock and store marker not.
 fn count_files(root: &Path) -> (u64, u64) {
     let (mut files, mut bytes) = (0, 0);
     let mut stack = vec![root.to_path_buf()];
@@ -591,7 +591,8 @@ fn count_files(root: &Path) -> (u64, u64) {
             match de.file_type() {
                 Ok(t) if t.is_dir() => stack.push(de.path()),
                 Ok(t) if t.is_file() => {
-                    if de.file_name() == ".stowage.lock" {
+                    // The lock and the store marker are stowage's own, not copies.
+                    if de.file_name() == ".stowage.lock" || de.file_name() == ".stowage" {
                         continue;
                     }
                     files += 1;
