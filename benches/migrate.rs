@@ -1,5 +1,15 @@
 //! `cargo bench --bench migrate`: `stowage migrate s3-to-local` side by side with rclone and
-//! the AWS CLI, against one loopback S3 server (s3s-fs, in this process, on its own thread).
+//! the AWS CLI, against one loopback S3 server (s3s-fs, in this process, on its own thread),
+//! reached directly (the `loopback` profile) or through a link model (the `wan` profile).
+//!
+//! The `wan` profile puts a TCP relay (`wan/relay.rs`, in this process on a thread of its
+//! own) between the tools and the server, meant to resemble S3 as seen from an EC2 or
+//! colocated host in the same region: each connection gets a 20-40 ms round trip (its setup
+//! costs one, every request another before the first byte), 16 MB/s downstream per
+//! connection, and all connections together at most 3,500 new requests/s (counted by
+//! parsing the HTTP/1.1 request heads, not by connections). Loopback measures CPU and the
+//! client's own overheads; the WAN profile measures what concurrency and request count cost
+//! when every request waits on the network, which is where real migrations spend their time.
 //!
 //! Every tool runs as a child process, so its wall time, CPU time (user + system) and peak
 //! RSS come from `wait4`'s rusage and nothing of the server is counted. The tools alternate
@@ -12,14 +22,21 @@
 //! the rate the loopback server can serve.
 //!
 //! Environment:
-//! - `STOWAGE_BENCH_DATASETS=small,clips,large,rerun` (default: all four)
+//! - `STOWAGE_BENCH_PROFILE=loopback|wan|both` (default `both`: each dataset is run under
+//!   each profile, loopback first)
+//! - `STOWAGE_BENCH_DATASETS=small,clips,large,rerun,mixed` (default: all five; `mixed` is
+//!   1,500 objects of log-uniform sizes from 1 KiB to 8 MiB, fixed seed, about 1.4 GB)
+//! - `STOWAGE_BENCH_TOOLS=stowage,rclone,rclone64,aws,ceiling` (default: all that are
+//!   installed; `rclone` is rclone with its defaults)
 //! - `STOWAGE_BENCH_ROUNDS=N` timed rounds per dataset (default 2; figures are the best run)
 //! - `STOWAGE_BENCH_DIR=/path` where the server's data and the copies live (default: under
 //!   the target directory); seeded buckets are kept there and reused by the next run.
 //! - `STOWAGE_BENCH_OUT=/path/file.md` also write the tables there.
 //!
-//! `<bench binary> --serve <dir>/server` serves seeded buckets for profiling a tool by hand
-//! (it prints the endpoint; keys as in this file).
+//! `<bench binary> --serve <dir>/server [wan]` serves seeded buckets for profiling a tool by
+//! hand (it prints the endpoint, and with `wan` a second one through the relay; keys as in
+//! this file). `STOWAGE_BENCH_WAN=rtt=20-40,mbps=16,rps=3500` changes the link model
+//! (`rtt=0,mbps=0,rps=0`: a relay that adds nothing).
 //!
 //! rclone is installed with `apt-get install -y rclone` when missing (and possible); a peer
 //! that cannot be had is skipped with a message. This is a benchmark, not a test: nothing
@@ -36,6 +53,9 @@ use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path as ObjPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
+#[path = "wan/relay.rs"]
+mod relay;
+
 const ACCESS_KEY: &str = "stowage-bench-access";
 const SECRET_KEY: &str = "stowage-bench-secret";
 const REGION: &str = "us-east-1";
@@ -47,18 +67,26 @@ struct Dataset {
     name: &'static str,
     bucket: &'static str,
     objects: u64,
-    size: u64,
+    sizes: Sizes,
     prefixes: u64,
     /// Copy into a finished copy of `bucket`: nothing to transfer.
     rerun: bool,
 }
 
-const DATASETS: [Dataset; 4] = [
+/// How big a dataset's objects are.
+#[derive(Debug, Clone, Copy)]
+enum Sizes {
+    Fixed(u64),
+    /// Log-uniform between the two bounds, drawn per object from a fixed seed.
+    LogUniform(u64, u64),
+}
+
+const DATASETS: [Dataset; 5] = [
     Dataset {
         name: "small",
         bucket: "small",
         objects: 5_000,
-        size: 16 << 10,
+        sizes: Sizes::Fixed(16 << 10),
         prefixes: 50,
         rerun: false,
     },
@@ -66,7 +94,7 @@ const DATASETS: [Dataset; 4] = [
         name: "clips",
         bucket: "clips",
         objects: 200,
-        size: 2 * MIB,
+        sizes: Sizes::Fixed(2 * MIB),
         prefixes: 1,
         rerun: false,
     },
@@ -74,7 +102,7 @@ const DATASETS: [Dataset; 4] = [
         name: "large",
         bucket: "large",
         objects: 8,
-        size: 64 * MIB,
+        sizes: Sizes::Fixed(64 * MIB),
         prefixes: 1,
         rerun: false,
     },
@@ -82,9 +110,17 @@ const DATASETS: [Dataset; 4] = [
         name: "rerun",
         bucket: "small",
         objects: 5_000,
-        size: 16 << 10,
+        sizes: Sizes::Fixed(16 << 10),
         prefixes: 50,
         rerun: true,
+    },
+    Dataset {
+        name: "mixed",
+        bucket: "mixed",
+        objects: 1_500,
+        sizes: Sizes::LogUniform(1 << 10, 8 * MIB),
+        prefixes: 15,
+        rerun: false,
     },
 ];
 
@@ -96,8 +132,18 @@ impl Dataset {
             format!("clip-{i:04}.mp4")
         }
     }
+    fn size(&self, i: u64) -> u64 {
+        match self.sizes {
+            Sizes::Fixed(n) => n,
+            Sizes::LogUniform(lo, hi) => {
+                let u = fastrand::Rng::with_seed(0x5707_a6e0 ^ i).f64();
+                let (lo, hi) = ((lo as f64).ln(), (hi as f64).ln());
+                (lo + u * (hi - lo)).exp().round() as u64
+            }
+        }
+    }
     fn bytes(&self) -> u64 {
-        self.objects * self.size
+        (0..self.objects).map(|i| self.size(i)).sum()
     }
 }
 
@@ -134,6 +180,8 @@ impl Tool {
 /// What one child process cost.
 #[derive(Debug, Clone, Copy)]
 struct Sample {
+    /// HTTP requests the tool sent (WAN profile only: the relay counts them).
+    requests: Option<u64>,
     wall: f64,
     cpu: f64,
     max_rss_kib: u64,
@@ -155,18 +203,29 @@ fn main() {
         // For profiling a tool by hand against the seeded buckets.
         let server = Server::start(Path::new(&args[2]));
         println!("{}", server.endpoint);
+        if args.get(3).map(String::as_str) == Some("wan") {
+            let relay = relay::Relay::start(server.addr, relay::LinkModel::from_env());
+            println!(
+                "{} (wan: {})",
+                relay.endpoint,
+                relay::LinkModel::from_env().describe()
+            );
+            std::thread::park();
+        }
         std::thread::park();
         return;
     }
     if args.get(1).map(String::as_str) == Some("--measure") {
         measure_child(&args[2], &args[3], &args[4..]);
     }
-    let wanted: Vec<String> = std::env::var("STOWAGE_BENCH_DATASETS")
-        .unwrap_or_else(|_| "small,clips,large,rerun".into())
-        .split(',')
-        .map(|s| s.trim().to_owned())
-        .filter(|s| !s.is_empty())
-        .collect();
+    let wanted = env_list("STOWAGE_BENCH_DATASETS", "small,clips,large,rerun,mixed");
+    let profiles: Vec<Profile> = match std::env::var("STOWAGE_BENCH_PROFILE").as_deref() {
+        Ok("loopback") => vec![Profile::Loopback],
+        Ok("wan") => vec![Profile::Wan],
+        Ok("both") | Err(_) => vec![Profile::Loopback, Profile::Wan],
+        Ok(other) => panic!("STOWAGE_BENCH_PROFILE={other}: expected loopback, wan or both"),
+    };
+    let wanted_tools = env_list("STOWAGE_BENCH_TOOLS", "stowage,rclone,rclone64,aws,ceiling");
     let datasets: Vec<Dataset> = DATASETS
         .iter()
         .copied()
@@ -199,13 +258,14 @@ fn main() {
         None => eprintln!("skipping aws s3 sync: `aws` is not installed (pip install awscli)"),
     }
     tools.push(Tool::Ceiling);
+    tools.retain(|t| wanted_tools.iter().any(|w| w == t.slug()));
 
     let server = Server::start(&server_root);
-    let env = Env {
-        endpoint: server.endpoint.clone(),
-        work: work.clone(),
-        stowage: PathBuf::from(env!("CARGO_BIN_EXE_stowage")),
-    };
+    let link = relay::LinkModel::from_env();
+    let relay = profiles
+        .contains(&Profile::Wan)
+        .then(|| relay::Relay::start(server.addr, link));
+    let server_endpoint = server.endpoint.clone();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -213,14 +273,28 @@ fn main() {
         .expect("runtime");
     for d in &datasets {
         if !d.rerun {
-            rt.block_on(seed(&env.endpoint, &server_root, d));
+            rt.block_on(seed(&server_endpoint, &server_root, d));
         }
     }
     drop(rt);
 
     let mut report = String::new();
     let _ = writeln!(report, "{}", machine_line());
-    for d in &datasets {
+    if relay.is_some() {
+        let _ = writeln!(report, "\nWAN profile: {}.", link.describe());
+    }
+    for (profile, d) in profiles
+        .iter()
+        .flat_map(|p| datasets.iter().map(move |d| (*p, d)))
+    {
+        let env = Env {
+            endpoint: match (profile, &relay) {
+                (Profile::Wan, Some(r)) => r.endpoint.clone(),
+                _ => server_endpoint.clone(),
+            },
+            work: work.join(profile.name()),
+            stowage: PathBuf::from(env!("CARGO_BIN_EXE_stowage")),
+        };
         let tools: Vec<Tool> = tools
             .iter()
             .copied()
@@ -235,15 +309,25 @@ fn main() {
                 let dest = env.work.join("dest").join(d.name).join(tool.slug());
                 prepare_dest(&env, d, tool, &dest);
                 rustix_sync();
-                let (sample, problem) = run_tool(&env, d, tool, &dest);
+                let before = relay.as_ref().map(|r| r.requests());
+                let (mut sample, problem) = run_tool(&env, d, tool, &dest);
+                if profile == Profile::Wan {
+                    sample.requests = relay.as_ref().zip(before).map(|(r, b)| r.requests() - b);
+                }
+                if !d.rerun {
+                    // Big datasets times five tools do not fit every disk.
+                    let _ = std::fs::remove_dir_all(&dest);
+                }
                 eprintln!(
-                    "{:6} round {} {:42} {:7.2} s  cpu {:6.2} s  rss {:6.1} MiB{}",
+                    "{:8} {:6} round {} {:42} {:7.2} s  cpu {:6.2} s  rss {:6.1} MiB  requests {}{}",
+                    profile.name(),
                     d.name,
                     round + 1,
                     tool.label(),
                     sample.wall,
                     sample.cpu,
                     sample.max_rss_kib as f64 / 1024.0,
+                    sample.requests.map_or("-".into(), |n| n.to_string()),
                     problem
                         .as_deref()
                         .map(|p| format!("  PROBLEM: {p}"))
@@ -255,13 +339,42 @@ fn main() {
                 }
             }
         }
-        report.push_str(&table(d, &results, rounds));
+        report.push_str(&table(profile, d, &results, rounds));
     }
     println!("{report}");
     if let Some(out) = std::env::var_os("STOWAGE_BENCH_OUT") {
         std::fs::write(&out, &report).expect("write STOWAGE_BENCH_OUT");
     }
+    drop(relay);
     drop(server);
+}
+
+/// Where the tools reach the server from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Profile {
+    /// Directly, over loopback.
+    Loopback,
+    /// Through the relay's link model (see `wan/relay.rs`).
+    Wan,
+}
+
+impl Profile {
+    fn name(self) -> &'static str {
+        match self {
+            Profile::Loopback => "loopback",
+            Profile::Wan => "wan",
+        }
+    }
+}
+
+/// A comma-separated list from the environment, or `default`.
+fn env_list(var: &str, default: &str) -> Vec<String> {
+    std::env::var(var)
+        .unwrap_or_else(|_| default.into())
+        .split(',')
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .collect()
 }
 
 /// Empties the destination, or for a rerun makes sure it holds a finished copy.
@@ -417,6 +530,7 @@ fn measure(cmd: Command) -> (Sample, std::process::ExitStatus, Vec<u8>, Vec<u8>)
         .collect();
     let sample = match f[..] {
         [wall, cpu, rss] => Sample {
+            requests: None,
             wall,
             cpu,
             max_rss_kib: rss as u64,
@@ -464,8 +578,8 @@ fn measure_child(report: &str, program: &str, args: &[String]) -> ! {
     std::process::exit(code)
 }
 
-/// Regular files and their bytes under `root`, stowage's own files and rclone's partials
-/// included (a finished copy has none).
+/// Regular files and their bytes under `root`, stowage's temp files and rclone's partials
+/// included (a finished copy has none), its lock and store marker not.
 fn count_files(root: &Path) -> (u64, u64) {
     let (mut files, mut bytes) = (0, 0);
     let mut stack = vec![root.to_path_buf()];
@@ -477,7 +591,8 @@ fn count_files(root: &Path) -> (u64, u64) {
             match de.file_type() {
                 Ok(t) if t.is_dir() => stack.push(de.path()),
                 Ok(t) if t.is_file() => {
-                    if de.file_name() == ".stowage.lock" {
+                    // The lock and the store marker are stowage's own, not copies.
+                    if de.file_name() == ".stowage.lock" || de.file_name() == ".stowage" {
                         continue;
                     }
                     files += 1;
@@ -495,7 +610,12 @@ fn rustix_sync() {
     unsafe { libc::sync() };
 }
 
-fn table(d: &Dataset, results: &[(Tool, Vec<Sample>, Vec<String>)], rounds: usize) -> String {
+fn table(
+    profile: Profile,
+    d: &Dataset,
+    results: &[(Tool, Vec<Sample>, Vec<String>)],
+    rounds: usize,
+) -> String {
     let gb = d.bytes() as f64 / 1e9;
     let kobj = d.objects as f64 / 1e3;
     let mut s = String::new();
@@ -505,23 +625,24 @@ fn table(d: &Dataset, results: &[(Tool, Vec<Sample>, Vec<String>)], rounds: usiz
             d.objects
         )
     } else {
-        format!(
-            "{} x {} = {:.0} MB",
-            d.objects,
-            human(d.size),
-            d.bytes() as f64 / 1e6
-        )
+        let each = match d.sizes {
+            Sizes::Fixed(n) => human(n),
+            Sizes::LogUniform(lo, hi) => format!("{}-{} (log-uniform)", human(lo), human(hi)),
+        };
+        format!("{} x {each} = {:.0} MB", d.objects, d.bytes() as f64 / 1e6)
     };
     let _ = writeln!(
         s,
-        "\n### `{}`: {what}\n\nBest of {rounds} alternating rounds (wall time); CPU and RSS of that run.\n",
-        d.name
+        "\n### {}, `{}`: {what}\n\nBest of {rounds} alternating rounds (wall time; all runs: {}); CPU and RSS of the best run.\n",
+        profile.name(),
+        d.name,
+        spread(results)
     );
     let _ = writeln!(
         s,
-        "| tool | wall s | objects/s | MB/s | CPU s | CPU s/GB | CPU s/1k obj | peak RSS MiB |"
+        "| tool | wall s | objects/s | MB/s | CPU s | CPU s/GB | CPU s/1k obj | peak RSS MiB | requests |"
     );
-    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     let best = |v: &Vec<Sample>| v.iter().copied().min_by(|a, b| a.wall.total_cmp(&b.wall));
     for (tool, samples, problems) in results {
         let Some(b) = best(samples) else { continue };
@@ -537,7 +658,7 @@ fn table(d: &Dataset, results: &[(Tool, Vec<Sample>, Vec<String>)], rounds: usiz
         };
         let _ = writeln!(
             s,
-            "| {}{} | {:.2} | {:.0} | {mbs} | {:.2} | {cpu_gb} | {:.3} | {:.1} |",
+            "| {}{} | {:.2} | {:.0} | {mbs} | {:.2} | {cpu_gb} | {:.3} | {:.1} | {} |",
             tool.label(),
             if problems.is_empty() {
                 String::new()
@@ -548,7 +669,8 @@ fn table(d: &Dataset, results: &[(Tool, Vec<Sample>, Vec<String>)], rounds: usiz
             d.objects as f64 / b.wall,
             b.cpu,
             b.cpu / kobj,
-            b.max_rss_kib as f64 / 1024.0
+            b.max_rss_kib as f64 / 1024.0,
+            b.requests.map_or("-".into(), |n| n.to_string())
         );
     }
     let Some(st) = results
@@ -579,6 +701,18 @@ fn table(d: &Dataset, results: &[(Tool, Vec<Sample>, Vec<String>)], rounds: usiz
         );
     }
     s
+}
+
+/// Every run's wall time per tool, to show the noise behind the best-of figures.
+fn spread(results: &[(Tool, Vec<Sample>, Vec<String>)]) -> String {
+    results
+        .iter()
+        .map(|(tool, samples, _)| {
+            let walls: Vec<String> = samples.iter().map(|s| format!("{:.1}", s.wall)).collect();
+            format!("{} {} s", tool.slug(), walls.join("/"))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn human(n: u64) -> String {
@@ -649,6 +783,7 @@ fn have_rclone() -> Result<String, String> {
 /// (the client under test gets no help from it). A top-level directory is a bucket.
 struct Server {
     endpoint: String,
+    addr: std::net::SocketAddr,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -701,6 +836,7 @@ impl Server {
         });
         Server {
             endpoint: format!("http://{addr}"),
+            addr,
             stop: Some(stop_tx),
             thread: Some(thread),
         }
@@ -756,8 +892,9 @@ async fn seed(endpoint: &str, server_root: &Path, d: &Dataset) {
             let store = store.clone();
             async move {
                 // Distinct content per object, cheap to make.
-                let mut rng = fastrand::Rng::with_seed(i ^ (d.size << 20));
-                let mut body = vec![0u8; d.size as usize];
+                let size = d.size(i);
+                let mut rng = fastrand::Rng::with_seed(i ^ (size << 20));
+                let mut body = vec![0u8; size as usize];
                 rng.fill(&mut body);
                 store
                     .put(
