@@ -59,9 +59,10 @@ impl Row {
         } else {
             format!("{} KiB", self.set.2 >> 10)
         };
-        let kind = match self.kind {
-            Kind::Full => "full GET",
-            Kind::Range => "Range 64 KiB",
+        let kind = match (self.kind, self.set.2 >= 1 << 20) {
+            (Kind::Full, _) => "full GET",
+            (Kind::Range, true) => "Range 64 KiB at 1 MiB",
+            (Kind::Range, false) => "Range 4096- (12 KiB)",
         };
         format!("{size} {kind}, {} conn", self.conns)
     }
