@@ -24,6 +24,8 @@
 //! - `STOWAGE_BENCH_DIR=/path` where the files and nginx's temp files go (default: under the
 //!   target directory)
 //! - `STOWAGE_BENCH_OUT=/path/file.md` also write the tables there
+//! - `STOWAGE_BENCH_STOWAGE=/path/to/stowage` serve with another build (e.g. to compare a
+//!   change with the commit before it); default: the release binary cargo built
 //!
 //! nginx and wrk are installed with `apt-get install -y nginx wrk` when missing (and
 //! possible); otherwise the bench stops and prints that command. This is a benchmark, not a
@@ -387,7 +389,10 @@ fn free_port() -> u16 {
 fn start_stowage(root: &Path, work: &Path) -> Server {
     let port = free_port();
     let log = std::fs::File::create(work.join("stowage-access.log")).expect("log file");
-    let child = Command::new(env!("CARGO_BIN_EXE_stowage"))
+    let bin = std::env::var_os("STOWAGE_BENCH_STOWAGE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_stowage")));
+    let child = Command::new(bin)
         .args(["serve", "--root"])
         .arg(root)
         .args(["--listen", &format!("127.0.0.1:{port}")])

@@ -306,37 +306,22 @@ fn key_from_path(path: &str) -> Option<Key> {
 }
 
 async fn serve_local(sh: &Shared, key: Key, headers: &HeaderMap, head: bool) -> Response {
-    let root = sh
-        .store
-        .local_root()
-        .expect("a local store has a root")
-        .to_path_buf();
-    let k = key.clone();
-    // Opening, the metadata, the conditional and range decision and the first chunk of the
-    // body are one trip to the blocking pool: a 16 KiB file is answered without a second.
-    let headers = headers.clone();
-    let opened = tokio::task::spawn_blocking(move || -> io::Result<Opened> {
-        let file = local::open_beneath(&root, &k)?;
-        let md = file.metadata()?;
-        let content_type = local::read_content_type(&file);
-        let meta = crate::store::local_served_meta(k, &md, content_type);
-        let outcome = evaluate(&meta, &headers);
-        let first = match &outcome {
-            Outcome::Full(r) | Outcome::Partial(r) if !head && r.end > r.start => {
-                let n = (r.end - r.start).min(CHUNK as u64) as usize;
-                read_exactly_at(&file, n, r.start)?
-            }
-            _ => Bytes::new(),
-        };
-        Ok(Opened {
-            file,
-            meta,
-            outcome,
-            first,
-        })
-    })
-    .await
-    .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+    let root = sh.store.local_root().expect("a local store has a root");
+    // A file whose path, inode and first chunk are in the kernel's caches is answered on
+    // this thread. Otherwise opening, the metadata, the conditional and range decision and
+    // the first chunk of the body are one trip to the blocking pool.
+    let opened = match open_and_decide(root, &key, headers, head, true) {
+        Ok(Some(o)) => Ok(o),
+        _ => {
+            let (root, k, headers) = (root.to_path_buf(), key.clone(), headers.clone());
+            tokio::task::spawn_blocking(move || {
+                open_and_decide(&root, &k, &headers, head, false)
+                    .map(|o| o.expect("the blocking path always opens"))
+            })
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+        }
+    };
     let Opened {
         file,
         meta,
@@ -346,7 +331,6 @@ async fn serve_local(sh: &Shared, key: Key, headers: &HeaderMap, head: bool) -> 
         Ok(x) => x,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return not_found(),
         Err(e) => {
-            let root = sh.store.local_root().expect("a local store has a root");
             return internal(Error::Io {
                 op: "open",
                 path: key.to_path(root),
@@ -367,6 +351,52 @@ async fn serve_local(sh: &Shared, key: Key, headers: &HeaderMap, head: bool) -> 
         _ => Body::empty(),
     };
     respond(sh, &meta, outcome, body)
+}
+
+/// Opens `key`, decides the answer from its metadata and `headers`, and reads the first
+/// [`CHUNK`] of the body. With `cached_only` nothing waits for the disk (the path is
+/// resolved from the dentry cache, the chunk read with `RWF_NOWAIT`): `Ok(None)` when
+/// something was not cached, and the caller asks again on the blocking pool.
+fn open_and_decide(
+    root: &std::path::Path,
+    key: &Key,
+    headers: &HeaderMap,
+    head: bool,
+    cached_only: bool,
+) -> io::Result<Option<Opened>> {
+    let file = if cached_only {
+        match local::open_beneath_cached(root, key) {
+            Some(f) => f,
+            None => return Ok(None),
+        }
+    } else {
+        local::open_beneath(root, key)?
+    };
+    let md = file.metadata()?;
+    let content_type = local::read_content_type(&file);
+    let meta = crate::store::local_served_meta(key.clone(), &md, content_type);
+    let outcome = evaluate(&meta, headers);
+    let first = match &outcome {
+        Outcome::Full(r) | Outcome::Partial(r) if !head && r.end > r.start => {
+            let n = (r.end - r.start).min(CHUNK as u64) as usize;
+            if cached_only {
+                let mut buf = vec![0u8; n];
+                if read_cached_at(&file, &mut buf, r.start) < n {
+                    return Ok(None);
+                }
+                Bytes::from(buf)
+            } else {
+                read_exactly_at(&file, n, r.start)?
+            }
+        }
+        _ => Bytes::new(),
+    };
+    Ok(Some(Opened {
+        file,
+        meta,
+        outcome,
+        first,
+    }))
 }
 
 /// What the blocking half of [`serve_local`] hands back.

@@ -193,6 +193,37 @@ pub fn open_beneath(root: &Path, key: &Key) -> io::Result<File> {
     Ok(File::from(fd))
 }
 
+/// [`open_beneath`] from the kernel's caches alone, for callers on an async runtime that
+/// must not wait for the disk: `openat2` with `RESOLVE_CACHED` (Linux 5.12). `None` when
+/// the lookup would need the disk, the kernel lacks it, or anything failed: the caller
+/// then takes the blocking path, which gives the authoritative answer (404s included).
+pub fn open_beneath_cached(root: &Path, key: &Key) -> Option<File> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static UNAVAILABLE: AtomicBool = AtomicBool::new(false);
+    if UNAVAILABLE.load(Ordering::Relaxed) {
+        return None;
+    }
+    let cached = rfs::ResolveFlags::CACHED;
+    let dir_flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    let resolve = cached
+        | rfs::ResolveFlags::BENEATH
+        | rfs::ResolveFlags::NO_SYMLINKS
+        | rfs::ResolveFlags::NO_MAGICLINKS;
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK;
+    let opened = rfs::openat2(rfs::CWD, root, dir_flags, Mode::empty(), cached)
+        .and_then(|dir| rfs::openat2(&dir, key.as_str(), flags, Mode::empty(), resolve));
+    let fd = match opened {
+        Ok(fd) => fd,
+        Err(Errno::NOSYS | Errno::PERM | Errno::INVAL) => {
+            UNAVAILABLE.store(true, Ordering::Relaxed);
+            return None;
+        }
+        Err(_) => return None,
+    };
+    let st = rfs::fstat(&fd).ok()?;
+    (rfs::FileType::from_raw_mode(st.st_mode) == rfs::FileType::RegularFile).then(|| File::from(fd))
+}
+
 /// `openat2(root, key, RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`, or `Ok(None)` when the
 /// kernel (or a seccomp filter) does not offer it; remembered for the next call.
 fn open_beneath_in_one(
