@@ -65,6 +65,7 @@ use axum::response::Response;
 use axum::routing::any;
 use axum::Router;
 use bytes::Bytes;
+use futures::StreamExt;
 use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
@@ -305,25 +306,31 @@ fn key_from_path(path: &str) -> Option<Key> {
 }
 
 async fn serve_local(sh: &Shared, key: Key, headers: &HeaderMap, head: bool) -> Response {
-    let root = sh
-        .store
-        .local_root()
-        .expect("a local store has a root")
-        .to_path_buf();
-    let k = key.clone();
-    let opened = tokio::task::spawn_blocking(move || -> io::Result<(File, Meta)> {
-        let file = local::open_beneath(&root, &k)?;
-        let md = file.metadata()?;
-        let content_type = local::read_content_type(&file);
-        Ok((file, crate::store::local_served_meta(k, &md, content_type)))
-    })
-    .await
-    .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
-    let (file, meta) = match opened {
+    let root = sh.store.local_root().expect("a local store has a root");
+    // A file whose path, inode and first chunk are in the kernel's caches is answered on
+    // this thread. Otherwise opening, the metadata, the conditional and range decision and
+    // the first chunk of the body are one trip to the blocking pool.
+    let opened = match open_and_decide(root, &key, headers, head, true) {
+        Ok(Some(o)) => Ok(o),
+        _ => {
+            let (root, k, headers) = (root.to_path_buf(), key.clone(), headers.clone());
+            tokio::task::spawn_blocking(move || {
+                open_and_decide(&root, &k, &headers, head, false)
+                    .map(|o| o.expect("the blocking path always opens"))
+            })
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+        }
+    };
+    let Opened {
+        file,
+        meta,
+        outcome,
+        first,
+    } = match opened {
         Ok(x) => x,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return not_found(),
         Err(e) => {
-            let root = sh.store.local_root().expect("a local store has a root");
             return internal(Error::Io {
                 op: "open",
                 path: key.to_path(root),
@@ -331,14 +338,74 @@ async fn serve_local(sh: &Shared, key: Key, headers: &HeaderMap, head: bool) -> 
             });
         }
     };
-    let outcome = evaluate(&meta, headers);
     let body = match &outcome {
         Outcome::Full(r) | Outcome::Partial(r) if !head => {
-            Body::from_stream(file_chunks(Arc::new(file), r.clone()))
+            let rest = r.start + first.len() as u64..r.end;
+            if rest.is_empty() {
+                Body::from(first)
+            } else {
+                let first = futures::stream::once(async move { Ok(first) });
+                Body::from_stream(first.chain(file_chunks(Arc::new(file), rest)))
+            }
         }
         _ => Body::empty(),
     };
     respond(sh, &meta, outcome, body)
+}
+
+/// Opens `key`, decides the answer from its metadata and `headers`, and reads the first
+/// [`CHUNK`] of the body. With `cached_only` nothing waits for the disk (the path is
+/// resolved from the dentry cache, the chunk read with `RWF_NOWAIT`): `Ok(None)` when
+/// something was not cached, and the caller asks again on the blocking pool.
+fn open_and_decide(
+    root: &std::path::Path,
+    key: &Key,
+    headers: &HeaderMap,
+    head: bool,
+    cached_only: bool,
+) -> io::Result<Option<Opened>> {
+    let file = if cached_only {
+        match local::open_beneath_cached(root, key) {
+            Some(f) => f,
+            None => return Ok(None),
+        }
+    } else {
+        local::open_beneath(root, key)?
+    };
+    let md = file.metadata()?;
+    let content_type = local::read_content_type(&file);
+    let meta = crate::store::local_served_meta(key.clone(), &md, content_type);
+    let outcome = evaluate(&meta, headers);
+    let first = match &outcome {
+        Outcome::Full(r) | Outcome::Partial(r) if !head && r.end > r.start => {
+            let n = (r.end - r.start).min(CHUNK as u64) as usize;
+            if cached_only {
+                let mut buf = vec![0u8; n];
+                if read_cached_at(&file, &mut buf, r.start) < n {
+                    return Ok(None);
+                }
+                Bytes::from(buf)
+            } else {
+                read_exactly_at(&file, n, r.start)?
+            }
+        }
+        _ => Bytes::new(),
+    };
+    Ok(Some(Opened {
+        file,
+        meta,
+        outcome,
+        first,
+    }))
+}
+
+/// What the blocking half of [`serve_local`] hands back.
+struct Opened {
+    file: File,
+    meta: Meta,
+    outcome: Outcome,
+    /// The first [`CHUNK`] of the body (empty for HEAD and bodiless answers).
+    first: Bytes,
 }
 
 /// The bytes of `range` of `file`, read with `pread` in [`CHUNK`]s on the blocking pool.
@@ -356,29 +423,66 @@ fn file_chunks(
                 return Ok(None);
             }
             let n = (end - pos).min(CHUNK as u64) as usize;
-            let chunk = tokio::task::spawn_blocking(move || -> io::Result<Bytes> {
-                let mut buf = vec![0u8; n];
-                let mut filled = 0;
-                while filled < n {
-                    match file.read_at(&mut buf[filled..], pos + filled as u64) {
-                        Ok(0) => {
-                            return Err(io::Error::new(
-                                io::ErrorKind::UnexpectedEof,
-                                "file shrank while being served",
-                            ))
-                        }
-                        Ok(k) => filled += k,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(e) => return Err(e),
-                    }
-                }
-                Ok(Bytes::from(buf))
-            })
-            .await
-            .map_err(io::Error::other)??;
+            let mut buf = vec![0u8; n];
+            // What the page cache holds is copied here, without a trip to the blocking
+            // pool; only a chunk that needs the disk goes there.
+            let cached = read_cached_at(&file, &mut buf, pos);
+            let chunk = if cached == n {
+                Bytes::from(buf)
+            } else {
+                tokio::task::spawn_blocking(move || fill_at(&file, buf, cached, pos))
+                    .await
+                    .map_err(io::Error::other)??
+            };
             Ok(Some((chunk, pos + n as u64)))
         }
     })
+}
+
+/// Reads into `buf` from `pos` only what is already in the page cache (`preadv2` with
+/// `RWF_NOWAIT`, which never waits for the disk), stopping at the first short read. Returns
+/// how many bytes were read: 0 when nothing was cached or the kernel lacks the flag.
+fn read_cached_at(file: &File, buf: &mut [u8], pos: u64) -> usize {
+    use rustix::io::{preadv2, ReadWriteFlags};
+    let mut filled = 0;
+    while filled < buf.len() {
+        let mut slice = [io::IoSliceMut::new(&mut buf[filled..])];
+        match preadv2(
+            file,
+            &mut slice,
+            pos + filled as u64,
+            ReadWriteFlags::NOWAIT,
+        ) {
+            Ok(0) | Err(_) => break,
+            Ok(k) => filled += k,
+        }
+    }
+    filled
+}
+
+/// `n` bytes of `file` from `pos` (`pread`, repeated while short); a file that ends
+/// before them shrank while being served.
+fn read_exactly_at(file: &File, n: usize, pos: u64) -> io::Result<Bytes> {
+    fill_at(file, vec![0u8; n], 0, pos)
+}
+
+/// Fills `buf`, whose first `filled` bytes are already read, from `file` at `pos`.
+fn fill_at(file: &File, mut buf: Vec<u8>, mut filled: usize, pos: u64) -> io::Result<Bytes> {
+    let n = buf.len();
+    while filled < n {
+        match file.read_at(&mut buf[filled..], pos + filled as u64) {
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "file shrank while being served",
+                ))
+            }
+            Ok(k) => filled += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(Bytes::from(buf))
 }
 
 /// Serves an object-store object through this server. The range is chosen from a `HEAD`;

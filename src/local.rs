@@ -175,26 +175,87 @@ pub fn open_parent_dir(root: &Path, key: &Key, create: bool) -> Result<OwnedFd, 
 
 /// Opens the regular file for `key` under `root` for reading, never following a symlink at
 /// any component. A directory or anything else that is not a regular file is `NotFound`.
+///
+/// Where the kernel has `openat2` (Linux 5.6), the whole path is resolved in one syscall
+/// with `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`; elsewhere each directory is opened in turn
+/// with `O_NOFOLLOW`. Both refuse the same paths.
 pub fn open_beneath(root: &Path, key: &Key) -> io::Result<File> {
-    let dir = open_parent_dir(root, key, false).map_err(|e| match e {
-        PlaceError::Io(e) => e,
-        _ => io::Error::from(io::ErrorKind::NotFound),
-    })?;
-    let fd = rfs::openat(
-        &dir,
-        key.file_name(),
-        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK,
-        Mode::empty(),
-    )
-    .map_err(|e| match e {
-        Errno::LOOP | Errno::NOTDIR => io::Error::from(io::ErrorKind::NotFound),
+    let not_found = |e: Errno| match e {
+        Errno::LOOP | Errno::NOTDIR | Errno::XDEV => io::Error::from(io::ErrorKind::NotFound),
         e => e.into(),
-    })?;
+    };
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK;
+    let fd = match open_beneath_in_one(root, key, flags)? {
+        Some(fd) => fd.map_err(not_found)?,
+        None => {
+            let dir = open_parent_dir(root, key, false).map_err(|e| match e {
+                PlaceError::Io(e) => e,
+                _ => io::Error::from(io::ErrorKind::NotFound),
+            })?;
+            rfs::openat(&dir, key.file_name(), flags, Mode::empty()).map_err(not_found)?
+        }
+    };
     let st = rfs::fstat(&fd)?;
     if rfs::FileType::from_raw_mode(st.st_mode) != rfs::FileType::RegularFile {
         return Err(io::Error::from(io::ErrorKind::NotFound));
     }
     Ok(File::from(fd))
+}
+
+/// [`open_beneath`] from the kernel's caches alone, for callers on an async runtime that
+/// must not wait for the disk: `openat2` with `RESOLVE_CACHED` (Linux 5.12). `None` when
+/// the lookup would need the disk, the kernel lacks it, or anything failed: the caller
+/// then takes the blocking path, which gives the authoritative answer (404s included).
+pub fn open_beneath_cached(root: &Path, key: &Key) -> Option<File> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static UNAVAILABLE: AtomicBool = AtomicBool::new(false);
+    if UNAVAILABLE.load(Ordering::Relaxed) {
+        return None;
+    }
+    let cached = rfs::ResolveFlags::CACHED;
+    let dir_flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    let resolve = cached
+        | rfs::ResolveFlags::BENEATH
+        | rfs::ResolveFlags::NO_SYMLINKS
+        | rfs::ResolveFlags::NO_MAGICLINKS;
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK;
+    let opened = rfs::openat2(rfs::CWD, root, dir_flags, Mode::empty(), cached)
+        .and_then(|dir| rfs::openat2(&dir, key.as_str(), flags, Mode::empty(), resolve));
+    let fd = match opened {
+        Ok(fd) => fd,
+        Err(Errno::NOSYS | Errno::PERM | Errno::INVAL) => {
+            UNAVAILABLE.store(true, Ordering::Relaxed);
+            return None;
+        }
+        Err(_) => return None,
+    };
+    let st = rfs::fstat(&fd).ok()?;
+    (rfs::FileType::from_raw_mode(st.st_mode) == rfs::FileType::RegularFile).then(|| File::from(fd))
+}
+
+/// `openat2(root, key, RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`, or `Ok(None)` when the
+/// kernel (or a seccomp filter) does not offer it; remembered for the next call.
+fn open_beneath_in_one(
+    root: &Path,
+    key: &Key,
+    flags: OFlags,
+) -> io::Result<Option<rustix::io::Result<OwnedFd>>> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static UNAVAILABLE: AtomicBool = AtomicBool::new(false);
+    if UNAVAILABLE.load(Ordering::Relaxed) {
+        return Ok(None);
+    }
+    let dir = open_root(root)?;
+    let resolve = rfs::ResolveFlags::BENEATH
+        | rfs::ResolveFlags::NO_SYMLINKS
+        | rfs::ResolveFlags::NO_MAGICLINKS;
+    match rfs::openat2(&dir, key.as_str(), flags, Mode::empty(), resolve) {
+        Err(Errno::NOSYS | Errno::PERM | Errno::INVAL) => {
+            UNAVAILABLE.store(true, Ordering::Relaxed);
+            Ok(None)
+        }
+        r => Ok(Some(r)),
+    }
 }
 
 /// Reads the Content-Type stored with a file, if any.

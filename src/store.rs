@@ -387,6 +387,12 @@ impl BlobStore {
 
     /// Reads the whole object.
     pub async fn get(&self, key: &Key) -> Result<Bytes> {
+        if let Inner::Local(l) = &*self.inner {
+            // Open, size and read in one trip to the blocking pool, into a buffer of the
+            // file's size, instead of a trip per chunk.
+            let (root, k) = (l.root.clone(), key.clone());
+            return blocking(move || local_read_all(&root, &k)).await;
+        }
         let s = self.get_stream(key).await?;
         let mut out = Vec::with_capacity(s.meta.size as usize);
         let mut body = s.body;
@@ -761,6 +767,35 @@ fn local_open(root: &Path, key: &Key) -> Result<(std::fs::File, Meta)> {
         .map_err(|e| Error::io("stat", key.to_path(root), e))?;
     let meta = local_meta(key.clone(), &md, local::read_content_type(&file));
     Ok((file, meta))
+}
+
+/// The whole content of a local file, read from the descriptor it was opened with (a file
+/// replaced meanwhile is read whole, old or new). Reads at most the size `fstat` gave, as
+/// the streaming read does.
+fn local_read_all(root: &Path, key: &Key) -> Result<Bytes> {
+    use std::os::unix::fs::FileExt;
+    let file = local::open_beneath(root, key).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Error::NotFound {
+            key: key.to_string(),
+        },
+        _ => Error::io("open", key.to_path(root), e),
+    })?;
+    let size = file
+        .metadata()
+        .map_err(|e| Error::io("stat", key.to_path(root), e))?
+        .len();
+    let mut buf = vec![0u8; usize::try_from(size).unwrap_or(usize::MAX)];
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read_at(&mut buf[filled..], filled as u64) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Error::io("read", key.to_path(root), e)),
+        }
+    }
+    buf.truncate(filled);
+    Ok(buf.into())
 }
 
 /// Metadata of a local file. The ETag is `"<inode>-<mtime ns>-<size>"` in hex: it changes
