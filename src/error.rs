@@ -40,6 +40,13 @@ pub enum Error {
         reason: String,
     },
 
+    /// No credentials were configured and none could be found anywhere stowage looks.
+    #[error("no credentials for {store}: none in the environment (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY), none in the shared credentials file (~/.aws/credentials, or AWS_SHARED_CREDENTIALS_FILE, profile AWS_PROFILE else default), and the machine's instance metadata service offered none. Set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN for temporary ones), or write them to ~/.aws/credentials")]
+    NoCredentials {
+        /// The store that needed them.
+        store: String,
+    },
+
     /// The store refused our credentials (HTTP 401/403).
     #[error("access denied by {store}: {detail}. Check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or ~/.aws/credentials under AWS_PROFILE) and the bucket policy")]
     AccessDenied {

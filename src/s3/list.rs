@@ -442,12 +442,12 @@ impl Inner {
             )
             .await
             .map_err(|e| {
+                // Signing fails before any request only when ambient credentials were
+                // asked for and the machine had none: say where stowage looked, not the
+                // instance-metadata client's trace.
                 AttemptError::Fatal(if self.ambient_credentials {
-                    Error::AccessDenied {
+                    Error::NoCredentials {
                         store: self.endpoint_desc.clone(),
-                        detail: crate::error::redact(&format!(
-                            "no credentials were found (none in the environment or ~/.aws/credentials, and the machine provided none: {e})"
-                        )),
                     }
                 } else {
                     Error::backend(self.endpoint_desc.clone(), &e)

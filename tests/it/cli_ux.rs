@@ -448,16 +448,18 @@ fn no_credentials_anywhere_says_where_stowage_looked() {
     );
     assert_eq!(r.code, 2, "{r:?}");
     let j = r.json();
-    let hint = j["error"]["hint"]
-        .as_str()
-        .unwrap_or_else(|| panic!("a hint: {r:?}"));
-    assert!(hint.contains("no credentials were found"), "{r:?}");
-    assert!(
-        hint.contains("AWS_ACCESS_KEY_ID") && hint.contains(".aws/credentials"),
-        "{r:?}"
-    );
-    assert!(
-        r.stderr.contains("hint: no credentials were found"),
-        "{r:?}"
-    );
+    assert_eq!(j["error"]["kind"], "no_credentials", "{r:?}");
+    let message = j["error"]["message"].as_str().unwrap();
+    for looked in [
+        "no credentials for",
+        "AWS_ACCESS_KEY_ID",
+        ".aws/credentials",
+        "instance metadata",
+    ] {
+        assert!(message.contains(looked), "{looked}: {r:?}");
+    }
+    assert!(r.stderr.contains("no credentials for"), "{r:?}");
+    for misleading in ["access denied", "bucket policy", "169.254.169.254"] {
+        assert!(!r.stderr.contains(misleading), "{misleading}: {r:?}");
+    }
 }

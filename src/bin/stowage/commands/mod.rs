@@ -130,6 +130,7 @@ fn error_kind(e: &stowage::Error) -> &'static str {
         E::InvalidKey { .. } => "invalid_key",
         E::Config { .. } => "config",
         E::AccessDenied { .. } => "access_denied",
+        E::NoCredentials { .. } => "no_credentials",
         E::NoSuchBucket { .. } => "no_such_bucket",
         E::NoSpace { .. } => "no_space",
         E::Integrity { .. } => "integrity",
