@@ -275,7 +275,10 @@ async fn answer(sh: &Shared, req: Request) -> Response {
     let mut resp = match sh.store.kind() {
         BackendKind::Local => serve_local(sh, key, headers, head).await,
         BackendKind::S3 if sh.opts.s3 == S3Delivery::Redirect => redirect(sh, &key).await,
-        BackendKind::S3 | BackendKind::Memory => serve_proxied(sh, key, headers, head).await,
+        // Memory, and a store the caller built: stowage knows no URL for them.
+        BackendKind::S3 | BackendKind::Memory | BackendKind::ObjectStore => {
+            serve_proxied(sh, key, headers, head).await
+        }
     };
     // A signed URL must not outlive its expiry in a shared cache: keep the response
     // private and cacheable only until the signature expires.

@@ -64,14 +64,18 @@ impl std::fmt::Debug for GetStream {
 
 /// Which kind of backend a store is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum BackendKind {
     /// A directory on local disk.
     Local,
-    /// An S3 (or S3-compatible) bucket.
+    /// An S3 (or S3-compatible) bucket stowage configured itself ([`crate::S3Config`]).
     S3,
-    /// In process memory.
+    /// In process memory ([`BlobStore::memory`]).
     Memory,
+    /// A store the caller built and passed to [`BlobStore::from_object_store`]: stowage
+    /// does not know what is behind it, so it has no download URLs and is served by proxy.
+    ObjectStore,
 }
 
 /// How download URLs for a local store are formed.
@@ -157,6 +161,8 @@ enum Inner {
 struct LocalBackend {
     root: PathBuf,
     urls: LocalUrls,
+    /// The same root as an `ObjectStore`, for [`BlobStore::object_store`].
+    store: Arc<crate::LocalStore>,
 }
 
 pub(crate) struct ObjectBackend {
@@ -164,6 +170,8 @@ pub(crate) struct ObjectBackend {
     /// Key prefix inside the bucket, empty or ending in `/`.
     pub(crate) prefix: String,
     pub(crate) name: String,
+    /// `S3` exactly when `s3` is set; `Memory` or `ObjectStore` otherwise.
+    pub(crate) kind: BackendKind,
     pub(crate) s3: Option<S3Extras>,
 }
 
@@ -182,11 +190,13 @@ const READ_CHUNK: usize = 256 << 10;
 impl BlobStore {
     /// A store in process memory (tests, examples).
     pub fn memory() -> BlobStore {
-        BlobStore::from_object_store(
-            Arc::new(object_store::memory::InMemory::new()),
-            "",
-            "memory",
-        )
+        BlobStore::from_backend(ObjectBackend {
+            store: Arc::new(object_store::memory::InMemory::new()),
+            prefix: String::new(),
+            name: "memory".to_owned(),
+            kind: BackendKind::Memory,
+            s3: None,
+        })
     }
 
     /// A store in the directory `root`, which is created if missing. URLs use
@@ -207,17 +217,22 @@ impl BlobStore {
         std::fs::create_dir_all(&root).map_err(|e| Error::io("create directory", &root, e))?;
         // Best effort: a read-only user (serve) may open a store it cannot mark.
         let _ = crate::local::mark_store(&root);
+        let store = Arc::new(crate::LocalStore::new(&root)?);
         Ok(BlobStore {
-            inner: Arc::new(Inner::Local(LocalBackend { root, urls })),
+            inner: Arc::new(Inner::Local(LocalBackend { root, urls, store })),
         })
     }
 
-    /// A store over any `object_store` backend, with keys placed under `prefix`.
+    /// A store over any `object_store` backend, with keys placed under `prefix`; `name`
+    /// is how messages call it. Its [`kind`](BlobStore::kind) is
+    /// [`BackendKind::ObjectStore`] whatever the store is (an `InMemory`, the caller's own
+    /// `AmazonS3`): it has no download URLs, and the HTTP router proxies it.
     pub fn from_object_store(store: Arc<dyn ObjectStore>, prefix: &str, name: &str) -> BlobStore {
         BlobStore::from_backend(ObjectBackend {
             store,
             prefix: prefix.to_owned(),
             name: name.to_owned(),
+            kind: BackendKind::ObjectStore,
             s3: None,
         })
     }
@@ -235,8 +250,19 @@ impl BlobStore {
     pub fn kind(&self) -> BackendKind {
         match &*self.inner {
             Inner::Local(_) => BackendKind::Local,
-            Inner::Object(o) if o.s3.is_some() => BackendKind::S3,
-            Inner::Object(_) => BackendKind::Memory,
+            Inner::Object(o) => o.kind,
+        }
+    }
+
+    /// The store as an `object_store::ObjectStore`, for any code that takes one: the
+    /// inner store for S3, Memory and a store passed to
+    /// [`from_object_store`](BlobStore::from_object_store) (its whole bucket, not only
+    /// the prefix), a [`LocalStore`](crate::LocalStore) over the same root for a local
+    /// store (the same files, the same guarantees).
+    pub fn object_store(&self) -> Arc<dyn ObjectStore> {
+        match &*self.inner {
+            Inner::Local(l) => l.store.clone(),
+            Inner::Object(o) => Arc::clone(&o.store),
         }
     }
 
@@ -661,7 +687,11 @@ impl BlobStore {
                 }
                 None => Err(Error::Backend {
                     store: o.name.clone(),
-                    source: "an in-memory store has no download URLs".into(),
+                    source: match o.kind {
+                        BackendKind::Memory => "an in-memory store has no download URLs",
+                        _ => "this object store has no download URLs",
+                    }
+                    .into(),
                 }),
             },
         }
