@@ -72,6 +72,7 @@ compile_error!(
     "stowage supports Linux only: its local store relies on openat, renameat2, xattrs and syncfs"
 );
 
+mod blocking;
 pub mod checksum;
 pub mod config;
 mod error;

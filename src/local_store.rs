@@ -416,16 +416,12 @@ async fn list_step(state: ListState) -> OsResult<Option<(Vec<ObjectMeta>, ListSt
     Ok(Some((page, next)))
 }
 
-/// Runs blocking filesystem work off the async threads. A panic in `f` is resumed in the
-/// caller, not turned into an error or a second panic message.
+/// Runs blocking filesystem work off the async threads ([`crate::blocking`]: a panic is
+/// resumed in the caller).
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> OsResult<T> + Send + 'static,
 ) -> OsResult<T> {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(result) => result,
-        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-        Err(e) => Err(object_store::Error::JoinError { source: e }),
-    }
+    crate::blocking::try_run(f).await
 }
 
 /// The key for an object_store path: the one conversion every method goes through.

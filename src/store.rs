@@ -906,9 +906,7 @@ async fn write_blocking(mut file: AtomicFile, buf: Vec<u8>) -> Result<(AtomicFil
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+    crate::blocking::try_run(f).await
 }
 
 /// Lists a local store through the shared walk ([`crate::walk::files_stream`]).
