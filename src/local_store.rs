@@ -507,7 +507,7 @@ fn commit(
         .map_err(|e| io_error("stat", location, &key.to_path(root), e.into()))?;
     if no_replace {
         let placed = file
-            .commit_noreplace_for_store()
+            .commit_noreplace()
             .map_err(|e| place_error(root, key, e))?;
         if !placed {
             return Err(object_store::Error::AlreadyExists {
