@@ -101,6 +101,11 @@ pub mod fuzzing {
     pub use crate::s3::list::fuzzing::{parse_page, Page};
 }
 
+/// The README's Rust code, compiled as doctests so it cannot drift from the API.
+#[cfg(all(doctest, feature = "http"))]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 pub use config::{S3Config, StoreConfig};
 pub use error::{Error, Result};
 pub use key::{Key, KeyError};

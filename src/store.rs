@@ -331,6 +331,27 @@ impl BlobStore {
     /// Stores the bytes of `body` under `key` without holding the object in memory.
     /// On S3, bodies of [`MULTIPART_THRESHOLD`] bytes or more go up as a multipart upload.
     /// Nothing appears under `key` unless the whole stream was stored.
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use stowage::{BlobStore, Key};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> stowage::Result<()> {
+    /// let store = BlobStore::memory();
+    /// let key = Key::parse("clips/cat.mp4")?;
+    /// let chunks = ["not ", "really ", "a video"].map(|s| Ok(Bytes::from(s)));
+    /// store.put_stream(&key, futures::stream::iter(chunks), Some("video/mp4")).await?;
+    /// assert_eq!(store.get(&key).await?, "not really a video");
+    ///
+    /// // A body that fails leaves nothing behind.
+    /// let broken = futures::stream::iter([Ok(Bytes::from("half")), Err(std::io::Error::other("cut"))]);
+    /// let other = Key::parse("clips/dog.mp4")?;
+    /// assert!(store.put_stream(&other, broken, None).await.is_err());
+    /// assert!(!store.exists(&other).await?);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn put_stream<S>(&self, key: &Key, body: S, content_type: Option<&str>) -> Result<()>
     where
         S: futures::Stream<Item = std::io::Result<Bytes>> + Send,
@@ -647,6 +668,24 @@ impl BlobStore {
     /// A URL a client can download the object from: `{base_url}{files_path}/{key}` on a
     /// local store (with `?expires=<unix>&sig=<hex>` appended when a signing secret is
     /// configured), a presigned GET URL on S3 (or the public base URL when configured).
+    /// Memory and a store passed to [`from_object_store`](BlobStore::from_object_store)
+    /// have none: an `Err`.
+    ///
+    /// ```
+    /// use stowage::{BlobStore, Key, LocalUrls};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> stowage::Result<()> {
+    /// let urls = LocalUrls {
+    ///     base_url: "https://clips.example.com".into(),
+    ///     ..LocalUrls::default()
+    /// };
+    /// let store = BlobStore::local_with_urls(std::env::temp_dir().join("stowage-url-doc"), urls)?;
+    /// let url = store.download_url(&Key::parse("takes/take#2.mp4")?).await?;
+    /// assert_eq!(url, "https://clips.example.com/api/files/takes/take%232.mp4");
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn download_url(&self, key: &Key) -> Result<String> {
         match &*self.inner {
             Inner::Local(l) => {
