@@ -210,6 +210,27 @@ enum Outcome {
 
 /// Copies every object of the S3 (or memory) store `src` under `opts.prefix` into the
 /// directory `dest`. See the module docs for the guarantees.
+///
+/// ```no_run
+/// use stowage::ops::migrate::{s3_to_local, MigrateOptions};
+/// use stowage::{NoopReporter, S3Config, StoreConfig};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> stowage::Result<()> {
+/// let bucket = StoreConfig::S3(S3Config::from_env_for_bucket("clips")?).open()?;
+/// let opts = MigrateOptions {
+///     prefix: "2024/".into(),
+///     ..MigrateOptions::default()
+/// };
+/// let summary = s3_to_local(&bucket, "/srv/clips".as_ref(), &opts, &NoopReporter).await?;
+/// // Failed objects are data, not an early error: check them before switching over.
+/// if !summary.failed.is_empty() || summary.aborted.is_some() {
+///     eprintln!("{} failed; aborted: {:?}", summary.failed.len(), summary.aborted);
+/// }
+/// println!("copied {} objects, {} bytes", summary.copied, summary.bytes_copied);
+/// # Ok(())
+/// # }
+/// ```
 pub async fn s3_to_local(
     src: &BlobStore,
     dest: &Path,
