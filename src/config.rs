@@ -250,6 +250,13 @@ impl StoreConfig {
     /// | `S3_PUBLIC_BASE_URL` | CDN base for download URLs instead of presigning | none |
     /// | `S3_PRESIGN_TTL` | lifetime of presigned URLs | `1h` |
     /// | `S3_URL_ENCODED_LISTING` | ask for URL-encoded keys in listings | `true` |
+    ///
+    /// ```no_run
+    /// // STORAGE_TYPE=local LOCAL_STORAGE_PATH=/srv/clips, or STORAGE_TYPE=s3 S3_BUCKET_NAME=...
+    /// let store = stowage::StoreConfig::from_env()?.open()?;
+    /// println!("serving {}", store.describe());
+    /// # Ok::<(), stowage::Error>(())
+    /// ```
     pub fn from_env() -> Result<StoreConfig> {
         StoreConfig::from_vars(&Vars::process())
     }
@@ -291,6 +298,18 @@ impl StoreConfig {
 
     /// Parses `s3://bucket/prefix`, `file:///absolute/path` or `memory://`. For S3, region,
     /// endpoint and credentials come from the environment.
+    ///
+    /// ```
+    /// use stowage::{BackendKind, StoreConfig};
+    ///
+    /// let dir = std::env::temp_dir().join("stowage-from-url-doc");
+    /// std::fs::create_dir_all(&dir).unwrap(); // open() refuses a missing root
+    /// let store = StoreConfig::from_url(&format!("file://{}", dir.display()))?.open()?;
+    /// assert_eq!(store.kind(), BackendKind::Local);
+    /// assert_eq!(StoreConfig::from_url("memory://")?, StoreConfig::Memory);
+    /// assert!(StoreConfig::from_url("ftp://example.com/").is_err());
+    /// # Ok::<(), stowage::Error>(())
+    /// ```
     pub fn from_url(s: &str) -> Result<StoreConfig> {
         let u = url::Url::parse(s).map_err(|e| {
             Error::config("store URL", format!("{s:?} is not a URL ({e}); expected s3://bucket/prefix, file:///path or memory://"))

@@ -275,7 +275,10 @@ async fn answer(sh: &Shared, req: Request) -> Response {
     let mut resp = match sh.store.kind() {
         BackendKind::Local => serve_local(sh, key, headers, head).await,
         BackendKind::S3 if sh.opts.s3 == S3Delivery::Redirect => redirect(sh, &key).await,
-        BackendKind::S3 | BackendKind::Memory => serve_proxied(sh, key, headers, head).await,
+        // Memory, and a store the caller built: stowage knows no URL for them.
+        BackendKind::S3 | BackendKind::Memory | BackendKind::ObjectStore => {
+            serve_proxied(sh, key, headers, head).await
+        }
     };
     // A signed URL must not outlive its expiry in a shared cache: keep the response
     // private and cacheable only until the signature expires.
@@ -314,12 +317,11 @@ async fn serve_local(sh: &Shared, key: Key, headers: &HeaderMap, head: bool) -> 
         Ok(Some(o)) => Ok(o),
         _ => {
             let (root, k, headers) = (root.to_path_buf(), key.clone(), headers.clone());
-            tokio::task::spawn_blocking(move || {
+            crate::blocking::try_run(move || {
                 open_and_decide(&root, &k, &headers, head, false)
                     .map(|o| o.expect("the blocking path always opens"))
             })
             .await
-            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
         }
     };
     let Opened {
@@ -430,9 +432,7 @@ fn file_chunks(
             let chunk = if cached == n {
                 Bytes::from(buf)
             } else {
-                tokio::task::spawn_blocking(move || fill_at(&file, buf, cached, pos))
-                    .await
-                    .map_err(io::Error::other)??
+                crate::blocking::try_run(move || fill_at(&file, buf, cached, pos)).await?
             };
             Ok(Some((chunk, pos + n as u64)))
         }

@@ -17,6 +17,21 @@ pub const MAX_SEGMENT_LEN: usize = 255;
 pub const RESERVED_PREFIX: &str = ".stowage";
 
 /// A validated object key: relative, `/`-separated, and safe to join to a directory.
+///
+/// ```
+/// use std::path::Path;
+/// use stowage::Key;
+///
+/// let key = Key::parse("clips/2024/cat.mp4")?;
+/// assert_eq!(key.file_name(), "cat.mp4");
+/// assert_eq!(key.to_path(Path::new("/srv/store")), Path::new("/srv/store/clips/2024/cat.mp4"));
+///
+/// // Anything that could leave the root, or clash with stowage's own files, is refused.
+/// for bad in ["", "/etc/passwd", "a/../../b", "a//b", "a\\b", ".stowage.lock"] {
+///     assert!(Key::parse(bad).is_err(), "{bad:?}");
+/// }
+/// # Ok::<(), stowage::Error>(())
+/// ```
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Key(String);
 

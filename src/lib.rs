@@ -72,6 +72,7 @@ compile_error!(
     "stowage supports Linux only: its local store relies on openat, renameat2, xattrs and syncfs"
 );
 
+mod blocking;
 pub mod checksum;
 pub mod config;
 mod error;
@@ -99,6 +100,11 @@ pub mod fuzzing {
     pub use crate::http::fuzzing::{evaluate, key_from_path, parse_range};
     pub use crate::s3::list::fuzzing::{parse_page, Page};
 }
+
+/// The README's Rust code, compiled as doctests so it cannot drift from the API.
+#[cfg(all(doctest, feature = "http"))]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
 
 pub use config::{S3Config, StoreConfig};
 pub use error::{Error, Result};

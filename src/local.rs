@@ -489,6 +489,22 @@ impl AtomicFile {
         Ok(())
     }
 
+    /// Like [`AtomicFile::commit`], but never replaces an existing file: the same
+    /// no-replace rename as [`Expect::Absent`] (`renameat2(RENAME_NOREPLACE)`), so of two
+    /// writers racing for one name exactly one wins, then the directory fsync. `Ok(false)`
+    /// when the final name was already taken by a file (the temp file is removed). For
+    /// `local_store::LocalStore`'s `PutMode::Create` / `CopyMode::Create`.
+    pub(crate) fn commit_noreplace(self) -> Result<bool, PlaceError> {
+        match self.commit_unsynced_dir_expecting(Expect::Absent) {
+            Ok(dir) => {
+                rfs::fsync(&dir).map_err(io::Error::from)?;
+                Ok(true)
+            }
+            Err(PlaceError::Changed(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Like [`AtomicFile::commit`] — the data is fsynced before the rename, so the final
     /// name only ever holds complete content — but leaves the rename itself to be made
     /// durable by the caller, who must fsync the returned directory (or `syncfs`) before
@@ -976,33 +992,6 @@ pub fn sync_filesystem(root: &Path) -> io::Result<()> {
     let dir = open_root(root)?;
     rfs::syncfs(&dir)?;
     Ok(())
-}
-
-// Kept apart from the `impl AtomicFile` above: the no-replace commit of
-// `local_store::LocalStore` (object_store's `PutMode::Create` / `CopyMode::Create`).
-impl AtomicFile {
-    /// Like [`AtomicFile::commit`], but never replaces an existing file: the rename is
-    /// `renameat2(RENAME_NOREPLACE)`, so of two writers racing for one name exactly one
-    /// wins. `Ok(false)` when the final name was already taken (the temp file is removed).
-    pub(crate) fn commit_noreplace_for_store(mut self) -> Result<bool, PlaceError> {
-        if let Some(file) = self.file.take() {
-            file.sync_all()?;
-        }
-        match rfs::renameat_with(
-            &self.dir,
-            self.temp_name.as_str(),
-            &self.dir,
-            self.final_name.as_str(),
-            rfs::RenameFlags::NOREPLACE,
-        ) {
-            Ok(()) => {}
-            Err(Errno::EXIST) => return Ok(false),
-            Err(e) => return Err(PlaceError::from_errno(e)),
-        }
-        self.temp_name.clear();
-        rfs::fsync(&self.dir).map_err(io::Error::from)?;
-        Ok(true)
-    }
 }
 
 #[cfg(test)]

@@ -416,16 +416,12 @@ async fn list_step(state: ListState) -> OsResult<Option<(Vec<ObjectMeta>, ListSt
     Ok(Some((page, next)))
 }
 
-/// Runs blocking filesystem work off the async threads. A panic in `f` is resumed in the
-/// caller, not turned into an error or a second panic message.
+/// Runs blocking filesystem work off the async threads ([`crate::blocking`]: a panic is
+/// resumed in the caller).
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> OsResult<T> + Send + 'static,
 ) -> OsResult<T> {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(result) => result,
-        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-        Err(e) => Err(object_store::Error::JoinError { source: e }),
-    }
+    crate::blocking::try_run(f).await
 }
 
 /// The key for an object_store path: the one conversion every method goes through.
@@ -511,7 +507,7 @@ fn commit(
         .map_err(|e| io_error("stat", location, &key.to_path(root), e.into()))?;
     if no_replace {
         let placed = file
-            .commit_noreplace_for_store()
+            .commit_noreplace()
             .map_err(|e| place_error(root, key, e))?;
         if !placed {
             return Err(object_store::Error::AlreadyExists {

@@ -64,14 +64,18 @@ impl std::fmt::Debug for GetStream {
 
 /// Which kind of backend a store is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum BackendKind {
     /// A directory on local disk.
     Local,
-    /// An S3 (or S3-compatible) bucket.
+    /// An S3 (or S3-compatible) bucket stowage configured itself ([`crate::S3Config`]).
     S3,
-    /// In process memory.
+    /// In process memory ([`BlobStore::memory`]).
     Memory,
+    /// A store the caller built and passed to [`BlobStore::from_object_store`]: stowage
+    /// does not know what is behind it, so it has no download URLs and is served by proxy.
+    ObjectStore,
 }
 
 /// How download URLs for a local store are formed.
@@ -157,6 +161,8 @@ enum Inner {
 struct LocalBackend {
     root: PathBuf,
     urls: LocalUrls,
+    /// The same root as an `ObjectStore`, for [`BlobStore::object_store`].
+    store: Arc<crate::LocalStore>,
 }
 
 pub(crate) struct ObjectBackend {
@@ -164,6 +170,8 @@ pub(crate) struct ObjectBackend {
     /// Key prefix inside the bucket, empty or ending in `/`.
     pub(crate) prefix: String,
     pub(crate) name: String,
+    /// `S3` exactly when `s3` is set; `Memory` or `ObjectStore` otherwise.
+    pub(crate) kind: BackendKind,
     pub(crate) s3: Option<S3Extras>,
 }
 
@@ -182,11 +190,13 @@ const READ_CHUNK: usize = 256 << 10;
 impl BlobStore {
     /// A store in process memory (tests, examples).
     pub fn memory() -> BlobStore {
-        BlobStore::from_object_store(
-            Arc::new(object_store::memory::InMemory::new()),
-            "",
-            "memory",
-        )
+        BlobStore::from_backend(ObjectBackend {
+            store: Arc::new(object_store::memory::InMemory::new()),
+            prefix: String::new(),
+            name: "memory".to_owned(),
+            kind: BackendKind::Memory,
+            s3: None,
+        })
     }
 
     /// A store in the directory `root`, which is created if missing. URLs use
@@ -207,17 +217,22 @@ impl BlobStore {
         std::fs::create_dir_all(&root).map_err(|e| Error::io("create directory", &root, e))?;
         // Best effort: a read-only user (serve) may open a store it cannot mark.
         let _ = crate::local::mark_store(&root);
+        let store = Arc::new(crate::LocalStore::new(&root)?);
         Ok(BlobStore {
-            inner: Arc::new(Inner::Local(LocalBackend { root, urls })),
+            inner: Arc::new(Inner::Local(LocalBackend { root, urls, store })),
         })
     }
 
-    /// A store over any `object_store` backend, with keys placed under `prefix`.
+    /// A store over any `object_store` backend, with keys placed under `prefix`; `name`
+    /// is how messages call it. Its [`kind`](BlobStore::kind) is
+    /// [`BackendKind::ObjectStore`] whatever the store is (an `InMemory`, the caller's own
+    /// `AmazonS3`): it has no download URLs, and the HTTP router proxies it.
     pub fn from_object_store(store: Arc<dyn ObjectStore>, prefix: &str, name: &str) -> BlobStore {
         BlobStore::from_backend(ObjectBackend {
             store,
             prefix: prefix.to_owned(),
             name: name.to_owned(),
+            kind: BackendKind::ObjectStore,
             s3: None,
         })
     }
@@ -235,8 +250,19 @@ impl BlobStore {
     pub fn kind(&self) -> BackendKind {
         match &*self.inner {
             Inner::Local(_) => BackendKind::Local,
-            Inner::Object(o) if o.s3.is_some() => BackendKind::S3,
-            Inner::Object(_) => BackendKind::Memory,
+            Inner::Object(o) => o.kind,
+        }
+    }
+
+    /// The store as an `object_store::ObjectStore`, for any code that takes one: the
+    /// inner store for S3, Memory and a store passed to
+    /// [`from_object_store`](BlobStore::from_object_store) (its whole bucket, not only
+    /// the prefix), a [`LocalStore`](crate::LocalStore) over the same root for a local
+    /// store (the same files, the same guarantees).
+    pub fn object_store(&self) -> Arc<dyn ObjectStore> {
+        match &*self.inner {
+            Inner::Local(l) => l.store.clone(),
+            Inner::Object(o) => Arc::clone(&o.store),
         }
     }
 
@@ -305,6 +331,27 @@ impl BlobStore {
     /// Stores the bytes of `body` under `key` without holding the object in memory.
     /// On S3, bodies of [`MULTIPART_THRESHOLD`] bytes or more go up as a multipart upload.
     /// Nothing appears under `key` unless the whole stream was stored.
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use stowage::{BlobStore, Key};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> stowage::Result<()> {
+    /// let store = BlobStore::memory();
+    /// let key = Key::parse("clips/cat.mp4")?;
+    /// let chunks = ["not ", "really ", "a video"].map(|s| Ok(Bytes::from(s)));
+    /// store.put_stream(&key, futures::stream::iter(chunks), Some("video/mp4")).await?;
+    /// assert_eq!(store.get(&key).await?, "not really a video");
+    ///
+    /// // A body that fails leaves nothing behind.
+    /// let broken = futures::stream::iter([Ok(Bytes::from("half")), Err(std::io::Error::other("cut"))]);
+    /// let other = Key::parse("clips/dog.mp4")?;
+    /// assert!(store.put_stream(&other, broken, None).await.is_err());
+    /// assert!(!store.exists(&other).await?);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn put_stream<S>(&self, key: &Key, body: S, content_type: Option<&str>) -> Result<()>
     where
         S: futures::Stream<Item = std::io::Result<Bytes>> + Send,
@@ -621,6 +668,24 @@ impl BlobStore {
     /// A URL a client can download the object from: `{base_url}{files_path}/{key}` on a
     /// local store (with `?expires=<unix>&sig=<hex>` appended when a signing secret is
     /// configured), a presigned GET URL on S3 (or the public base URL when configured).
+    /// Memory and a store passed to [`from_object_store`](BlobStore::from_object_store)
+    /// have none: an `Err`.
+    ///
+    /// ```
+    /// use stowage::{BlobStore, Key, LocalUrls};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> stowage::Result<()> {
+    /// let urls = LocalUrls {
+    ///     base_url: "https://clips.example.com".into(),
+    ///     ..LocalUrls::default()
+    /// };
+    /// let store = BlobStore::local_with_urls(std::env::temp_dir().join("stowage-url-doc"), urls)?;
+    /// let url = store.download_url(&Key::parse("takes/take#2.mp4")?).await?;
+    /// assert_eq!(url, "https://clips.example.com/api/files/takes/take%232.mp4");
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn download_url(&self, key: &Key) -> Result<String> {
         match &*self.inner {
             Inner::Local(l) => {
@@ -661,7 +726,11 @@ impl BlobStore {
                 }
                 None => Err(Error::Backend {
                     store: o.name.clone(),
-                    source: "an in-memory store has no download URLs".into(),
+                    source: match o.kind {
+                        BackendKind::Memory => "an in-memory store has no download URLs",
+                        _ => "this object store has no download URLs",
+                    }
+                    .into(),
                 }),
             },
         }
@@ -876,9 +945,7 @@ async fn write_blocking(mut file: AtomicFile, buf: Vec<u8>) -> Result<(AtomicFil
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+    crate::blocking::try_run(f).await
 }
 
 /// Lists a local store through the shared walk ([`crate::walk::files_stream`]).

@@ -37,6 +37,7 @@ use futures::stream::{self, BoxStream, StreamExt};
 use object_store::{GetOptions, GetRange};
 use tokio_util::sync::CancellationToken;
 
+use crate::blocking;
 use crate::checksum::{Proof, ProofCounts};
 use crate::error::{Error, Result};
 use crate::etag::{self, ContentHasher, Verdict};
@@ -209,6 +210,27 @@ enum Outcome {
 
 /// Copies every object of the S3 (or memory) store `src` under `opts.prefix` into the
 /// directory `dest`. See the module docs for the guarantees.
+///
+/// ```no_run
+/// use stowage::ops::migrate::{s3_to_local, MigrateOptions};
+/// use stowage::{NoopReporter, S3Config, StoreConfig};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> stowage::Result<()> {
+/// let bucket = StoreConfig::S3(S3Config::from_env_for_bucket("clips")?).open()?;
+/// let opts = MigrateOptions {
+///     prefix: "2024/".into(),
+///     ..MigrateOptions::default()
+/// };
+/// let summary = s3_to_local(&bucket, "/srv/clips".as_ref(), &opts, &NoopReporter).await?;
+/// // Failed objects are data, not an early error: check them before switching over.
+/// if !summary.failed.is_empty() || summary.aborted.is_some() {
+///     eprintln!("{} failed; aborted: {:?}", summary.failed.len(), summary.aborted);
+/// }
+/// println!("copied {} objects, {} bytes", summary.copied, summary.bytes_copied);
+/// # Ok(())
+/// # }
+/// ```
 pub async fn s3_to_local(
     src: &BlobStore,
     dest: &Path,
@@ -265,7 +287,7 @@ pub async fn s3_to_local(
             let before = page.len();
             let page = within_max_age(page, opts.max_age);
             summary.too_old += (before - page.len()) as u64;
-            let classes = classify_page(dest, page, &mut clashes, opts.checksum).await;
+            let classes = classify_page(dest, page, &mut clashes, opts.checksum).await?;
             for c in classes {
                 match c {
                     // Listed once, in the summary (not also as a note).
@@ -322,9 +344,7 @@ pub async fn s3_to_local(
     }
     for f in &folders {
         let (root, f2) = (dest.to_path_buf(), f.clone());
-        let res = tokio::task::spawn_blocking(move || local::create_dir_beneath(&root, &f2))
-            .await
-            .expect("mkdir does not panic");
+        let res = blocking::try_run(move || local::create_dir_beneath(&root, &f2)).await;
         if let Err(e) = res {
             summary.rejected.push(KeyReason {
                 key: format!("{f}/"),
@@ -354,8 +374,12 @@ pub async fn s3_to_local(
                             Err(e) => return Some((vec![Err(e)], (pages, clashes))),
                         };
                         let page = within_max_age(page, max_age);
-                        let copies = classify_page(&root, page, &mut clashes, by_content)
-                            .await
+                        let classes =
+                            match classify_page(&root, page, &mut clashes, by_content).await {
+                                Ok(c) => c,
+                                Err(e) => return Some((vec![Err(e)], (pages, clashes))),
+                            };
+                        let copies = classes
                             .into_iter()
                             .filter_map(|c| match c {
                                 Class::Copy(p) => Some(Ok(p)),
@@ -460,9 +484,7 @@ pub async fn s3_to_local(
     summary.interrupted = opts.cancel.is_cancelled();
     // Make every rename of this run durable before reporting it.
     let root = dest.to_path_buf();
-    let synced = tokio::task::spawn_blocking(move || local::sync_filesystem(&root))
-        .await
-        .expect("syncfs does not panic");
+    let synced = blocking::try_run(move || local::sync_filesystem(&root)).await;
     if let Err(e) = synced {
         summary
             .aborted
@@ -586,7 +608,7 @@ async fn classify_page(
     page: Vec<ListedObject>,
     clashes: &mut ClashGuard,
     by_content: bool,
-) -> Vec<Class> {
+) -> Result<Vec<Class>> {
     let mut out: Vec<Option<Class>> = Vec::with_capacity(page.len());
     let mut rest = Vec::new();
     for o in page {
@@ -601,17 +623,17 @@ async fn classify_page(
         }
     }
     let root = root.to_path_buf();
-    let mut classified = tokio::task::spawn_blocking(move || {
+    let mut classified = blocking::run(move || {
         rest.into_iter()
             .map(|o| classify(&root, o, by_content))
             .collect::<Vec<_>>()
     })
-    .await
-    .expect("classify does not panic")
+    .await?
     .into_iter();
-    out.into_iter()
+    Ok(out
+        .into_iter()
         .map(|c| c.unwrap_or_else(|| classified.next().expect("one class per object")))
-        .collect()
+        .collect())
 }
 
 fn classify(root: &Path, o: ListedObject, by_content: bool) -> Class {
@@ -762,9 +784,7 @@ async fn preflight(dest: &Path, needs: Needs, opts: &MigrateOptions) -> Result<(
     if let Some(max) = opts.max_used {
         let limit = max.resolve(total);
         let root = dest.to_path_buf();
-        let used = tokio::task::spawn_blocking(move || store_bytes(&root))
-            .await
-            .expect("walk does not panic")?;
+        let used = blocking::try_run(move || store_bytes(&root)).await?;
         if used + needs.bytes > limit {
             return Err(Error::NoSpace {
                 path: dest.to_path_buf(),
@@ -804,7 +824,7 @@ fn store_bytes(root: &Path) -> Result<u64> {
 /// [`local::remove_if_stale_temp`]. Returns how many.
 async fn remove_leftover_temp_files(root: &Path) -> Result<u64> {
     let root = root.to_path_buf();
-    tokio::task::spawn_blocking(move || {
+    blocking::try_run(move || {
         let mut removed = 0;
         for entry in Walker::new(&root, WalkOptions::default().include_reserved(true))? {
             let Ok(e) = entry else { continue };
@@ -818,7 +838,6 @@ async fn remove_leftover_temp_files(root: &Path) -> Result<u64> {
         Ok(removed)
     })
     .await
-    .expect("walk does not panic")
 }
 
 /// Why a GET could not be opened.
@@ -840,8 +859,7 @@ async fn copy_one(ctx: &CopyCtx, p: Planned, reporter: &dyn Reporter) -> Outcome
     if size as usize > WRITE_BUFFER {
         _stream = Some(ctx.streams.acquire().await.expect("semaphore never closed"));
         let (root, key) = (ctx.root.clone(), p.key.clone());
-        let created = tokio::task::spawn_blocking(move || AtomicFile::create(&root, &key)).await;
-        match created.expect("create does not panic") {
+        match blocking::try_run(move || AtomicFile::create(&root, &key)).await {
             Ok(f) => file = Some(f),
             Err(e) => return place_outcome(&ctx.root, &p.key, e),
         }
@@ -950,35 +968,33 @@ async fn copy_one(ctx: &CopyCtx, p: Planned, reporter: &dyn Reporter) -> Outcome
         );
         let ct = content_type.clone();
         let rest = std::mem::take(&mut buf);
-        let finished =
-            tokio::task::spawn_blocking(move || -> std::result::Result<Finished, PlaceError> {
-                let mut file = match file {
-                    Some(f) => f,
-                    None => AtomicFile::create(&root, &key)?,
-                };
-                rest.write_to(&mut file, &mut hasher)?;
-                let checked = Checked {
-                    whole_proof: hasher.proof(None),
-                    part_proof: hasher.proof(Some(0)),
-                    checksum: hasher.checksum().cloned(),
-                    etag: etag2,
-                    last_modified: lm,
-                    content_type: ct,
-                    expect,
-                };
-                match hasher.finish() {
-                    Some(v) => commit_checked(file, v, checked),
-                    None => Ok(Finished::NeedsPartSize { file, checked }),
-                }
-            })
-            .await
-            .expect("verify and commit do not panic");
+        let finished = blocking::try_run(move || -> std::result::Result<Finished, PlaceError> {
+            let mut file = match file {
+                Some(f) => f,
+                None => AtomicFile::create(&root, &key)?,
+            };
+            rest.write_to(&mut file, &mut hasher)?;
+            let checked = Checked {
+                whole_proof: hasher.proof(None),
+                part_proof: hasher.proof(Some(0)),
+                checksum: hasher.checksum().cloned(),
+                etag: etag2,
+                last_modified: lm,
+                content_type: ct,
+                expect,
+            };
+            match hasher.finish() {
+                Some(v) => commit_checked(file, v, checked),
+                None => Ok(Finished::NeedsPartSize { file, checked }),
+            }
+        })
+        .await;
         // A multipart ETag no streamed part size reproduced: ask S3 for the part size
         // (one HEAD) before re-reading the file for every likely one.
         let finished = match finished {
             Ok(Finished::NeedsPartSize { file, checked }) => {
                 let exact = exact_part_size(ctx, backend, &path, etag.as_deref(), size).await;
-                tokio::task::spawn_blocking(move || {
+                blocking::try_run(move || {
                     let etag = checked.etag.as_deref();
                     let verdict = match exact {
                         Some(p) => {
@@ -989,7 +1005,6 @@ async fn copy_one(ctx: &CopyCtx, p: Planned, reporter: &dyn Reporter) -> Outcome
                     commit_checked(file, verdict, checked)
                 })
                 .await
-                .expect("verify and commit do not panic")
             }
             other => other,
         };
@@ -1201,7 +1216,7 @@ async fn flush(
     chunks: Chunks,
 ) -> std::result::Result<(AtomicFile, ContentHasher), PlaceError> {
     let (root, key) = (ctx.root.clone(), key.clone());
-    tokio::task::spawn_blocking(move || {
+    blocking::try_run(move || {
         let mut file = match file {
             Some(f) => f,
             None => AtomicFile::create(&root, &key)?,
@@ -1211,7 +1226,6 @@ async fn flush(
         Ok((file, hasher))
     })
     .await
-    .expect("write does not panic")
 }
 
 async fn backoff(attempt: u32) {
@@ -1416,12 +1430,10 @@ async fn head_object(
 /// Runs `f` on the blocking pool with a shared handle to `file`.
 async fn with_file<T: Send + 'static>(
     file: &Arc<std::fs::File>,
-    f: impl FnOnce(&std::fs::File) -> T + Send + 'static,
-) -> T {
+    f: impl FnOnce(&std::fs::File) -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
     let file = Arc::clone(file);
-    tokio::task::spawn_blocking(move || f(&file))
-        .await
-        .expect("file reads do not panic")
+    blocking::try_run(move || f(&file)).await
 }
 
 async fn upload_one(
@@ -1441,10 +1453,7 @@ async fn upload_one(
     // One handle for the hash, the xattr and the upload: the very inode the walk saw, so
     // a file swapped for a link to something outside the store is never read.
     let entry = f.entry.clone();
-    let file = match tokio::task::spawn_blocking(move || entry.open_file())
-        .await
-        .expect("open does not panic")
-    {
+    let file = match blocking::try_run(move || entry.open_file()).await {
         Ok(file) => Arc::new(file),
         Err(e) => return (name, failed(format!("{}: {e}", f.path.display()))),
     };
@@ -1469,7 +1478,10 @@ async fn upload_one(
     if dry_run {
         return (name, UploadOutcome::WouldCopy(f.size));
     }
-    let ct = with_file(&file, local::read_content_type).await;
+    let ct = match with_file(&file, |fh| Ok(local::read_content_type(fh))).await {
+        Ok(ct) => ct,
+        Err(e) => return (name, failed(format!("{}: {e}", f.path.display()))),
+    };
     let upload = match file.try_clone() {
         Ok(fh) => fh,
         Err(e) => return (name, failed(format!("{}: {e}", f.path.display()))),

@@ -18,6 +18,7 @@ use futures::stream::{self, StreamExt};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use crate::blocking;
 use crate::checksum::{Checksum, Proof, ProofCounts};
 use crate::error::{Error, Result};
 use crate::etag::{self, ETag, Verdict};
@@ -175,14 +176,14 @@ pub async fn s3_to_local(
                         Ok(p) => p,
                         Err(e) => return vec![Check::Done(Finding::Fatal(e))],
                     };
-                    tokio::task::spawn_blocking(move || {
+                    blocking::run(move || {
                         let mut keys = listed_keys.lock().expect("not poisoned");
                         page.into_iter()
                             .map(|o| classify(&root, o, &mut keys))
                             .collect::<Vec<_>>()
                     })
                     .await
-                    .expect("classify does not panic")
+                    .unwrap_or_else(|c| vec![Check::Done(Finding::Fatal(c.into()))])
                 }
             })
     };
@@ -265,9 +266,7 @@ pub async fn s3_to_local(
     if !summary.interrupted {
         let keys = std::mem::take(&mut *listed_keys.lock().expect("not poisoned"));
         let (root, prefix) = (dest.to_path_buf(), opts.prefix.clone());
-        summary.extra = tokio::task::spawn_blocking(move || extra_files(&root, &prefix, &keys))
-            .await
-            .expect("walk does not panic")?;
+        summary.extra = blocking::try_run(move || extra_files(&root, &prefix, &keys)).await?;
     }
     for list in [
         &mut summary.missing,
@@ -300,7 +299,7 @@ async fn check_file(root: &Path, key: &Key, size: u64, etag: Option<String>) -> 
         key: key.to_string(),
         reason,
     };
-    let checked = tokio::task::spawn_blocking(move || {
+    let checked = blocking::try_run(move || {
         // Opened beneath the root without following symlinks, like every local read; the
         // first pass reads the handle the records came from.
         let mut first = local::open_beneath(&root, &k).ok();
@@ -332,8 +331,7 @@ async fn check_file(root: &Path, key: &Key, size: u64, etag: Option<String>) -> 
         })
         .map(|v| (v, proof, hint.is_some()))
     })
-    .await
-    .expect("hashing does not panic");
+    .await;
     match checked {
         Ok((Verdict::Match { .. }, proof, _)) => Finding::Identical(size, proof),
         Ok((Verdict::Mismatch { expected, actual }, _, recorded)) => {
@@ -416,13 +414,12 @@ async fn with_part_size(
         return finding;
     }
     let (root, k, e) = (root.to_path_buf(), key.clone(), etag.map(str::to_owned));
-    let v = tokio::task::spawn_blocking(move || {
+    let v = blocking::try_run(move || {
         etag::check_reader_hinted(e.as_deref(), size, Some(p), || {
             local::open_beneath(&root, &k)
         })
     })
-    .await
-    .expect("hashing does not panic");
+    .await;
     let kr = |reason: String| KeyReason {
         key: key.to_string(),
         reason,
@@ -457,11 +454,8 @@ async fn recheck(
     if let Some(c) = h.best_checksum().cloned() {
         let (root, k) = (root.to_path_buf(), key.clone());
         let proof = c.proof();
-        let v = tokio::task::spawn_blocking(move || {
-            hash_with(&c, size, local::open_beneath(&root, &k)?)
-        })
-        .await
-        .expect("hashing does not panic");
+        let v =
+            blocking::try_run(move || hash_with(&c, size, local::open_beneath(&root, &k)?)).await;
         return match v {
             Ok(Verdict::Match { .. }) => Finding::Identical(size, Some(proof)),
             Ok(Verdict::Mismatch { expected, actual }) => Finding::ContentDiffers(

@@ -70,6 +70,7 @@ pub(crate) fn open(cfg: &S3Config) -> Result<BlobStore> {
         store: s3.clone(),
         prefix: cfg.prefix.clone(),
         name: name.clone(),
+        kind: crate::store::BackendKind::S3,
         s3: Some(S3Extras {
             signer: s3.clone(),
             presign_ttl: cfg.presign_ttl,

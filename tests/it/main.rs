@@ -6,6 +6,7 @@ mod cli_ux;
 mod config;
 mod conformance;
 mod disk;
+mod facade;
 mod http;
 mod integrity;
 mod local_tree;
