@@ -705,16 +705,11 @@ fn to_timespec(t: SystemTime) -> Timespec {
 /// Removes `key`'s file. `Ok(false)` when it was not there. Directories left empty
 /// between the file and the root are removed too, as S3 has no directories.
 pub fn remove(root: &Path, key: &Key) -> io::Result<bool> {
-    let dir = match open_parent_dir(root, key, false) {
-        Ok(d) => d,
-        Err(PlaceError::Io(e)) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
-        Err(PlaceError::Io(e)) => return Err(e),
-        Err(_) => return Ok(false),
+    let Some((dir, st)) = stat_beneath(root, key)? else {
+        return Ok(false);
     };
-    match rfs::statat(&dir, key.file_name(), AtFlags::SYMLINK_NOFOLLOW) {
-        Ok(st) if rfs::FileType::from_raw_mode(st.st_mode) == rfs::FileType::RegularFile => {}
-        Ok(_) | Err(Errno::NOENT) => return Ok(false),
-        Err(e) => return Err(e.into()),
+    if rfs::FileType::from_raw_mode(st.st_mode) != rfs::FileType::RegularFile {
+        return Ok(false);
     }
     match rfs::unlinkat(&dir, key.file_name(), AtFlags::empty()) {
         Ok(()) => {}
@@ -768,6 +763,22 @@ pub fn stat_file(root: &Path, key: &Key) -> io::Result<Option<(u64, SystemTime)>
 /// Like [`stat_file`], with the file's identity, so a later commit can check that it
 /// replaces this very file ([`Expect::File`]).
 pub fn stat_file_id(root: &Path, key: &Key) -> io::Result<Option<FileId>> {
+    Ok(stat_beneath(root, key)?
+        .filter(|(_, st)| rfs::FileType::from_raw_mode(st.st_mode) == rfs::FileType::RegularFile)
+        .map(|(_, st)| FileId::of(&st)))
+}
+
+/// True when `key` names a directory under `root` (reached without following symlinks).
+pub fn is_dir_beneath(root: &Path, key: &Key) -> io::Result<bool> {
+    Ok(stat_beneath(root, key)?.is_some_and(|(_, st)| {
+        rfs::FileType::from_raw_mode(st.st_mode) == rfs::FileType::Directory
+    }))
+}
+
+/// The parent directory of `key` and what its name holds (not following a symlink), or
+/// `None` when nothing is there: a missing parent, a parent that is not a real directory
+/// (a symlink or a file), or a missing name.
+fn stat_beneath(root: &Path, key: &Key) -> io::Result<Option<(OwnedFd, rfs::Stat)>> {
     let dir = match open_parent_dir(root, key, false) {
         Ok(d) => d,
         Err(PlaceError::Io(e)) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -775,25 +786,8 @@ pub fn stat_file_id(root: &Path, key: &Key) -> io::Result<Option<FileId>> {
         Err(_) => return Ok(None),
     };
     match rfs::statat(&dir, key.file_name(), AtFlags::SYMLINK_NOFOLLOW) {
-        Ok(st) if rfs::FileType::from_raw_mode(st.st_mode) == rfs::FileType::RegularFile => {
-            Ok(Some(FileId::of(&st)))
-        }
-        Ok(_) | Err(Errno::NOENT) | Err(Errno::NOTDIR) => Ok(None),
-        Err(e) => Err(e.into()),
-    }
-}
-
-/// True when `key` names a directory under `root` (reached without following symlinks).
-pub fn is_dir_beneath(root: &Path, key: &Key) -> io::Result<bool> {
-    let dir = match open_parent_dir(root, key, false) {
-        Ok(d) => d,
-        Err(PlaceError::Io(e)) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
-        Err(PlaceError::Io(e)) => return Err(e),
-        Err(_) => return Ok(false),
-    };
-    match rfs::statat(&dir, key.file_name(), AtFlags::SYMLINK_NOFOLLOW) {
-        Ok(st) => Ok(rfs::FileType::from_raw_mode(st.st_mode) == rfs::FileType::Directory),
-        Err(Errno::NOENT) | Err(Errno::NOTDIR) => Ok(false),
+        Ok(st) => Ok(Some((dir, st))),
+        Err(Errno::NOENT) | Err(Errno::NOTDIR) => Ok(None),
         Err(e) => Err(e.into()),
     }
 }
