@@ -150,8 +150,10 @@ impl Reporter for Progress {
                     (name.to_owned(), total_items, total_bytes);
                 p.items.store(0, Ordering::Relaxed);
                 p.bytes.store(0, Ordering::Relaxed);
+                // Stamped like the periodic lines, so a log shows when each phase began.
                 errln!(
-                    "{name}{}",
+                    "{} {name}{}",
+                    chrono::Local::now().format("%Y-%m-%d %H:%M:%S"),
                     match (total_items, total_bytes) {
                         (Some(i), Some(b)) => format!(": {i} objects, {}", human_bytes(b)),
                         (Some(i), None) => format!(": {i} objects"),
