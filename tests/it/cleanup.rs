@@ -517,7 +517,6 @@ fn the_cron_command_deletes_reports_and_respects_the_lock() {
 /// A file name that is not UTF-8 (`\xff\xfe.mp4`): deleted, and the JSON summary printed.
 #[test]
 fn json_summary_with_a_non_utf8_file_name_is_printed() {
-    use crate::support::cli::run as stowage;
     use std::os::unix::ffi::OsStrExt;
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
@@ -528,17 +527,7 @@ fn json_summary_with_a_non_utf8_file_name_is_printed() {
     fs::write(&bad, b"x").unwrap();
     set_age(&bad, 10 * DAY);
     file(root, "keep/new.mp4", 1, Duration::from_secs(60));
-    let r = stowage(
-        None,
-        &[
-            "cleanup",
-            "--max-age",
-            "24h",
-            "--root",
-            root.to_str().unwrap(),
-            "--json",
-        ],
-    );
+    let r = cli(root, &["--max-age", "24h", "--json"]);
     assert_eq!(r.code, 0, "{r:?}");
     let j = r.json();
     assert_eq!(j["deleted_count"], 1, "{r:?}");
@@ -549,7 +538,6 @@ fn json_summary_with_a_non_utf8_file_name_is_printed() {
 #[test]
 #[ignore = "needs root to mount a tmpfs (.ci/run runs as root)"]
 fn json_summary_names_a_skipped_mount_with_a_non_utf8_name() {
-    use crate::support::cli::run as stowage;
     use std::os::unix::ffi::OsStrExt;
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
@@ -557,17 +545,7 @@ fn json_summary_names_a_skipped_mount_with_a_non_utf8_name() {
     file(root, "keep/new.mp4", 1, Duration::from_secs(60));
     let mnt = root.join(std::ffi::OsStr::from_bytes(b"\xffmnt"));
     let _mount = TmpfsMount::new(&mnt);
-    let r = stowage(
-        None,
-        &[
-            "cleanup",
-            "--max-age",
-            "24h",
-            "--root",
-            root.to_str().unwrap(),
-            "--json",
-        ],
-    );
+    let r = cli(root, &["--max-age", "24h", "--json"]);
     assert_eq!(r.code, 0, "{r:?}");
     assert_eq!(r.json()["mounts_skipped"][0]["key"], "\u{fffd}mnt", "{r:?}");
 }
