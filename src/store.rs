@@ -1,9 +1,10 @@
 //! `BlobStore`: the backend-agnostic blob API services use.
 //!
 //! One cheap-to-clone handle whatever the backend, so switching a service from S3 to the
-//! local disk (or back) is a configuration change. S3 and Memory go through
-//! `Arc<dyn ObjectStore>`; Local goes through [`crate::local`], which keeps every path
-//! under the root and writes atomically (see ARCHITECTURE.md for why).
+//! local disk (or back) is a configuration change. Every backend is an
+//! `Arc<dyn ObjectStore>`: S3, memory, a store the caller built, and for a local directory
+//! [`LocalStore`](crate::LocalStore), which keeps every path under the root and writes
+//! atomically (see ARCHITECTURE.md for why).
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -16,14 +17,15 @@ use futures::stream::{BoxStream, StreamExt, TryStreamExt};
 use object_store::path::Path as ObjPath;
 use object_store::signer::Signer;
 use object_store::{
-    Attribute, Attributes, GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutPayload,
+    Attribute, Attributes, GetOptions, GetRange, GetResultPayload, ObjectStore, ObjectStoreExt,
+    PutPayload,
 };
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use tokio::io::AsyncWriteExt;
 
 use crate::error::{Error, Result};
 use crate::key::Key;
-use crate::local::{self, AtomicFile, PlaceError};
+use crate::s3::list::ListedObject;
 
 /// A stream of object bytes.
 pub type ByteStream = BoxStream<'static, Result<Bytes>>;
@@ -141,10 +143,16 @@ pub fn encode_key_path(key: &Key) -> String {
 
 /// A blob store: local directory, S3 bucket or memory, behind one API.
 ///
+/// Every backend is an `Arc<dyn ObjectStore>` ([`LocalStore`](crate::LocalStore) for a
+/// local directory) and every method goes through it; what only some backends have sits
+/// in explicit capabilities checked where it is used: download URLs ([`LocalUrls`] or
+/// S3 presigning), the root directory a local store's files can be served from, and
+/// S3's hostile-key-proof lister.
+///
 /// Cloning is cheap (an `Arc`); clones share the backend and its connection pool.
 #[derive(Clone)]
 pub struct BlobStore {
-    inner: Arc<Inner>,
+    inner: Arc<Backend>,
 }
 
 impl std::fmt::Debug for BlobStore {
@@ -153,25 +161,21 @@ impl std::fmt::Debug for BlobStore {
     }
 }
 
-enum Inner {
-    Local(LocalBackend),
-    Object(ObjectBackend),
-}
-
-struct LocalBackend {
-    root: PathBuf,
-    urls: LocalUrls,
-    /// The same root as an `ObjectStore`, for [`BlobStore::object_store`].
-    store: Arc<crate::LocalStore>,
-}
-
-pub(crate) struct ObjectBackend {
+/// The one backend type: an object store, where keys go in it, and its capabilities.
+pub(crate) struct Backend {
     pub(crate) store: Arc<dyn ObjectStore>,
-    /// Key prefix inside the bucket, empty or ending in `/`.
+    /// Key prefix inside the store, empty or ending in `/`.
     pub(crate) prefix: String,
+    /// How messages name the store (`s3://bucket/`, `local:/srv/store`).
     pub(crate) name: String,
-    /// `S3` exactly when `s3` is set; `Memory` or `ObjectStore` otherwise.
     pub(crate) kind: BackendKind,
+    /// Bytes `put_stream` buffers before it starts a multipart upload, and the part size.
+    part_size: usize,
+    /// Download URLs to a `stowage::http` router serving this store.
+    urls: Option<LocalUrls>,
+    /// The directory a local store's files live in, for serving them from their handles.
+    local_root: Option<PathBuf>,
+    /// S3 only: presigning and the raw lister.
     pub(crate) s3: Option<S3Extras>,
 }
 
@@ -184,19 +188,18 @@ pub(crate) struct S3Extras {
 
 /// Objects at or above this size are uploaded in parts by `put_stream`/`put_file` on S3.
 pub const MULTIPART_THRESHOLD: usize = 8 << 20;
-/// Chunk size of local reads.
+/// Chunk size of local reads, and the part size of a local `put_stream` (a local
+/// multipart part is one positioned write into the temp file: no minimum size).
 const READ_CHUNK: usize = 256 << 10;
 
 impl BlobStore {
     /// A store in process memory (tests, examples).
     pub fn memory() -> BlobStore {
-        BlobStore::from_backend(ObjectBackend {
-            store: Arc::new(object_store::memory::InMemory::new()),
-            prefix: String::new(),
-            name: "memory".to_owned(),
-            kind: BackendKind::Memory,
-            s3: None,
-        })
+        BlobStore::from_backend(Backend::new(
+            Arc::new(object_store::memory::InMemory::new()),
+            "memory",
+            BackendKind::Memory,
+        ))
     }
 
     /// A store in the directory `root`, which is created if missing. URLs use
@@ -218,40 +221,77 @@ impl BlobStore {
         // Best effort: a read-only user (serve) may open a store it cannot mark.
         let _ = crate::local::mark_store(&root);
         let store = Arc::new(crate::LocalStore::new(&root)?);
-        Ok(BlobStore {
-            inner: Arc::new(Inner::Local(LocalBackend { root, urls, store })),
-        })
+        let mut b = Backend::new(
+            store,
+            &format!("local:{}", root.display()),
+            BackendKind::Local,
+        );
+        b.part_size = READ_CHUNK;
+        b.urls = Some(urls);
+        b.local_root = Some(root);
+        Ok(BlobStore::from_backend(b))
     }
 
     /// A store over any `object_store` backend, with keys placed under `prefix`; `name`
     /// is how messages call it. Its [`kind`](BlobStore::kind) is
     /// [`BackendKind::ObjectStore`] whatever the store is (an `InMemory`, the caller's own
-    /// `AmazonS3`): it has no download URLs, and the HTTP router proxies it.
+    /// `AmazonS3`): stowage does not know how to reach it from outside, so it has no
+    /// download URLs unless given some with [`with_download_urls`](Self::with_download_urls),
+    /// and the HTTP router proxies it.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use stowage::{BackendKind, BlobStore, Key};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> stowage::Result<()> {
+    /// let mine = Arc::new(object_store::memory::InMemory::new());
+    /// let store = BlobStore::from_object_store(mine, "tenant-a/", "my store");
+    /// assert_eq!(store.kind(), BackendKind::ObjectStore);
+    /// store.put(&Key::parse("clips/1.mp4")?, "x".into()).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn from_object_store(store: Arc<dyn ObjectStore>, prefix: &str, name: &str) -> BlobStore {
-        BlobStore::from_backend(ObjectBackend {
-            store,
-            prefix: prefix.to_owned(),
-            name: name.to_owned(),
-            kind: BackendKind::ObjectStore,
-            s3: None,
-        })
+        let mut b = Backend::new(store, name, BackendKind::ObjectStore);
+        b.prefix = prefix.to_owned();
+        BlobStore::from_backend(b)
     }
 
-    /// Every object-store backend is built here, so its key prefix is normalized once:
-    /// empty, or ending in exactly one `/`.
-    pub(crate) fn from_backend(mut b: ObjectBackend) -> BlobStore {
+    /// The same store, handing out download URLs formed by `urls`: for a store that a
+    /// `stowage::http` router (or `stowage serve`) serves at `urls.base_url`, such as a
+    /// read-through store over a local directory.
+    pub fn with_download_urls(self, urls: LocalUrls) -> BlobStore {
+        let b = &*self.inner;
+        let mut next = Backend::new(Arc::clone(&b.store), &b.name, b.kind);
+        next.prefix = b.prefix.clone();
+        next.part_size = b.part_size;
+        next.local_root = b.local_root.clone();
+        next.urls = Some(urls);
+        BlobStore::from_backend(next)
+    }
+
+    /// Every backend is built here, so its key prefix is normalized once: empty, or
+    /// ending in exactly one `/`.
+    pub(crate) fn from_backend(mut b: Backend) -> BlobStore {
         b.prefix = normalize_prefix(&b.prefix);
-        BlobStore {
-            inner: Arc::new(Inner::Object(b)),
-        }
+        BlobStore { inner: Arc::new(b) }
+    }
+
+    /// The backend, for the operations (`migrate`, `verify`) that use its parts directly.
+    pub(crate) fn backend(&self) -> &Backend {
+        &self.inner
+    }
+
+    /// The backend when it is not a local directory: the source of `s3-to-local` and the
+    /// destination of `local-to-s3`.
+    pub(crate) fn object_backend(&self) -> Option<&Backend> {
+        self.inner.local_root.is_none().then_some(&*self.inner)
     }
 
     /// Which backend this is.
     pub fn kind(&self) -> BackendKind {
-        match &*self.inner {
-            Inner::Local(_) => BackendKind::Local,
-            Inner::Object(o) => o.kind,
-        }
+        self.inner.kind
     }
 
     /// The store as an `object_store::ObjectStore`, for any code that takes one: the
@@ -260,34 +300,24 @@ impl BlobStore {
     /// the prefix), a [`LocalStore`](crate::LocalStore) over the same root for a local
     /// store (the same files, the same guarantees).
     pub fn object_store(&self) -> Arc<dyn ObjectStore> {
-        match &*self.inner {
-            Inner::Local(l) => l.store.clone(),
-            Inner::Object(o) => Arc::clone(&o.store),
-        }
+        Arc::clone(&self.inner.store)
     }
 
     /// The root directory of a local store.
     pub fn local_root(&self) -> Option<&Path> {
-        match &*self.inner {
-            Inner::Local(l) => Some(&l.root),
-            Inner::Object(_) => None,
-        }
+        self.inner.local_root.as_deref()
     }
 
-    /// How a local store forms its download URLs (and whether it signs them).
+    /// How this store's download URLs are formed (and whether they are signed), when they
+    /// point at a `stowage::http` router: a local store, or one given
+    /// [`with_download_urls`](Self::with_download_urls).
     pub fn local_urls(&self) -> Option<&LocalUrls> {
-        match &*self.inner {
-            Inner::Local(l) => Some(&l.urls),
-            Inner::Object(_) => None,
-        }
+        self.inner.urls.as_ref()
     }
 
     /// A short description for messages: `local:/srv/store`, `s3://bucket/prefix/`.
     pub fn describe(&self) -> String {
-        match &*self.inner {
-            Inner::Local(l) => format!("local:{}", l.root.display()),
-            Inner::Object(o) => format!("{}{}", o.name, o.prefix),
-        }
+        format!("{}{}", self.inner.name, self.inner.prefix)
     }
 
     /// Stores `data` under `key`, replacing any previous object.
@@ -297,35 +327,16 @@ impl BlobStore {
 
     /// Stores `data` under `key` with a Content-Type.
     pub async fn put_opts(&self, key: &Key, data: Bytes, content_type: Option<&str>) -> Result<()> {
-        match &*self.inner {
-            Inner::Local(l) => {
-                let (root, key2, ct) =
-                    (l.root.clone(), key.clone(), content_type.map(str::to_owned));
-                blocking(move || {
-                    let mut f =
-                        AtomicFile::create(&root, &key2).map_err(|e| place_err(&root, &key2, e))?;
-                    f.write_all(&data)
-                        .map_err(|e| Error::io("write", f.final_path(), e))?;
-                    if let Some(ct) = ct {
-                        f.set_content_type(&ct)
-                            .map_err(|e| Error::io("set xattr", f.final_path(), e))?;
-                    }
-                    f.commit().map_err(|e| place_err(&root, &key2, e))
-                })
-                .await
-            }
-            Inner::Object(o) => {
-                let opts = object_store::PutOptions {
-                    attributes: attributes(content_type),
-                    ..Default::default()
-                };
-                o.store
-                    .put_opts(&o.path(key)?, PutPayload::from_bytes(data), opts)
-                    .await
-                    .map_err(|e| o.err(key, e))?;
-                Ok(())
-            }
-        }
+        let b = &*self.inner;
+        let opts = object_store::PutOptions {
+            attributes: attributes(content_type),
+            ..Default::default()
+        };
+        b.store
+            .put_opts(&b.path(key)?, PutPayload::from_bytes(data), opts)
+            .await
+            .map_err(|e| b.err(key, e))?;
+        Ok(())
     }
 
     /// Stores the bytes of `body` under `key` without holding the object in memory.
@@ -356,58 +367,32 @@ impl BlobStore {
     where
         S: futures::Stream<Item = std::io::Result<Bytes>> + Send,
     {
+        let b = &*self.inner;
         let mut body = std::pin::pin!(body);
-        match &*self.inner {
-            Inner::Local(l) => {
-                let root = l.root.clone();
-                let k = key.clone();
-                let mut file = blocking(move || {
-                    AtomicFile::create(&root, &k).map_err(|e| place_err(&root, &k, e))
-                })
-                .await?;
-                if let Some(ct) = content_type {
-                    file.set_content_type(ct)
-                        .map_err(|e| Error::io("set xattr", file.final_path(), e))?;
-                }
-                let mut buf = Vec::with_capacity(READ_CHUNK);
-                while let Some(chunk) = body.next().await {
-                    let chunk =
-                        chunk.map_err(|e| Error::io("read input for", file.final_path(), e))?;
-                    buf.extend_from_slice(&chunk);
-                    if buf.len() >= READ_CHUNK {
-                        (file, buf) = write_blocking(file, buf).await?;
-                    }
-                }
-                (file, _) = write_blocking(file, buf).await?;
-                let (root, k) = (l.root.clone(), key.clone());
-                blocking(move || file.commit().map_err(|e| place_err(&root, &k, e))).await
+        let mut w = object_store::buffered::BufWriter::with_capacity(
+            Arc::clone(&b.store),
+            b.path(key)?,
+            b.part_size,
+        )
+        .with_attributes(attributes(content_type));
+        let res: Result<()> = async {
+            while let Some(chunk) = body.next().await {
+                // The caller's body failed, not the store: an I/O error naming the key.
+                let chunk = chunk.map_err(|e| Error::io("read the body for", key.as_str(), e))?;
+                w.write_all(&chunk).await.map_err(|e| b.io_err(key, e))?;
             }
-            Inner::Object(o) => {
-                let path = o.path(key)?;
-                let mut w = object_store::buffered::BufWriter::with_capacity(
-                    Arc::clone(&o.store),
-                    path,
-                    MULTIPART_THRESHOLD,
-                )
-                .with_attributes(attributes(content_type));
-                let res: Result<()> = async {
-                    while let Some(chunk) = body.next().await {
-                        let chunk = chunk.map_err(|e| Error::backend(o.name.clone(), &e))?;
-                        w.write_all(&chunk).await.map_err(|e| o.io_err(key, e))?;
-                    }
-                    Ok(())
-                }
-                .await;
-                if let Err(e) = res {
-                    // Abort any multipart upload under way (parts are billed until then).
-                    let _ = w.abort().await;
-                    return Err(e);
-                }
-                // Once shut down the writer cannot be aborted (object_store panics): a failed
-                // final PUT or CompleteMultipartUpload is returned as is.
-                w.shutdown().await.map_err(|e| o.io_err(key, e))
-            }
+            Ok(())
         }
+        .await;
+        if let Err(e) = res {
+            // Abort any multipart upload under way (parts are billed until then; a local
+            // upload's temp file is removed).
+            let _ = w.abort().await;
+            return Err(e);
+        }
+        // Once shut down the writer cannot be aborted (object_store panics): a failed
+        // final PUT or CompleteMultipartUpload is returned as is.
+        w.shutdown().await.map_err(|e| b.io_err(key, e))
     }
 
     /// Stores the file at `path` under `key`, streaming it.
@@ -434,19 +419,27 @@ impl BlobStore {
 
     /// Reads the whole object.
     pub async fn get(&self, key: &Key) -> Result<Bytes> {
-        if let Inner::Local(l) = &*self.inner {
-            // Open, size and read in one trip to the blocking pool, into a buffer of the
-            // file's size, instead of a trip per chunk.
-            let (root, k) = (l.root.clone(), key.clone());
-            return blocking(move || local_read_all(&root, &k)).await;
+        let b = &*self.inner;
+        let res = b
+            .store
+            .get_opts(&b.path(key)?, GetOptions::default())
+            .await
+            .map_err(|e| b.err(key, e))?;
+        let range = res.range.clone();
+        match res.payload {
+            // One trip to the blocking pool for the whole file, into a buffer of its size.
+            GetResultPayload::File(file, path) => {
+                crate::blocking::try_run(move || read_file_range(&file, range, &path)).await
+            }
+            GetResultPayload::Stream(s) => {
+                let mut out = Vec::with_capacity((range.end - range.start) as usize);
+                let mut s = s.map_err(|e| b.err(key, e));
+                while let Some(chunk) = s.try_next().await? {
+                    out.extend_from_slice(&chunk);
+                }
+                Ok(out.into())
+            }
         }
-        let s = self.get_stream(key).await?;
-        let mut out = Vec::with_capacity(s.meta.size as usize);
-        let mut body = s.body;
-        while let Some(chunk) = body.try_next().await? {
-            out.extend_from_slice(&chunk);
-        }
-        Ok(out.into())
     }
 
     /// Opens the object for streaming; memory use does not depend on its size.
@@ -472,68 +465,38 @@ impl BlobStore {
         key: &Key,
         range: Option<Range<u64>>,
     ) -> Result<GetStream> {
-        match &*self.inner {
-            Inner::Local(l) => {
-                let (root, k) = (l.root.clone(), key.clone());
-                let (file, meta) = blocking(move || local_open(&root, &k)).await?;
-                let r = clamp(range, meta.size);
-                let mut file = tokio::fs::File::from_std(file);
-                if r.start > 0 {
-                    use tokio::io::AsyncSeekExt;
-                    file.seek(std::io::SeekFrom::Start(r.start))
-                        .await
-                        .map_err(|e| Error::io("seek", key.to_path(&l.root), e))?;
-                }
-                use tokio::io::AsyncReadExt;
-                let path = key.to_path(&l.root);
-                let body = tokio_util::io::ReaderStream::with_capacity(
-                    file.take(r.end - r.start),
-                    READ_CHUNK,
-                )
-                .map_err(move |e| Error::io("read", path.clone(), e))
-                .boxed();
-                Ok(GetStream {
-                    meta,
-                    range: r,
-                    body,
-                })
-            }
-            Inner::Object(o) => {
-                // An HTTP range cannot be empty, and S3 answers 416 to one that starts at
-                // or past the end: serve those from HEAD, clamped as on the local backend.
-                if let Some(r) = range.as_ref().filter(|r| r.start >= r.end) {
-                    return self.empty_range(key, r.start).await;
-                }
-                let opts = GetOptions {
-                    range: range.clone().map(|r| GetRange::Bounded(r.start..r.end)),
-                    ..Default::default()
-                };
-                let res = match o.store.get_opts(&o.path(key)?, opts).await {
-                    Ok(res) => res,
-                    Err(e @ object_store::Error::NotFound { .. }) => return Err(o.err(key, e)),
-                    Err(e) => {
-                        if let Some(r) = &range {
-                            if self.head(key).await?.size <= r.start {
-                                return self.empty_range(key, r.start).await;
-                            }
-                        }
-                        return Err(o.err(key, e));
-                    }
-                };
-                let meta = o.meta(key.clone(), &res.meta, &res.attributes);
-                let r = res.range.clone();
-                let name = o.name.clone();
-                let body = res
-                    .into_stream()
-                    .map_err(move |e| Error::backend(name.clone(), &e))
-                    .boxed();
-                Ok(GetStream {
-                    meta,
-                    range: r,
-                    body,
-                })
-            }
+        let b = &*self.inner;
+        // An HTTP range cannot be empty, and S3 answers 416 to one that starts at or past
+        // the end: serve those from HEAD, clamped to the object's size.
+        if let Some(r) = range.as_ref().filter(|r| r.start >= r.end) {
+            return self.empty_range(key, r.start).await;
         }
+        let opts = GetOptions {
+            range: range.clone().map(|r| GetRange::Bounded(r.start..r.end)),
+            ..Default::default()
+        };
+        let res = match b.store.get_opts(&b.path(key)?, opts).await {
+            Ok(res) => res,
+            Err(e @ object_store::Error::NotFound { .. }) => return Err(b.err(key, e)),
+            Err(e) => {
+                if let Some(r) = &range {
+                    if self.head(key).await?.size <= r.start {
+                        return self.empty_range(key, r.start).await;
+                    }
+                }
+                return Err(b.err(key, e));
+            }
+        };
+        let meta = b.meta(key.clone(), &res.meta, &res.attributes);
+        let range = res.range.clone();
+        let body = match res.payload {
+            GetResultPayload::File(file, path) => file_body(file, range.clone(), path),
+            GetResultPayload::Stream(s) => {
+                let name = b.name.clone();
+                s.map_err(move |e| Error::backend(name.clone(), &e)).boxed()
+            }
+        };
+        Ok(GetStream { meta, range, body })
     }
 
     /// An empty body at `start` (clamped to the object's size), with the object's metadata.
@@ -549,24 +512,17 @@ impl BlobStore {
 
     /// Metadata of the object.
     pub async fn head(&self, key: &Key) -> Result<Meta> {
-        match &*self.inner {
-            Inner::Local(l) => {
-                let (root, k) = (l.root.clone(), key.clone());
-                blocking(move || local_open(&root, &k).map(|(_, m)| m)).await
-            }
-            Inner::Object(o) => {
-                let opts = GetOptions {
-                    head: true,
-                    ..Default::default()
-                };
-                let res = o
-                    .store
-                    .get_opts(&o.path(key)?, opts)
-                    .await
-                    .map_err(|e| o.err(key, e))?;
-                Ok(o.meta(key.clone(), &res.meta, &res.attributes))
-            }
-        }
+        let b = &*self.inner;
+        let opts = GetOptions {
+            head: true,
+            ..Default::default()
+        };
+        let res = b
+            .store
+            .get_opts(&b.path(key)?, opts)
+            .await
+            .map_err(|e| b.err(key, e))?;
+        Ok(b.meta(key.clone(), &res.meta, &res.attributes))
     }
 
     /// Whether the object exists.
@@ -580,26 +536,16 @@ impl BlobStore {
 
     /// Deletes the object. `Ok(false)` when it did not exist — the same on every backend.
     pub async fn delete(&self, key: &Key) -> Result<bool> {
-        match &*self.inner {
-            Inner::Local(l) => {
-                let (root, k) = (l.root.clone(), key.clone());
-                blocking(move || {
-                    local::remove(&root, &k).map_err(|e| Error::io("delete", k.to_path(&root), e))
-                })
-                .await
-            }
-            Inner::Object(o) => {
-                // S3 answers 204 whether or not the key existed: ask first so the result
-                // means the same as on the local backend.
-                if !self.exists(key).await? {
-                    return Ok(false);
-                }
-                match o.store.delete(&o.path(key)?).await {
-                    Ok(()) => Ok(true),
-                    Err(object_store::Error::NotFound { .. }) => Ok(false),
-                    Err(e) => Err(o.err(key, e)),
-                }
-            }
+        let b = &*self.inner;
+        // S3 (and object_store's contract) answers a delete the same whether or not the
+        // key existed: ask first so the result means something.
+        if !self.exists(key).await? {
+            return Ok(false);
+        }
+        match b.store.delete(&b.path(key)?).await {
+            Ok(()) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(b.err(key, e)),
         }
     }
 
@@ -607,61 +553,68 @@ impl BlobStore {
     /// prefix, as on S3), page by page. A stored key that is not a valid [`Key`] yields an
     /// `Err(Error::InvalidKey)` item and the listing goes on.
     pub fn list(&self, prefix: &str) -> BoxStream<'static, Result<Meta>> {
-        match &*self.inner {
-            Inner::Local(l) => local_list(l.root.clone(), prefix.to_owned()),
-            Inner::Object(o) => match &o.s3 {
-                Some(s3) => s3
-                    .lister
-                    .list(&format!("{}{}", o.prefix, prefix), &o.prefix)
-                    .map(|r| {
-                        r.and_then(|obj| {
-                            Ok(Meta {
-                                key: Key::parse(&obj.key)?,
-                                size: obj.size,
-                                last_modified: obj.last_modified,
-                                etag: obj.etag,
-                                content_type: None,
-                            })
-                        })
-                    })
-                    .boxed(),
-                None => {
-                    let store = Arc::clone(&o.store);
-                    let full = format!("{}{}", o.prefix, prefix);
-                    let strip = o.prefix.clone();
-                    let name = o.name.clone();
-                    // List the directory part of the prefix, then filter by the rest.
-                    let dir = full
-                        .rsplit_once('/')
-                        .map(|(d, _)| d.to_owned())
-                        .unwrap_or_default();
-                    let dir_path = ObjPath::parse(&dir).ok();
-                    store
-                        .list(dir_path.as_ref())
-                        .filter_map(move |r| {
-                            let res = match r {
-                                Ok(m) if m.location.as_ref().starts_with(&full) => {
-                                    let k = m
-                                        .location
-                                        .as_ref()
-                                        .strip_prefix(&strip)
-                                        .unwrap_or(m.location.as_ref());
-                                    Some(Key::parse(k).map(|key| Meta {
-                                        key,
-                                        size: m.size,
-                                        last_modified: m.last_modified,
-                                        etag: m.e_tag.clone(),
-                                        content_type: None,
-                                    }))
-                                }
-                                Ok(_) => None,
-                                Err(e) => Some(Err(Error::backend(name.clone(), &e))),
-                            };
-                            futures::future::ready(res)
-                        })
-                        .boxed()
-                }
-            },
+        self.listing(prefix, false)
+            .map(|r| r.and_then(Meta::try_from))
+            .boxed()
+    }
+
+    /// The listing as raw entries, keys not yet checked: S3 through the hostile-key-proof
+    /// [`crate::s3::RawLister`] (several pages at once when `parallel`), every other
+    /// backend through `ObjectStore::list` from the prefix's directory.
+    pub(crate) fn listing(
+        &self,
+        prefix: &str,
+        parallel: bool,
+    ) -> BoxStream<'static, Result<ListedObject>> {
+        let b = &*self.inner;
+        let full = format!("{}{}", b.prefix, prefix);
+        if let Some(s3) = &b.s3 {
+            return if parallel {
+                s3.lister.list_parallel(&full, &b.prefix)
+            } else {
+                s3.lister.list(&full, &b.prefix)
+            };
+        }
+        let strip = b.prefix.clone();
+        let name = b.name.clone();
+        // List the directory part of the prefix, then filter by the rest.
+        let dir = full
+            .rsplit_once('/')
+            .map(|(d, _)| d.to_owned())
+            .unwrap_or_default();
+        let dir_path = ObjPath::parse(&dir).ok();
+        b.store
+            .list(dir_path.as_ref())
+            .filter_map(move |r| {
+                let res = match r {
+                    Ok(m) if m.location.as_ref().starts_with(&full) => {
+                        let k = m.location.as_ref();
+                        Some(Ok(ListedObject {
+                            key: k.strip_prefix(&strip).unwrap_or(k).to_owned(),
+                            size: m.size,
+                            last_modified: m.last_modified,
+                            etag: m.e_tag,
+                            problem: None,
+                        }))
+                    }
+                    Ok(_) => None,
+                    Err(e) => Some(Err(Error::backend(name.clone(), &e))),
+                };
+                futures::future::ready(res)
+            })
+            .boxed()
+    }
+
+    /// The object's ETag: the one a listing carried, or, when the listing had none (some
+    /// servers, s3s-fs among them, list without ETags), the one a HEAD answers.
+    pub(crate) async fn etag_or_head(
+        &self,
+        key: &Key,
+        listed: Option<String>,
+    ) -> Result<Option<String>> {
+        match listed {
+            Some(e) => Ok(Some(e)),
+            None => Ok(self.head(key).await?.etag),
         }
     }
 
@@ -669,7 +622,7 @@ impl BlobStore {
     /// local store (with `?expires=<unix>&sig=<hex>` appended when a signing secret is
     /// configured), a presigned GET URL on S3 (or the public base URL when configured).
     /// Memory and a store passed to [`from_object_store`](BlobStore::from_object_store)
-    /// have none: an `Err`.
+    /// have none unless given [`with_download_urls`](Self::with_download_urls): an `Err`.
     ///
     /// ```
     /// use stowage::{BlobStore, Key, LocalUrls};
@@ -687,64 +640,99 @@ impl BlobStore {
     /// # }
     /// ```
     pub async fn download_url(&self, key: &Key) -> Result<String> {
-        match &*self.inner {
-            Inner::Local(l) => {
-                let url = format!(
-                    "{}{}/{}",
-                    l.urls.base_url.trim_end_matches('/'),
-                    l.urls.files_path.trim_end_matches('/'),
-                    encode_key_path(key)
-                );
-                Ok(match &l.urls.secret {
-                    Some(secret) => {
-                        let q = crate::signing::signed_query(
-                            secret.as_bytes(),
-                            key,
-                            l.urls.ttl,
-                            SystemTime::now(),
-                        );
-                        format!("{url}?{q}")
-                    }
-                    None => url,
-                })
-            }
-            Inner::Object(o) => match &o.s3 {
-                Some(s3) => {
-                    if let Some(base) = &s3.public_base_url {
-                        return Ok(format!(
-                            "{}/{}",
-                            base.trim_end_matches('/'),
-                            encode_key_path(key)
-                        ));
-                    }
-                    let url = s3
-                        .signer
-                        .signed_url(http::Method::GET, &o.path(key)?, s3.presign_ttl)
-                        .await
-                        .map_err(|e| o.err(key, e))?;
-                    Ok(url.to_string())
-                }
-                None => Err(Error::Backend {
-                    store: o.name.clone(),
-                    source: match o.kind {
-                        BackendKind::Memory => "an in-memory store has no download URLs",
-                        _ => "this object store has no download URLs",
-                    }
-                    .into(),
-                }),
-            },
+        let b = &*self.inner;
+        if let Some(urls) = &b.urls {
+            return Ok(urls.url_for(key, SystemTime::now()));
         }
+        if let Some(s3) = &b.s3 {
+            if let Some(base) = &s3.public_base_url {
+                return Ok(format!(
+                    "{}/{}",
+                    base.trim_end_matches('/'),
+                    encode_key_path(key)
+                ));
+            }
+            let url = s3
+                .signer
+                .signed_url(http::Method::GET, &b.path(key)?, s3.presign_ttl)
+                .await
+                .map_err(|e| b.err(key, e))?;
+            return Ok(url.to_string());
+        }
+        Err(Error::Backend {
+            store: b.name.clone(),
+            source: match b.kind {
+                BackendKind::Memory => "an in-memory store has no download URLs".into(),
+                _ => "this store has no download URLs: give it some with \
+                      BlobStore::with_download_urls, or serve it with stowage::http::router"
+                    .into(),
+            },
+        })
     }
+}
 
-    pub(crate) fn object_backend(&self) -> Option<&ObjectBackend> {
-        match &*self.inner {
-            Inner::Object(o) => Some(o),
-            Inner::Local(_) => None,
+impl LocalUrls {
+    /// `{base_url}{files_path}/{key}`, signed with an expiry `ttl` after `now` when a
+    /// secret is set.
+    fn url_for(&self, key: &Key, now: SystemTime) -> String {
+        let url = format!(
+            "{}{}/{}",
+            self.base_url.trim_end_matches('/'),
+            self.files_path.trim_end_matches('/'),
+            encode_key_path(key)
+        );
+        match &self.secret {
+            Some(secret) => {
+                let q = crate::signing::signed_query(secret.as_bytes(), key, self.ttl, now);
+                format!("{url}?{q}")
+            }
+            None => url,
         }
     }
 }
 
-impl ObjectBackend {
+impl TryFrom<ListedObject> for Meta {
+    type Error = Error;
+
+    /// The one conversion from a listed object to [`Meta`]: the key is checked here.
+    fn try_from(o: ListedObject) -> Result<Meta> {
+        Ok(Meta {
+            key: Key::parse(&o.key)?,
+            size: o.size,
+            last_modified: o.last_modified,
+            etag: o.etag,
+            content_type: None,
+        })
+    }
+}
+
+impl Backend {
+    pub(crate) fn new(store: Arc<dyn ObjectStore>, name: &str, kind: BackendKind) -> Backend {
+        Backend {
+            store,
+            prefix: String::new(),
+            name: name.to_owned(),
+            kind,
+            part_size: MULTIPART_THRESHOLD,
+            urls: None,
+            local_root: None,
+            s3: None,
+        }
+    }
+
+    /// An S3 backend with its presigning and listing capabilities.
+    pub(crate) fn s3(
+        store: Arc<dyn ObjectStore>,
+        name: &str,
+        prefix: &str,
+        s3: S3Extras,
+    ) -> Backend {
+        let mut b = Backend::new(store, name, BackendKind::S3);
+        b.prefix = prefix.to_owned();
+        b.s3 = Some(s3);
+        b
+    }
+
     pub(crate) fn path(&self, key: &Key) -> Result<ObjPath> {
         let full = format!("{}{}", self.prefix, key.as_str());
         ObjPath::parse(&full).map_err(|e| Error::backend(self.name.clone(), &e))
@@ -780,6 +768,50 @@ impl ObjectBackend {
     }
 }
 
+/// The one local range reader: `range` of an open file as a stream of chunks, each read
+/// at its offset on the blocking pool from the handle that was opened (a file replaced
+/// meanwhile is read whole, old or new). Ends early, without error, if the file shrank.
+pub(crate) fn file_body(file: std::fs::File, range: Range<u64>, path: PathBuf) -> ByteStream {
+    let state = (Arc::new(file), range.start, Arc::new(path));
+    futures::stream::try_unfold(state, move |(file, at, path)| {
+        let end = range.end;
+        async move {
+            if at >= end {
+                return Ok(None);
+            }
+            let len = (end - at).min(READ_CHUNK as u64);
+            let (f, p) = (Arc::clone(&file), Arc::clone(&path));
+            let chunk =
+                crate::blocking::try_run(move || read_file_range(&f, at..at + len, &p)).await?;
+            if chunk.is_empty() {
+                return Ok(None);
+            }
+            let next = at + chunk.len() as u64;
+            Ok(Some((chunk, (file, next, path))))
+        }
+    })
+    .boxed()
+}
+
+/// `range` of an open file, read with positioned reads into one buffer; shorter when the
+/// file ends first.
+fn read_file_range(file: &std::fs::File, range: Range<u64>, path: &Path) -> Result<Bytes> {
+    use std::os::unix::fs::FileExt;
+    let len = usize::try_from(range.end.saturating_sub(range.start)).unwrap_or(usize::MAX);
+    let mut buf = vec![0u8; len];
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read_at(&mut buf[filled..], range.start + filled as u64) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Error::io("read", path, e)),
+        }
+    }
+    buf.truncate(filled);
+    Ok(buf.into())
+}
+
 /// Maps an object_store error to ours, keeping the semantic cases. Its text goes through
 /// [`crate::error::redact`] like every backend error (object_store names request URLs).
 pub(crate) fn map_object_error(store: &str, key: Option<&Key>, e: object_store::Error) -> Error {
@@ -791,6 +823,14 @@ pub(crate) fn map_object_error(store: &str, key: Option<&Key>, e: object_store::
         | object_store::Error::Unauthenticated { source, .. } => Error::AccessDenied {
             store: store.to_owned(),
             detail: crate::error::redact(&source.to_string()),
+        },
+        // A LocalStore (or ReadThrough over one) wraps stowage's own error, which already
+        // says what happened and where (a full disk, a directory in the way): keep it.
+        object_store::Error::Generic { store: s, source } => match source.downcast::<Error>() {
+            Ok(own) => *own,
+            Err(source) => {
+                Error::backend(store, &object_store::Error::Generic { store: s, source })
+            }
         },
         e => Error::backend(store, &e),
     }
@@ -811,68 +851,6 @@ fn normalize_prefix(p: &str) -> String {
     } else {
         format!("{p}/")
     }
-}
-
-fn clamp(range: Option<Range<u64>>, size: u64) -> Range<u64> {
-    match range {
-        None => 0..size,
-        Some(r) => r.start.min(size)..r.end.min(size).max(r.start.min(size)),
-    }
-}
-
-fn place_err(root: &Path, key: &Key, e: PlaceError) -> Error {
-    e.into_error(key.to_path(root))
-}
-
-fn local_open(root: &Path, key: &Key) -> Result<(std::fs::File, Meta)> {
-    let file = local::open_beneath(root, key).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => Error::NotFound {
-            key: key.to_string(),
-        },
-        _ => Error::io("open", key.to_path(root), e),
-    })?;
-    let md = file
-        .metadata()
-        .map_err(|e| Error::io("stat", key.to_path(root), e))?;
-    let meta = local_meta(key.clone(), &md, local::read_content_type(&file));
-    Ok((file, meta))
-}
-
-/// The whole content of a local file, read from the descriptor it was opened with (a file
-/// replaced meanwhile is read whole, old or new). Reads at most the size `fstat` gave, as
-/// the streaming read does.
-fn local_read_all(root: &Path, key: &Key) -> Result<Bytes> {
-    use std::os::unix::fs::FileExt;
-    let file = local::open_beneath(root, key).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => Error::NotFound {
-            key: key.to_string(),
-        },
-        _ => Error::io("open", key.to_path(root), e),
-    })?;
-    let size = file
-        .metadata()
-        .map_err(|e| Error::io("stat", key.to_path(root), e))?
-        .len();
-    let mut buf = vec![0u8; usize::try_from(size).unwrap_or(usize::MAX)];
-    let mut filled = 0;
-    while filled < buf.len() {
-        match file.read_at(&mut buf[filled..], filled as u64) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(Error::io("read", key.to_path(root), e)),
-        }
-    }
-    buf.truncate(filled);
-    Ok(buf.into())
-}
-
-/// Metadata of a local file. The ETag is `"<inode>-<mtime ns>-<size>"` in hex: it changes
-/// whenever the file is replaced or modified, but it is not a content hash.
-pub(crate) fn local_meta(key: Key, md: &std::fs::Metadata, content_type: Option<String>) -> Meta {
-    use std::os::unix::fs::MetadataExt;
-    let mtime = md.modified().unwrap_or(SystemTime::UNIX_EPOCH);
-    meta_from_stat(key, md.len(), mtime, md.ino(), content_type)
 }
 
 /// Metadata of a local file as the HTTP router sends it, with validators that move
@@ -911,52 +889,4 @@ pub(crate) fn local_served_meta(
         )),
         content_type,
     }
-}
-
-fn meta_from_stat(
-    key: Key,
-    size: u64,
-    mtime: SystemTime,
-    ino: u64,
-    content_type: Option<String>,
-) -> Meta {
-    let nanos = mtime
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    Meta {
-        key,
-        size,
-        last_modified: DateTime::<Utc>::from(mtime),
-        etag: Some(format!("\"{ino:x}-{nanos:x}-{size:x}\"")),
-        content_type,
-    }
-}
-
-async fn write_blocking(mut file: AtomicFile, buf: Vec<u8>) -> Result<(AtomicFile, Vec<u8>)> {
-    blocking(move || {
-        file.write_all(&buf)
-            .map_err(|e| Error::io("write", file.final_path(), e))?;
-        let mut buf = buf;
-        buf.clear();
-        Ok((file, buf))
-    })
-    .await
-}
-
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    crate::blocking::try_run(f).await
-}
-
-/// Lists a local store through the shared walk ([`crate::walk::files_stream`]).
-fn local_list(root: PathBuf, prefix: String) -> BoxStream<'static, Result<Meta>> {
-    // The whole tree is walked and filtered by the key prefix: starting below the root
-    // would mean resolving the prefix's directories by path.
-    crate::walk::files_stream(root, prefix)
-        .map(|entry| {
-            let e = entry?;
-            let key = Key::from_relative_path(e.path())?;
-            Ok(meta_from_stat(key, e.size(), e.mtime(), e.ino(), None))
-        })
-        .boxed()
 }

@@ -47,11 +47,11 @@ use crate::report::Reporter;
 use crate::s3::list::ListedObject;
 use crate::s3::ObjectHeaders;
 use crate::size::{human_bytes, SizeSpec};
-use crate::store::{BlobStore, ObjectBackend};
+use crate::store::{Backend, BlobStore};
 use crate::walk::{EntryKind, WalkOptions, Walker};
 
 pub use crate::ops::KeyReason;
-use crate::ops::{source_listing, Placement};
+use crate::ops::Placement;
 
 /// To-copy records kept from the planning pass; a bigger plan is listed again instead.
 pub const PLAN_BUFFER_LIMIT: usize = 20_000;
@@ -238,12 +238,12 @@ pub async fn s3_to_local(
     reporter: &dyn Reporter,
 ) -> Result<MigrateSummary> {
     let started = Instant::now();
-    let backend = src.object_backend().ok_or_else(|| {
-        Error::config(
+    if src.object_backend().is_none() {
+        return Err(Error::config(
             "source",
             "s3-to-local needs an S3 (or memory) store as its source",
-        )
-    })?;
+        ));
+    }
     let mut summary = MigrateSummary {
         direction: "s3-to-local".into(),
         source: format!("{}{}", src.describe(), opts.prefix),
@@ -274,7 +274,7 @@ pub async fn s3_to_local(
     let block = fs_of(dest)?.f_frsize.max(512);
     let mut needs = Needs::default();
     {
-        let mut pages = source_listing(src, backend, &opts.prefix).ready_chunks(1000);
+        let mut pages = src.listing(&opts.prefix, true).ready_chunks(1000);
         while let Some(page) = pages.next().await {
             if opts.cancel.is_cancelled() {
                 summary.interrupted = true;
@@ -361,7 +361,7 @@ pub async fn s3_to_local(
             let root = dest.to_path_buf();
             let by_content = opts.checksum;
             let max_age = opts.max_age;
-            let pages = source_listing(src, backend, &opts.prefix).ready_chunks(1000);
+            let pages = src.listing(&opts.prefix, true).ready_chunks(1000);
             stream::unfold(
                 (pages, ClashGuard::default()),
                 move |(mut pages, mut clashes)| {
@@ -864,7 +864,7 @@ async fn copy_one(ctx: &CopyCtx, p: Planned, reporter: &dyn Reporter) -> Outcome
             Err(e) => return place_outcome(&ctx.root, &p.key, e),
         }
     }
-    let backend = ctx.backend_store.object_backend().expect("object backend");
+    let backend = ctx.backend_store.backend();
     let path = match backend.path(&p.key) {
         Ok(path) => path,
         Err(e) => return Outcome::Failed(e.to_string()),
@@ -1095,7 +1095,7 @@ fn commit_checked(
 /// request for every multipart object, most of which the 8 MiB or 5 MiB guess proves.
 async fn exact_part_size(
     ctx: &CopyCtx,
-    backend: &ObjectBackend,
+    backend: &Backend,
     path: &object_store::path::Path,
     etag: Option<&str>,
     size: u64,
@@ -1166,7 +1166,7 @@ type Opened = (
 
 /// Opens a GET of the object from `offset`, pinned to `etag` when known.
 async fn open_get(
-    backend: &ObjectBackend,
+    backend: &Backend,
     path: &object_store::path::Path,
     p: &Planned,
     etag: Option<&str>,
@@ -1262,12 +1262,12 @@ pub async fn local_to_s3(
     reporter: &dyn Reporter,
 ) -> Result<MigrateSummary> {
     let started = Instant::now();
-    let backend = dst.object_backend().ok_or_else(|| {
-        Error::config(
+    if dst.object_backend().is_none() {
+        return Err(Error::config(
             "destination",
             "local-to-s3 needs an S3 (or memory) store as its destination",
-        )
-    })?;
+        ));
+    }
     let mut summary = MigrateSummary {
         direction: "local-to-s3".into(),
         source: source.display().to_string(),
@@ -1288,7 +1288,7 @@ pub async fn local_to_s3(
     // What the bucket already holds: key -> (size, etag). One small record per object.
     reporter.phase("listing", None, None);
     let mut existing = std::collections::HashMap::new();
-    let mut remote = source_listing(dst, backend, &opts.prefix);
+    let mut remote = dst.listing(&opts.prefix, true);
     while let Some(o) = remote.next().await {
         let o = o?;
         reporter.items_found(1);
@@ -1459,11 +1459,7 @@ async fn upload_one(
     };
     if let Some((size, etag)) = existing.get(&name) {
         if *size == f.size {
-            // Some servers list without ETags (s3s-fs): ask for it.
-            let etag = match etag {
-                Some(e) => Some(e.clone()),
-                None => dst.head(&key).await.ok().and_then(|m| m.etag),
-            };
+            let etag = dst.etag_or_head(&key, etag.clone()).await.ok().flatten();
             let size = *size;
             let same = with_file(&file, move |fh| {
                 etag::check_open_file(fh, size, etag.as_deref())

@@ -6,12 +6,8 @@ pub mod disk;
 pub mod migrate;
 pub mod verify;
 
-use futures::stream::{BoxStream, StreamExt};
-
-use crate::error::Result;
 use crate::key::{Key, KeyError};
 use crate::s3::ListedObject;
-use crate::store::{BlobStore, ObjectBackend};
 
 /// A key and why it is reported (not copied, different, unverifiable, deleted, ...): the
 /// one shape of every per-item list in every summary (`--json` prints `{key, reason}`).
@@ -44,32 +40,6 @@ pub(crate) fn relative_key(root: &std::path::Path, path: &std::path::Path) -> St
         ".".to_owned()
     } else {
         rel.to_string_lossy().into_owned()
-    }
-}
-
-/// The listing of an object store as raw entries: S3 through the hostile-key-proof
-/// [`crate::s3::RawLister`], memory through object_store.
-pub(crate) fn source_listing<'a>(
-    src: &BlobStore,
-    backend: &'a ObjectBackend,
-    prefix: &str,
-) -> BoxStream<'a, Result<ListedObject>> {
-    match &backend.s3 {
-        Some(s3) => s3
-            .lister
-            .list_parallel(&format!("{}{}", backend.prefix, prefix), &backend.prefix),
-        None => src
-            .list(prefix)
-            .map(|r| {
-                r.map(|m| ListedObject {
-                    key: m.key.to_string(),
-                    size: m.size,
-                    last_modified: m.last_modified,
-                    etag: m.etag,
-                    problem: None,
-                })
-            })
-            .boxed(),
     }
 }
 

@@ -24,10 +24,10 @@ use crate::error::{Error, Result};
 use crate::etag::{self, ETag, Verdict};
 use crate::key::Key;
 use crate::local;
-use crate::ops::{source_listing, KeyReason, Placement};
+use crate::ops::{KeyReason, Placement};
 use crate::report::Reporter;
 use crate::s3::{ListedObject, ObjectHeaders};
-use crate::store::{BlobStore, ObjectBackend};
+use crate::store::{Backend, BlobStore};
 use crate::walk::{EntryKind, WalkOptions, Walker};
 
 /// Options of a verification.
@@ -167,7 +167,7 @@ pub async fn s3_to_local(
         })?;
     let checks = {
         let listed_keys = Arc::clone(&listed_keys);
-        source_listing(src, backend, &opts.prefix)
+        src.listing(&opts.prefix, true)
             .ready_chunks(1000)
             .then(move |page| {
                 let (root, listed_keys) = (root.clone(), Arc::clone(&listed_keys));
@@ -200,13 +200,9 @@ pub async fn s3_to_local(
                         size,
                         etag,
                     } => {
-                        // Some servers list without ETags (s3s-fs): ask for it.
-                        let etag = match etag {
-                            Some(e) => Some(e),
-                            None => match src.head(&key).await {
-                                Ok(m) => m.etag,
-                                Err(e) => return Finding::Fatal(e),
-                            },
+                        let etag = match src.etag_or_head(&key, etag).await {
+                            Ok(etag) => etag,
+                            Err(e) => return Finding::Fatal(e),
                         };
                         let _permit = hashing.acquire().await.expect("semaphore open");
                         let finding = check_file(&root, &key, size, etag.clone()).await;
@@ -355,7 +351,7 @@ fn hash_with(checksum: &Checksum, size: u64, file: std::fs::File) -> std::io::Re
 }
 
 /// The integrity headers of a HEAD of `key` (with checksum mode), if the store sends any.
-async fn head_headers(backend: &ObjectBackend, key: &Key) -> Option<ObjectHeaders> {
+async fn head_headers(backend: &Backend, key: &Key) -> Option<ObjectHeaders> {
     let path = backend.path(key).ok()?;
     let opts = object_store::GetOptions {
         head: true,
@@ -368,7 +364,7 @@ async fn head_headers(backend: &ObjectBackend, key: &Key) -> Option<ObjectHeader
 /// Judges again, with what a HEAD says, a file its ETag did not prove: a checksum, an
 /// ETag that is no MD5, or (multipart) the part size S3 states for part 1.
 async fn ask_the_bucket(
-    backend: &ObjectBackend,
+    backend: &Backend,
     http: &reqwest::Client,
     root: &Path,
     key: &Key,
@@ -390,7 +386,7 @@ async fn ask_the_bucket(
 /// Judges a multipart ETag no likely part size reproduced with the part size S3 states
 /// (`HEAD ?partNumber=1`), for files `migrate` recorded none with.
 async fn with_part_size(
-    backend: &ObjectBackend,
+    backend: &Backend,
     http: &reqwest::Client,
     root: &Path,
     key: &Key,

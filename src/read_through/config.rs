@@ -111,14 +111,20 @@ impl ReadThroughConfig {
     /// Opens both stores; returns the facade the service uses and the [`ReadThrough`]
     /// under it (for [`ReadThrough::stats`]).
     ///
-    /// The facade has no download URLs of its own yet ([`BlobStore::download_url`] is an
-    /// error): serve its files with [`crate::http::router`] or hand out the primary's.
+    /// With a local primary the facade hands out the primary's download URLs
+    /// ([`LocalUrls`](crate::LocalUrls): `stowage serve --fallback`, or
+    /// [`crate::http::router`] over this facade, answers them, reading through on a miss).
+    /// With an S3 primary it has none ([`BlobStore::download_url`] is an error): serve it
+    /// with the router.
     pub fn open(&self) -> Result<(BlobStore, ReadThrough)> {
         let primary = object_store_of(&self.primary, "STORAGE_TYPE")?;
         let fallback = object_store_of(&self.fallback, "STORAGE_FALLBACK")?;
         let rt = ReadThrough::new(primary, fallback, self.options.clone());
         let name = format!("read-through:{}", rt);
-        let store = BlobStore::from_object_store(Arc::new(rt.clone()), "", &name);
+        let mut store = BlobStore::from_object_store(Arc::new(rt.clone()), "", &name);
+        if let StoreConfig::Local(l) = &self.primary {
+            store = store.with_download_urls(l.urls.clone());
+        }
         Ok((store, rt))
     }
 }

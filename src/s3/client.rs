@@ -10,7 +10,7 @@ use object_store::ClientOptions;
 
 use crate::config::S3Config;
 use crate::error::{Error, Result};
-use crate::store::{BlobStore, ObjectBackend, S3Extras};
+use crate::store::{Backend, BlobStore, S3Extras};
 
 /// The connection settings shared by every S3 request stowage makes.
 pub(crate) fn client_options(cfg: &S3Config) -> ClientOptions {
@@ -66,12 +66,11 @@ pub(crate) fn build(cfg: &S3Config) -> Result<AmazonS3> {
 pub(crate) fn open(cfg: &S3Config) -> Result<BlobStore> {
     let s3 = Arc::new(build(cfg)?);
     let name = format!("s3://{}/", cfg.bucket);
-    Ok(BlobStore::from_backend(ObjectBackend {
-        store: s3.clone(),
-        prefix: cfg.prefix.clone(),
-        name: name.clone(),
-        kind: crate::store::BackendKind::S3,
-        s3: Some(S3Extras {
+    Ok(BlobStore::from_backend(Backend::s3(
+        s3.clone(),
+        &name,
+        &cfg.prefix,
+        S3Extras {
             signer: s3.clone(),
             presign_ttl: cfg.presign_ttl,
             public_base_url: cfg.public_base_url.clone(),
@@ -83,8 +82,8 @@ pub(crate) fn open(cfg: &S3Config) -> Result<BlobStore> {
             )
             .with_url_encoding(cfg.url_encoded_listing)
             .with_ambient_credentials(cfg.access_key_id.is_none()),
-        }),
-    }))
+        },
+    )))
 }
 
 /// The HTTP client for listing pages (object_store does not lend its own).

@@ -942,7 +942,15 @@ mod local_only {
 
             let temps = temp_files(&root);
             assert_eq!(temps.len(), 1, "one temp file while writing: {temps:?}");
-            let temp_len = std::fs::metadata(root.join(&temps[0])).unwrap().len();
+            // The parts already handed over are written by the upload's own tasks.
+            let temp = root.join(&temps[0]);
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while std::fs::metadata(&temp).unwrap().len() < half as u64
+                && std::time::Instant::now() < deadline
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            let temp_len = std::fs::metadata(&temp).unwrap().len();
             assert_eq!(temp_len, half as u64, "the first half is in the temp file");
             match &previous {
                 None => {
