@@ -146,7 +146,7 @@ impl S3Config {
         if bucket.is_empty() {
             return Err(Error::config(
                 "S3_BUCKET_NAME",
-                "is not set; name the bucket to use (S3_BUCKET_NAME=my-bucket or --bucket)",
+                "is not set; name the bucket to use (S3_BUCKET_NAME=my-bucket)",
             ));
         }
         let region = v

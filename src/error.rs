@@ -57,7 +57,7 @@ pub enum Error {
     },
 
     /// The bucket named in the configuration does not exist.
-    #[error("bucket {bucket:?} does not exist at {endpoint}. Check S3_BUCKET_NAME / --bucket and the endpoint")]
+    #[error("bucket {bucket:?} does not exist at {endpoint}. Check the bucket name (S3_BUCKET_NAME) and the endpoint")]
     NoSuchBucket {
         /// The bucket name.
         bucket: String,
@@ -112,7 +112,7 @@ pub enum Error {
 
     /// The store could not be reached at all: connection refused, DNS failure, TLS failure
     /// or timeout.
-    #[error("{store}: cannot reach {endpoint} ({cause}{detail}). Check the endpoint (AWS_ENDPOINT_URL / --endpoint), the network, and that the server is running")]
+    #[error("{store}: cannot reach {endpoint} ({cause}{detail}). Check the endpoint (AWS_ENDPOINT_URL), the network, and that the server is running")]
     Unreachable {
         /// Which store.
         store: String,

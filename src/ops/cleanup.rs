@@ -238,10 +238,10 @@ impl CleanupSummary {
         self.bytes_freed += size;
         let reason = if for_age {
             self.deleted_for_age += 1;
-            "older than --max-age"
+            "older than the maximum age"
         } else {
             self.deleted_for_size += 1;
-            "oldest while the store was over --max-used"
+            "oldest while the store was over its size limit"
         };
         self.deleted.push(KeyReason::at(&self.root, abs, reason));
         if self.examples.len() < EXAMPLES {
@@ -321,8 +321,8 @@ pub fn cleanup(opts: &CleanupOptions, reporter: &dyn Reporter) -> Result<Cleanup
                 "force",
                 format!(
                     "this run would delete {}: more than half of the store under {}. \
-                     Nothing was deleted. Check --max-age and --max-used; if that is \
-                     really meant, run again with --force",
+                     Nothing was deleted. Check `max_age` and `max_used`; if that is \
+                     really meant, run again with `force`",
                     plan.what_it_deletes(),
                     root.display()
                 ),
@@ -333,7 +333,7 @@ pub fn cleanup(opts: &CleanupOptions, reporter: &dyn Reporter) -> Result<Cleanup
     run_passes(opts, walker, &root_fd, &mut summary, reporter)?;
     if opts.dry_run && !opts.force && summary.deletes_most_of_the_store() {
         reporter.note(&format!(
-            "a real run would refuse without --force: it would delete {}, more than half of the store",
+            "a real run would refuse without `force`: it would delete {}, more than half of the store",
             summary.what_it_deletes()
         ));
     }
@@ -439,8 +439,7 @@ fn check_store_root(
         format!(
             "{}{mount} is not marked as a stowage store (it has no {STORE_MARKER_NAME} file), \
              so cleanup will not delete anything there. If it really is the store, mark it \
-             once: stowage cleanup --init-store --root {} ...",
-            root.display(),
+             once with `init_store`",
             root.display()
         ),
     ))

@@ -605,7 +605,7 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
         .and_then(|n| Key::new(n).ok())
         .ok_or_else(|| {
             Error::config(
-                "--prometheus",
+                "prometheus",
                 format!("{} is not a file path stowage can write", path.display()),
             )
         })?;

@@ -254,7 +254,7 @@ pub async fn s3_to_local(
     };
     if !dest.is_absolute() {
         return Err(Error::config(
-            "--dest",
+            "dest",
             format!("{} is relative; give an absolute directory", dest.display()),
         ));
     }
@@ -760,7 +760,7 @@ async fn preflight(dest: &Path, needs: Needs, opts: &MigrateOptions) -> Result<(
             needed,
             available: usable,
             hint: format!(
-                " ({} of objects take {} on disk; {} free minus --min-free {} = {} usable). Free space, or lower --min-free",
+                " ({} of objects take {} on disk; {} free minus `min_free` {} = {} usable). Free space, or lower `min_free`",
                 human_bytes(needs.bytes),
                 human_bytes(needed),
                 human_bytes(avail),
@@ -791,8 +791,8 @@ async fn preflight(dest: &Path, needs: Needs, opts: &MigrateOptions) -> Result<(
                 needed: needs.bytes,
                 available: limit.saturating_sub(used),
                 hint: format!(
-                    ": that is the --max-used limit, not the disk. The store holds {} and --max-used is {}; \
-                     {} more would exceed it. Raise it to at least {} (--max-used {}B), or leave it out",
+                    ": that is the `max_used` limit, not the disk. The store holds {} and `max_used` is {}; \
+                     {} more would exceed it. Raise it to at least {} (`max_used` {}B), or leave it out",
                     human_bytes(used),
                     max,
                     human_bytes(needs.bytes),
@@ -1278,9 +1278,9 @@ pub async fn local_to_s3(
     };
     if !source.is_dir() {
         return Err(Error::config(
-            "--source",
+            "source",
             format!(
-                "{} is not a directory; point --source (or LOCAL_STORAGE_PATH) at the store",
+                "{} is not a directory; point `source` (or LOCAL_STORAGE_PATH) at the store",
                 source.display()
             ),
         ));

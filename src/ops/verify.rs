@@ -137,9 +137,9 @@ pub async fn s3_to_local(
     })?;
     if !dest.is_dir() {
         return Err(Error::config(
-            "--dest",
+            "dest",
             format!(
-                "{} is not a directory; point --dest (or LOCAL_STORAGE_PATH) at the migrated store",
+                "{} is not a directory; point `dest` (or LOCAL_STORAGE_PATH) at the migrated store",
                 dest.display()
             ),
         ));

@@ -463,3 +463,48 @@ fn no_credentials_anywhere_says_where_stowage_looked() {
         assert!(!r.stderr.contains(misleading), "{misleading}: {r:?}");
     }
 }
+
+/// The library speaks to library users: its messages name options as they are set in
+/// code (`` `min_free` ``), never a CLI flag; the binary turns those into flags.
+#[test]
+fn library_messages_name_no_cli_flag() {
+    fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                if p.file_name().unwrap() != "bin" {
+                    rust_files(&p, out);
+                }
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                out.push(p);
+            }
+        }
+    }
+    let mut files = Vec::new();
+    rust_files(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
+        &mut files,
+    );
+    let mut found = Vec::new();
+    for f in &files {
+        for (n, line) in std::fs::read_to_string(f).unwrap().lines().enumerate() {
+            let code = line.trim_start();
+            if code.starts_with("//") || code.starts_with("#[") {
+                continue;
+            }
+            // Rust code has no `--x` of its own: on a code line it is a flag in a string
+            // (a literal may span lines, so the whole line is looked at).
+            let flag = code
+                .match_indices("--")
+                .any(|(i, _)| code[i + 2..].starts_with(|c: char| c.is_ascii_lowercase()));
+            if flag {
+                found.push(format!("{}:{}: {}", f.display(), n + 1, code));
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "library strings naming CLI flags:\n{}",
+        found.join("\n")
+    );
+}

@@ -141,9 +141,9 @@ async fn the_router_proxies_a_callers_own_store() {
 #[cfg(feature = "http")]
 #[tokio::test]
 async fn a_read_through_facade_hands_out_urls_its_router_answers() {
+    use stowage::config::LocalConfig;
     use stowage::http::{router, ServeOptions};
     use stowage::read_through::{ReadThroughConfig, ReadThroughOptions};
-    use stowage::config::LocalConfig;
     use stowage::{LocalUrls, StoreConfig};
 
     let (primary_dir, fallback_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());

@@ -45,7 +45,7 @@ fn main() -> std::process::ExitCode {
 
 /// Prints a fatal error the way every command does, and returns the matching exit.
 pub(crate) fn fatal(e: &stowage::Error) -> Exit {
-    errln!("error: {e}");
+    errln!("error: {}", commands::error_text(e));
     match e {
         stowage::Error::Interrupted => Exit::Interrupted,
         _ => Exit::Error,

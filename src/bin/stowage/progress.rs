@@ -201,6 +201,7 @@ impl Reporter for Progress {
     }
 
     fn note(&self, msg: &str) {
+        let msg = &crate::commands::flag_words(msg);
         match self {
             Progress::Quiet => {}
             Progress::Bars(b) => b.items.println(msg),

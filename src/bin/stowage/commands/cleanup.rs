@@ -150,6 +150,13 @@ pub(crate) fn run(args: CleanupArgs, quiet: bool) -> Exit {
     };
     let summary = match cleanup(&args.to_options(&root), &notes) {
         Ok(s) => s,
+        Err(e) if matches!(&e, stowage::Error::Config { name, .. } if name == "init_store") => {
+            let hint = format!(
+                "mark it once, then run cleanup as before: stowage cleanup --init-store --root {} ...",
+                root.display()
+            );
+            return envelope.fatal(&e, Some(hint));
+        }
         Err(e) => return envelope.root_fatal("--root", &root, &e),
     };
     if summary.locked {

@@ -159,7 +159,7 @@ pub(crate) fn run(args: DiskArgs, quiet: bool) -> Exit {
     };
     if let Some(path) = &args.prometheus {
         if let Err(e) = report.write_prometheus(path) {
-            errln!("stowage disk: {e}");
+            errln!("stowage disk: {}", super::error_text(&e));
             status = Exit::Error;
         }
     }

@@ -18,6 +18,54 @@ pub(crate) fn absolute(
     })
 }
 
+/// The library options that are also flags of some command, by their library name.
+const OPTION_FLAGS: &[&str] = &[
+    "dest",
+    "source",
+    "min_free",
+    "max_used",
+    "max_age",
+    "min_age",
+    "max_delete",
+    "force",
+    "init_store",
+    "prometheus",
+];
+
+/// A library error's text as an operator of the CLI reads it: the library names its
+/// options as a library user sets them (`` `min_free` ``, and `min_free` as the name of a
+/// [`stowage::Error::Config`]), and each becomes the flag that sets it (`--min-free`).
+pub(crate) fn error_text(e: &stowage::Error) -> String {
+    let text = match e {
+        stowage::Error::Config { name, reason } if OPTION_FLAGS.contains(&name.as_str()) => {
+            format!("--{}: {reason}", name.replace('_', "-"))
+        }
+        e => e.to_string(),
+    };
+    flag_words(&text)
+}
+
+/// `text` with each backquoted option name in [`OPTION_FLAGS`] written as its flag.
+pub(crate) fn flag_words(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(open) = rest.find('`') {
+        let after = &rest[open + 1..];
+        let Some(close) = after.find('`') else { break };
+        let word = &after[..close];
+        out.push_str(&rest[..open]);
+        if OPTION_FLAGS.contains(&word) {
+            out.push_str("--");
+            out.push_str(&word.replace('_', "-"));
+        } else {
+            out.push_str(&rest[open..open + close + 2]);
+        }
+        rest = &after[close + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
 /// The age and wait options' parser, shared with the library so it can be fuzzed.
 pub(crate) use stowage::size::parse_age;
 
@@ -78,14 +126,15 @@ impl Envelope {
     /// Reports a fatal error: the message (and hint) on stderr, and with `--json` one
     /// JSON object on stdout. Returns the exit: 130 for an interruption, 2 otherwise.
     pub(crate) fn fatal(&self, e: &stowage::Error, hint: Option<String>) -> crate::exit::Exit {
-        errln!("stowage {}: {e}", self.command);
+        let message = error_text(e);
+        errln!("stowage {}: {message}", self.command);
         if let Some(h) = &hint {
             errln!("hint: {h}");
         }
         if self.json {
             let error = JsonError {
                 kind: error_kind(e),
-                message: e.to_string(),
+                message,
                 hint,
             };
             print_json(&self.document(serde_json::Value::Null, Some(error)));
@@ -180,5 +229,24 @@ pub(crate) fn print_key_reasons(items: &[stowage::ops::KeyReason]) {
             "      ... and {} more (--json lists all)",
             items.len() - SHOWN
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn option_names_become_flags_and_nothing_else_changes() {
+        let f = super::flag_words;
+        assert_eq!(
+            f("lower `min_free`, or `max_used`"),
+            "lower --min-free, or --max-used"
+        );
+        assert_eq!(
+            f("`ServeOptions::secret` stays"),
+            "`ServeOptions::secret` stays"
+        );
+        assert_eq!(f("one ` alone"), "one ` alone");
+        assert_eq!(f("`force`` `"), "--force` `");
+        assert_eq!(f("naïve `init_store`é"), "naïve --init-store\u{e9}");
     }
 }
