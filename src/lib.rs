@@ -85,6 +85,7 @@ pub mod local_store;
 pub mod ops;
 pub mod read_through;
 pub mod report;
+mod retry;
 pub mod s3;
 pub mod signing;
 pub mod size;

@@ -29,7 +29,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -400,16 +400,7 @@ pub async fn s3_to_local(
         root: dest.to_path_buf(),
         stop: stop.clone(),
         streams: tokio::sync::Semaphore::new(opts.concurrency.clamp(1, MAX_STREAMS)),
-        http: reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .read_timeout(Duration::from_secs(60))
-            .build()
-            .map_err(|e| {
-                Error::config(
-                    "S3 configuration",
-                    format!("cannot build the HTTP client: {e}"),
-                )
-            })?,
+        http: crate::s3::http_client()?,
     });
     // No new copies once stopped; the loop below drains the ones in flight, so the
     // summary counts exactly the files that were put in place.
@@ -1229,10 +1220,7 @@ async fn flush(
 }
 
 async fn backoff(attempt: u32) {
-    let base = Duration::from_millis(100) * 2u32.saturating_pow(attempt.saturating_sub(1).min(6));
-    let capped = base.min(Duration::from_secs(5));
-    let jittered = capped.mul_f64(0.5 + fastrand::f64() * 0.5);
-    tokio::time::sleep(jittered).await;
+    crate::retry::Backoff::DEFAULT.sleep(attempt).await;
 }
 
 fn place_outcome(root: &Path, key: &Key, e: PlaceError) -> Outcome {

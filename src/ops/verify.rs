@@ -155,16 +155,7 @@ pub async fn s3_to_local(
     let hashing = Arc::new(Semaphore::new(opts.hash_concurrency.max(1)));
     let root = dest.to_path_buf();
     // For the requests object_store cannot make (`HEAD ?partNumber=1`).
-    let http = reqwest::Client::builder()
-        .connect_timeout(std::time::Duration::from_secs(10))
-        .read_timeout(std::time::Duration::from_secs(60))
-        .build()
-        .map_err(|e| {
-            Error::config(
-                "S3 configuration",
-                format!("cannot build the HTTP client: {e}"),
-            )
-        })?;
+    let http = crate::s3::http_client()?;
     let checks = {
         let listed_keys = Arc::clone(&listed_keys);
         src.listing(&opts.prefix, true)

@@ -74,20 +74,16 @@ pub(crate) fn open(cfg: &S3Config) -> Result<BlobStore> {
             signer: s3.clone(),
             presign_ttl: cfg.presign_ttl,
             public_base_url: cfg.public_base_url.clone(),
-            lister: crate::s3::list::RawLister::new(
-                s3,
-                list_http_client()?,
-                name.clone(),
-                cfg.bucket.clone(),
-            )
-            .with_url_encoding(cfg.url_encoded_listing)
-            .with_ambient_credentials(cfg.access_key_id.is_none()),
+            lister: crate::s3::list::RawLister::new(s3, name.clone(), cfg.bucket.clone())?
+                .with_url_encoding(cfg.url_encoded_listing)
+                .with_ambient_credentials(cfg.access_key_id.is_none()),
         },
     )))
 }
 
-/// The HTTP client for listing pages (object_store does not lend its own).
-fn list_http_client() -> Result<reqwest::Client> {
+/// The HTTP client for the requests object_store cannot make (raw listing pages,
+/// `HEAD ?partNumber=`); object_store does not lend its own.
+pub(crate) fn http_client() -> Result<reqwest::Client> {
     reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
         .read_timeout(Duration::from_secs(60))

@@ -60,19 +60,7 @@ pub struct ListedObject {
 #[derive(Debug, Clone, Copy)]
 struct Retry {
     attempts: u32,
-    first_delay: Duration,
-    max_delay: Duration,
-}
-
-impl Retry {
-    /// The delay before attempt `attempt + 1`: exponential, capped, with jitter in the upper half.
-    fn delay(&self, attempt: u32) -> Duration {
-        let exp = self
-            .first_delay
-            .saturating_mul(1u32 << attempt.saturating_sub(1).min(16));
-        let capped = exp.min(self.max_delay).as_millis() as u64;
-        Duration::from_millis(fastrand::u64(capped / 2..=capped.max(1)))
-    }
+    backoff: crate::retry::Backoff,
 }
 
 /// Lists a bucket through presigned ListObjectsV2 requests, returning keys exactly as stored.
@@ -114,14 +102,11 @@ impl std::fmt::Debug for Inner {
 
 impl RawLister {
     /// A lister that signs page URLs with `signer` (an `AmazonS3` configured for `bucket`)
-    /// and fetches them with `http`. `endpoint_desc` names the store in error messages.
-    pub fn new(
-        signer: Arc<dyn Signer>,
-        http: reqwest::Client,
-        endpoint_desc: String,
-        bucket: String,
-    ) -> Self {
-        RawLister {
+    /// and fetches them with its own HTTP client. `endpoint_desc` names the store in error
+    /// messages. An `Err` only when the HTTP client cannot be built.
+    pub fn new(signer: Arc<dyn Signer>, endpoint_desc: String, bucket: String) -> Result<Self> {
+        let http = crate::s3::client::http_client()?;
+        Ok(RawLister {
             inner: Arc::new(Inner {
                 signer,
                 http,
@@ -129,14 +114,13 @@ impl RawLister {
                 bucket,
                 retry: Retry {
                     attempts: 8,
-                    first_delay: Duration::from_millis(100),
-                    max_delay: Duration::from_secs(5),
+                    backoff: crate::retry::Backoff::DEFAULT,
                 },
                 url_encoding: true,
                 ambient_credentials: false,
                 max_page_bytes: MAX_PAGE_BYTES,
             }),
-        }
+        })
     }
 
     /// Changes the retry policy: at most `attempts` tries per page (at least one), waiting
@@ -145,8 +129,10 @@ impl RawLister {
     pub fn with_retry(mut self, attempts: u32, first_delay: Duration, max_delay: Duration) -> Self {
         Arc::make_mut(&mut self.inner).retry = Retry {
             attempts: attempts.max(1),
-            first_delay,
-            max_delay,
+            backoff: crate::retry::Backoff {
+                first: first_delay,
+                max: max_delay,
+            },
         };
         self
     }
@@ -405,7 +391,7 @@ impl Inner {
                     });
                 }
                 Err(AttemptError::Transient(_) | AttemptError::Unreachable { .. }) => {
-                    tokio::time::sleep(self.retry.delay(attempt)).await;
+                    self.retry.backoff.sleep(attempt).await;
                     attempt += 1;
                 }
             }
@@ -714,21 +700,6 @@ mod tests {
             Some("sp ace/\u{fc}")
         );
         assert_eq!(url_decode("%FF"), None);
-    }
-
-    #[test]
-    fn retry_delays_grow_and_stay_under_the_cap() {
-        let r = Retry {
-            attempts: 8,
-            first_delay: Duration::from_millis(100),
-            max_delay: Duration::from_secs(5),
-        };
-        for attempt in 1..=40 {
-            let d = r.delay(attempt);
-            assert!(d <= Duration::from_secs(5), "attempt {attempt}: {d:?}");
-        }
-        assert!(r.delay(1) <= Duration::from_millis(100));
-        assert!(r.delay(10) >= Duration::from_millis(2500));
     }
 
     use proptest::prelude::*;

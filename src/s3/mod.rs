@@ -18,5 +18,6 @@ pub(crate) use client::open;
 pub fn object_store(cfg: &crate::S3Config) -> crate::Result<object_store::aws::AmazonS3> {
     client::build(cfg)
 }
+pub(crate) use client::http_client;
 pub use integrity::ObjectHeaders;
 pub use list::{ListedObject, RawLister};

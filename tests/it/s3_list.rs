@@ -19,12 +19,7 @@ fn lister(s3: &TestS3) -> RawLister {
 }
 
 fn lister_for(s3: &TestS3, store: Arc<AmazonS3>, bucket: &str) -> RawLister {
-    RawLister::new(
-        store,
-        reqwest::Client::new(),
-        s3.endpoint(),
-        bucket.to_owned(),
-    )
+    RawLister::new(store, s3.endpoint(), bucket.to_owned()).unwrap()
 }
 
 /// PUTs `key -> key bytes` for every key, 32 at a time.
@@ -392,13 +387,9 @@ async fn connection_errors_are_retried_then_reported_as_unreachable() {
         .with_allow_http(true)
         .build()
         .unwrap();
-    let lister = RawLister::new(
-        Arc::new(store),
-        reqwest::Client::new(),
-        format!("127.0.0.1:{port}"),
-        "b".into(),
-    )
-    .with_retry(2, Duration::from_millis(1), Duration::from_millis(1));
+    let lister = RawLister::new(Arc::new(store), format!("127.0.0.1:{port}"), "b".into())
+        .unwrap()
+        .with_retry(2, Duration::from_millis(1), Duration::from_millis(1));
     let err = lister
         .list("", "")
         .try_collect::<Vec<_>>()
@@ -439,17 +430,13 @@ async fn an_https_endpoint_that_speaks_plain_http_is_a_tls_failure() {
         .with_region(s3.region())
         .build()
         .unwrap();
-    let err = RawLister::new(
-        Arc::new(store),
-        reqwest::Client::new(),
-        endpoint.clone(),
-        s3.bucket().into(),
-    )
-    .with_retry(1, Duration::from_millis(1), Duration::from_millis(1))
-    .list("", "")
-    .try_collect::<Vec<_>>()
-    .await
-    .unwrap_err();
+    let err = RawLister::new(Arc::new(store), endpoint.clone(), s3.bucket().into())
+        .unwrap()
+        .with_retry(1, Duration::from_millis(1), Duration::from_millis(1))
+        .list("", "")
+        .try_collect::<Vec<_>>()
+        .await
+        .unwrap_err();
     assert!(
         err.to_string()
             .contains(&format!("cannot reach {endpoint} (TLS failure")),

@@ -286,10 +286,10 @@ async fn errors_hold_no_secret_in_display_or_debug() {
         .unwrap();
     let lister = stowage::s3::RawLister::new(
         std::sync::Arc::new(store),
-        reqwest::Client::new(),
         "s3://leak-check/".into(),
         "leak-check".into(),
     )
+    .unwrap()
     .with_retry(1, Duration::from_millis(1), Duration::from_millis(1));
     assert_clean("RawLister", &format!("{lister:?}"));
     let err = lister
