@@ -52,10 +52,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dest = tempfile::tempdir()?;
 
     let t = Instant::now();
-    let opts = MigrateOptions {
-        dry_run: true,
-        ..Default::default()
-    };
+    let mut opts = MigrateOptions::default();
+    opts.dry_run = true;
     let s = migrate::s3_to_local(&src, dest.path(), &opts, &stowage::NoopReporter).await?;
     println!(
         "dry run: listed {} and planned {} in {:.2} s; peak RSS {:.1} MiB (+{:.1} over the bucket)",

@@ -90,7 +90,7 @@ pub mod s3;
 pub mod signing;
 pub mod size;
 pub mod store;
-pub mod walk;
+mod walk;
 
 /// The pure parsers behind keys, `Range` and conditional headers, signed URLs,
 /// ListObjectsV2 pages, sizes and durations, gathered for the fuzz targets in `fuzz/`.

@@ -93,7 +93,7 @@ pub enum PlaceError {
 
 /// What a commit may replace under the final name, as seen when the copy was planned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Expect {
+pub(crate) enum Expect {
     /// Nothing: the name must still be free (`RENAME_NOREPLACE`).
     Absent,
     /// Exactly this file, unchanged (`RENAME_EXCHANGE`, then the displaced inode is checked).
@@ -103,7 +103,7 @@ pub enum Expect {
 /// Identity and state of a regular file: the same inode, size and mtime mean nobody wrote
 /// it in between (a rewrite in place changes the mtime, a replacement the inode).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FileId {
+pub(crate) struct FileId {
     /// Device of the filesystem.
     pub dev: u64,
     /// Inode number.
@@ -154,7 +154,7 @@ impl PlaceError {
 
 /// Opens the directory that will hold `key`, creating missing directories, never
 /// following a symlink. Returns the directory handle.
-pub fn open_parent_dir(root: &Path, key: &Key, create: bool) -> Result<OwnedFd, PlaceError> {
+pub(crate) fn open_parent_dir(root: &Path, key: &Key, create: bool) -> Result<OwnedFd, PlaceError> {
     let mut dir = open_root(root)?;
     let segs: Vec<&str> = key.segments().collect();
     for seg in &segs[..segs.len() - 1] {
@@ -206,7 +206,7 @@ pub fn open_beneath(root: &Path, key: &Key) -> io::Result<File> {
 /// must not wait for the disk: `openat2` with `RESOLVE_CACHED` (Linux 5.12). `None` when
 /// the lookup would need the disk, the kernel lacks it, or anything failed: the caller
 /// then takes the blocking path, which gives the authoritative answer (404s included).
-pub fn open_beneath_cached(root: &Path, key: &Key) -> Option<File> {
+pub(crate) fn open_beneath_cached(root: &Path, key: &Key) -> Option<File> {
     use std::sync::atomic::{AtomicBool, Ordering};
     static UNAVAILABLE: AtomicBool = AtomicBool::new(false);
     if UNAVAILABLE.load(Ordering::Relaxed) {
@@ -309,7 +309,7 @@ impl AtomicFile {
     /// Creates the temp file for `key` under `root`, creating parent directories.
     ///
     /// The temp file stays locked (`flock`, shared) until committed or dropped, so a sweep
-    /// of leftover temp files ([`remove_if_stale_temp`]) never takes a live writer's. A
+    /// of leftover temp files (`remove_if_stale_temp`) never takes a live writer's. A
     /// parent directory removed meanwhile by another writer pruning empty directories
     /// ([`remove`]) is created again.
     pub fn create(root: &Path, key: &Key) -> Result<AtomicFile, PlaceError> {
@@ -384,7 +384,7 @@ impl AtomicFile {
     /// Asks the kernel to start writing what was appended so far to disk, without waiting.
     /// Called as a download streams in, it spreads the disk writes over the transfer, so
     /// the fsync in [`AtomicFile::commit`] has little left to do.
-    pub fn start_writeback(&mut self) {
+    pub(crate) fn start_writeback(&mut self) {
         use std::os::fd::AsRawFd;
         let fd = self.file().as_raw_fd();
         // SAFETY: `fd` is an open descriptor owned by `self.file` for the whole call;
@@ -395,7 +395,10 @@ impl AtomicFile {
     }
 
     /// Appends every buffer in `bufs`, with as few `writev` calls as it takes.
-    pub fn write_all_vectored(&mut self, mut bufs: &mut [io::IoSlice<'_>]) -> io::Result<()> {
+    pub(crate) fn write_all_vectored(
+        &mut self,
+        mut bufs: &mut [io::IoSlice<'_>],
+    ) -> io::Result<()> {
         /// Linux refuses more buffers than this in one call.
         const IOV_MAX: usize = 1024;
         let f = self.file();
@@ -431,22 +434,22 @@ impl AtomicFile {
     }
 
     /// Records the part size that reproduced the object's multipart ETag.
-    pub fn set_part_size(&mut self, part_size: u64) -> io::Result<()> {
+    pub(crate) fn set_part_size(&mut self, part_size: u64) -> io::Result<()> {
         self.set_xattr(PART_SIZE_XATTR, &part_size.to_string())
     }
 
     /// Records the S3 checksum the content was checked against.
-    pub fn set_checksum(&mut self, checksum: &crate::checksum::Checksum) -> io::Result<()> {
+    pub(crate) fn set_checksum(&mut self, checksum: &crate::checksum::Checksum) -> io::Result<()> {
         self.set_xattr(CHECKSUM_XATTR, &checksum.to_record())
     }
 
     /// Records how the content was proven.
-    pub fn set_proof(&mut self, proof: crate::checksum::Proof) -> io::Result<()> {
+    pub(crate) fn set_proof(&mut self, proof: crate::checksum::Proof) -> io::Result<()> {
         self.set_xattr(PROOF_XATTR, proof.name())
     }
 
     /// Records the ETag of the object the content came from.
-    pub fn set_etag(&mut self, etag: &str) -> io::Result<()> {
+    pub(crate) fn set_etag(&mut self, etag: &str) -> io::Result<()> {
         self.set_xattr(ETAG_XATTR, etag)
     }
 
@@ -463,7 +466,7 @@ impl AtomicFile {
     }
 
     /// Opens the temp file again for reading (to re-hash what was written).
-    pub fn reopen_read(&self) -> io::Result<File> {
+    pub(crate) fn reopen_read(&self) -> io::Result<File> {
         let fd = rfs::openat(
             &self.dir,
             self.temp_name.as_str(),
@@ -474,7 +477,7 @@ impl AtomicFile {
     }
 
     /// Discards what was written so far (to restart a download from the beginning).
-    pub fn truncate(&mut self) -> io::Result<()> {
+    pub(crate) fn truncate(&mut self) -> io::Result<()> {
         use std::io::Seek;
         let f = self.file();
         f.set_len(0)?;
@@ -509,7 +512,7 @@ impl AtomicFile {
     /// name only ever holds complete content — but leaves the rename itself to be made
     /// durable by the caller, who must fsync the returned directory (or `syncfs`) before
     /// reporting the file as stored. Lets a bulk copy sync once instead of per file.
-    pub fn commit_unsynced_dir(mut self) -> Result<OwnedFd, PlaceError> {
+    pub(crate) fn commit_unsynced_dir(mut self) -> Result<OwnedFd, PlaceError> {
         self.file().sync_all()?;
         rfs::renameat(
             &self.dir,
@@ -525,7 +528,10 @@ impl AtomicFile {
     /// not plan to replace: with [`Expect::Absent`] the name must still be free, with
     /// [`Expect::File`] it must still hold that very file, unchanged. Otherwise nothing is
     /// replaced and the error is [`PlaceError::Changed`].
-    pub fn commit_unsynced_dir_expecting(mut self, expect: Expect) -> Result<OwnedFd, PlaceError> {
+    pub(crate) fn commit_unsynced_dir_expecting(
+        mut self,
+        expect: Expect,
+    ) -> Result<OwnedFd, PlaceError> {
         self.file().sync_all()?;
         match expect {
             Expect::Absent => self.rename_noreplace()?,
@@ -645,7 +651,7 @@ const CREATE_ATTEMPTS: u32 = 5;
 /// exclusive lock that can be taken means nobody is writing it. The age of the file says
 /// nothing here: a running service's upload may stall for an hour, and a run killed a
 /// second ago leaves temp files no one will finish. Returns whether it was removed.
-pub fn remove_if_stale_temp(dir: &impl AsFd, name: &OsStr) -> io::Result<bool> {
+pub(crate) fn remove_if_stale_temp(dir: &impl AsFd, name: &OsStr) -> io::Result<bool> {
     if !is_temp_name(name) {
         return Ok(false);
     }
@@ -732,12 +738,12 @@ pub fn remove(root: &Path, key: &Key) -> io::Result<bool> {
 }
 
 /// Filesystem figures for the filesystem holding `path`.
-pub fn fs_stats(path: &Path) -> io::Result<rfs::StatVfs> {
+pub(crate) fn fs_stats(path: &Path) -> io::Result<rfs::StatVfs> {
     Ok(rfs::statvfs(path)?)
 }
 
 /// Creates the directory `key` (and its parents) under `root`, never following a symlink.
-pub fn create_dir_beneath(root: &Path, key: &Key) -> Result<(), PlaceError> {
+pub(crate) fn create_dir_beneath(root: &Path, key: &Key) -> Result<(), PlaceError> {
     let dir = open_parent_dir(root, key, true)?;
     match rfs::mkdirat(&dir, key.file_name(), Mode::from_raw_mode(0o755)) {
         Ok(()) => Ok(()),
@@ -756,20 +762,20 @@ pub fn create_dir_beneath(root: &Path, key: &Key) -> Result<(), PlaceError> {
 
 /// Size and modification time of the regular file for `key`, if there is one (symlinks
 /// and other kinds of file count as absent).
-pub fn stat_file(root: &Path, key: &Key) -> io::Result<Option<(u64, SystemTime)>> {
+pub(crate) fn stat_file(root: &Path, key: &Key) -> io::Result<Option<(u64, SystemTime)>> {
     Ok(stat_file_id(root, key)?.map(|id| (id.size, id.mtime)))
 }
 
 /// Like [`stat_file`], with the file's identity, so a later commit can check that it
 /// replaces this very file ([`Expect::File`]).
-pub fn stat_file_id(root: &Path, key: &Key) -> io::Result<Option<FileId>> {
+pub(crate) fn stat_file_id(root: &Path, key: &Key) -> io::Result<Option<FileId>> {
     Ok(stat_beneath(root, key)?
         .filter(|(_, st)| rfs::FileType::from_raw_mode(st.st_mode) == rfs::FileType::RegularFile)
         .map(|(_, st)| FileId::of(&st)))
 }
 
 /// True when `key` names a directory under `root` (reached without following symlinks).
-pub fn is_dir_beneath(root: &Path, key: &Key) -> io::Result<bool> {
+pub(crate) fn is_dir_beneath(root: &Path, key: &Key) -> io::Result<bool> {
     Ok(stat_beneath(root, key)?.is_some_and(|(_, st)| {
         rfs::FileType::from_raw_mode(st.st_mode) == rfs::FileType::Directory
     }))
@@ -825,13 +831,13 @@ impl StoreLock {
     }
 
     /// Like [`StoreLock::try_acquire`], for a root already open as `root_dir`.
-    pub fn try_acquire_at(root_dir: &impl AsFd) -> io::Result<Option<StoreLock>> {
+    pub(crate) fn try_acquire_at(root_dir: &impl AsFd) -> io::Result<Option<StoreLock>> {
         Ok(StoreLock::acquire_at(root_dir, std::time::Duration::ZERO)?.ok())
     }
 
     /// Takes the lock, waiting up to `wait` for another holder to let go. `Ok(Err(_))`
     /// names the holder when it did not.
-    pub fn acquire_at(
+    pub(crate) fn acquire_at(
         root_dir: &impl AsFd,
         wait: std::time::Duration,
     ) -> io::Result<Result<StoreLock, LockHeld>> {
@@ -951,7 +957,7 @@ pub fn mark_store(root: &Path) -> io::Result<()> {
 }
 
 /// Like [`mark_store`], for a root already open as `root_dir`.
-pub fn mark_store_at(root_dir: &impl AsFd) -> io::Result<()> {
+pub(crate) fn mark_store_at(root_dir: &impl AsFd) -> io::Result<()> {
     if is_marked_store(root_dir)? {
         return Ok(());
     }
@@ -972,7 +978,7 @@ pub fn mark_store_at(root_dir: &impl AsFd) -> io::Result<()> {
 }
 
 /// Whether `root_dir` holds the store marker (a regular file, not a link).
-pub fn is_marked_store(root_dir: &impl AsFd) -> io::Result<bool> {
+pub(crate) fn is_marked_store(root_dir: &impl AsFd) -> io::Result<bool> {
     match rfs::statat(root_dir, STORE_MARKER_NAME, AtFlags::SYMLINK_NOFOLLOW) {
         Ok(st) => Ok(rfs::FileType::from_raw_mode(st.st_mode) == rfs::FileType::RegularFile),
         Err(Errno::NOENT) => Ok(false),
@@ -982,7 +988,7 @@ pub fn is_marked_store(root_dir: &impl AsFd) -> io::Result<bool> {
 
 /// Flushes everything written to the filesystem holding `root` (`syncfs`): makes the
 /// renames of [`AtomicFile::commit_unsynced_dir`] durable in one call.
-pub fn sync_filesystem(root: &Path) -> io::Result<()> {
+pub(crate) fn sync_filesystem(root: &Path) -> io::Result<()> {
     let dir = open_root(root)?;
     rfs::syncfs(&dir)?;
     Ok(())

@@ -9,7 +9,7 @@
 //! - every [`Path`] becomes a [`Key`] first; a path that is not a valid key is an error,
 //!   never a path on disk;
 //! - every file is reached from the root's directory handle one component at a time with
-//!   `O_NOFOLLOW` ([`local::open_beneath`], [`local::open_parent_dir`]): no symlink is
+//!   `O_NOFOLLOW` ([`local::open_beneath`], `local::open_parent_dir`): no symlink is
 //!   followed, inside the root or out of it;
 //! - every write is an [`AtomicFile`] (temp file, fsync, rename, directory fsync), and
 //!   `PutMode::Create` / `CopyMode::Create` rename with `RENAME_NOREPLACE`, so exactly one
@@ -18,7 +18,7 @@
 //!   where the rest of stowage reads it);
 //! - stowage's own files (`.stowage*`: temp files, the lock file) are never listed.
 //!
-//! Listing does not use [`crate::walk::Walker`]: object_store callers expect keys in
+//! Listing does not use the no-follow walker (`walk::Walker`): object_store callers expect keys in
 //! order and a listing that starts at the prefix's directory, so `Lister` reads one
 //! directory at a time, sorts it, and descends the same no-follow way the walker does.
 //!

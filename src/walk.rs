@@ -45,27 +45,27 @@ use crate::{Error, Result};
 /// What the walker should yield besides regular files, symlinks and mount points.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
-pub struct WalkOptions {
+pub(crate) struct WalkOptions {
     /// Also yield names starting with [`RESERVED_PREFIX`] (stowage's temp files and lock
     /// file). Off by default: they are not store content.
-    pub include_reserved: bool,
+    pub(crate) include_reserved: bool,
     /// Yield each directory (as [`EntryKind::Dir`]) *after* everything inside it, so a
     /// caller that deleted the contents can remove the directories left empty. A directory
     /// whose reading failed part-way is still yielded (after the error item; removing it
     /// then fails with `ENOTEMPTY`); one that could not be opened at all is not. The root
     /// itself is never yielded. Off by default.
-    pub dirs_post_order: bool,
+    pub(crate) dirs_post_order: bool,
 }
 
 impl WalkOptions {
     /// Sets [`WalkOptions::include_reserved`].
-    pub fn include_reserved(mut self, yes: bool) -> Self {
+    pub(crate) fn include_reserved(mut self, yes: bool) -> Self {
         self.include_reserved = yes;
         self
     }
 
     /// Sets [`WalkOptions::dirs_post_order`].
-    pub fn dirs_post_order(mut self, yes: bool) -> Self {
+    pub(crate) fn dirs_post_order(mut self, yes: bool) -> Self {
         self.dirs_post_order = yes;
         self
     }
@@ -74,7 +74,7 @@ impl WalkOptions {
 /// The type of a walked entry, as seen by `statat(AT_SYMLINK_NOFOLLOW)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum EntryKind {
+pub(crate) enum EntryKind {
     /// A regular file.
     File,
     /// A directory, yielded after its contents when [`WalkOptions::dirs_post_order`] is set.
@@ -93,7 +93,7 @@ pub enum EntryKind {
 /// and its own name, so callers can act on *this* entry (`unlinkat`, `statat`) without
 /// resolving a path again — see [`Entry::parent_fd`] and [`Entry::stat_again`].
 #[derive(Clone)]
-pub struct Entry {
+pub(crate) struct Entry {
     path: PathBuf,
     kind: EntryKind,
     depth: usize,
@@ -106,80 +106,75 @@ pub struct Entry {
 #[allow(clippy::unnecessary_cast)]
 impl Entry {
     /// Path relative to the root, e.g. `clips/123/video.mp4`.
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
     /// The entry's type.
-    pub fn kind(&self) -> EntryKind {
+    pub(crate) fn kind(&self) -> EntryKind {
         self.kind
     }
 
     /// 1 for entries directly in the root, 2 one level down, and so on.
-    pub fn depth(&self) -> usize {
+    pub(crate) fn depth(&self) -> usize {
         self.depth
     }
 
     /// Apparent size in bytes (`st_size`).
-    pub fn size(&self) -> u64 {
+    pub(crate) fn size(&self) -> u64 {
         self.stat.st_size.max(0) as u64
     }
 
     /// Bytes allocated on disk (`st_blocks * 512`), what `du` counts.
-    pub fn allocated(&self) -> u64 {
+    pub(crate) fn allocated(&self) -> u64 {
         (self.stat.st_blocks as u64).saturating_mul(512)
     }
 
     /// Last modification time.
-    pub fn mtime(&self) -> SystemTime {
+    pub(crate) fn mtime(&self) -> SystemTime {
         system_time(self.stat.st_mtime, self.stat.st_mtime_nsec as i64)
     }
 
     /// Inode number; with [`Entry::dev`] it identifies the file.
-    pub fn ino(&self) -> u64 {
+    pub(crate) fn ino(&self) -> u64 {
         self.stat.st_ino as u64
     }
 
     /// Device of the filesystem holding the entry.
-    pub fn dev(&self) -> u64 {
+    pub(crate) fn dev(&self) -> u64 {
         self.stat.st_dev as u64
     }
 
     /// Number of hard links to the entry.
-    pub fn nlink(&self) -> u64 {
+    pub(crate) fn nlink(&self) -> u64 {
         self.stat.st_nlink as u64
     }
 
     /// The full `statat` result taken when the entry was listed.
-    pub fn stat(&self) -> &Stat {
+    pub(crate) fn stat(&self) -> &Stat {
         &self.stat
     }
 
     /// The entry's own name inside its parent directory.
-    pub fn file_name(&self) -> &OsStr {
+    pub(crate) fn file_name(&self) -> &OsStr {
         OsStr::from_bytes(self.name.as_bytes())
     }
 
     /// The name as a C string, ready for `*at` calls on [`Entry::parent_fd`].
-    pub fn file_name_c(&self) -> &CStr {
+    pub(crate) fn file_name_c(&self) -> &CStr {
         &self.name
     }
 
     /// The open handle of the directory that holds this entry. Use it with `unlinkat`,
     /// `statat(AT_SYMLINK_NOFOLLOW)` and [`Entry::file_name_c`]: whatever happens to the
     /// path meanwhile, that names this directory's child.
-    pub fn parent_fd(&self) -> BorrowedFd<'_> {
+    pub(crate) fn parent_fd(&self) -> BorrowedFd<'_> {
         self.parent.as_fd()
-    }
-
-    /// A shared handle to the parent directory, to keep it open past this entry.
-    pub fn parent_handle(&self) -> Arc<OwnedFd> {
-        Arc::clone(&self.parent)
     }
 
     /// `statat(parent, name, AT_SYMLINK_NOFOLLOW)` now, to check before acting that the
     /// name still refers to what was listed (compare [`Entry::is_same_file`]).
-    pub fn stat_again(&self) -> std::io::Result<Stat> {
+    pub(crate) fn stat_again(&self) -> std::io::Result<Stat> {
         Ok(rustix::fs::statat(
             self.parent_fd(),
             self.file_name_c(),
@@ -190,7 +185,7 @@ impl Entry {
     /// Opens this regular file for reading through its parent's handle, never following
     /// a symlink, and checks that it is still the inode that was listed: a file swapped
     /// for a link (or any other file) since is an error, not something else read instead.
-    pub fn open_file(&self) -> std::io::Result<std::fs::File> {
+    pub(crate) fn open_file(&self) -> std::io::Result<std::fs::File> {
         let fd = rustix::fs::openat(
             self.parent_fd(),
             self.file_name_c(),
@@ -210,7 +205,7 @@ impl Entry {
     }
 
     /// True when `st` describes the same inode on the same device, of the same type.
-    pub fn is_same_file(&self, st: &Stat) -> bool {
+    pub(crate) fn is_same_file(&self, st: &Stat) -> bool {
         st.st_ino == self.stat.st_ino
             && st.st_dev == self.stat.st_dev
             && FileType::from_raw_mode(st.st_mode) == FileType::from_raw_mode(self.stat.st_mode)
@@ -231,13 +226,13 @@ impl fmt::Debug for Entry {
 /// A failure on one part of the tree (a directory that cannot be read, an entry that
 /// cannot be stat'ed). The walk goes on with the rest.
 #[derive(Debug)]
-pub struct WalkError {
+pub(crate) struct WalkError {
     /// Absolute path (root joined with the relative path) of what failed.
-    pub path: PathBuf,
+    pub(crate) path: PathBuf,
     /// What the walker was doing: "read directory", "stat", "open directory".
-    pub op: &'static str,
+    pub(crate) op: &'static str,
     /// The OS error.
-    pub source: std::io::Error,
+    pub(crate) source: std::io::Error,
 }
 
 impl fmt::Display for WalkError {
@@ -290,7 +285,7 @@ struct Frame {
 ///
 /// `Iterator<Item = Result<Entry, WalkError>>`: entries in depth-first order; an `Err`
 /// item is one failure, not the end of the walk.
-pub struct Walker {
+pub(crate) struct Walker {
     root: PathBuf,
     root_stat: Stat,
     root_fd: Arc<OwnedFd>,
@@ -301,7 +296,7 @@ pub struct Walker {
 impl Walker {
     /// Opens `root` and prepares to walk it. Fails (with the path and a hint) only when
     /// the root itself cannot be opened as a directory.
-    pub fn new(root: impl Into<PathBuf>, opts: WalkOptions) -> Result<Walker> {
+    pub(crate) fn new(root: impl Into<PathBuf>, opts: WalkOptions) -> Result<Walker> {
         let root = root.into();
         let fd = rustix::fs::open(
             &root,
@@ -328,18 +323,13 @@ impl Walker {
         })
     }
 
-    /// The root path as given.
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
     /// The root directory's own `fstat`, taken when it was opened (`du` counts its blocks).
-    pub fn root_stat(&self) -> &Stat {
+    pub(crate) fn root_stat(&self) -> &Stat {
         &self.root_stat
     }
 
     /// The root's open directory handle.
-    pub fn root_fd(&self) -> Arc<OwnedFd> {
+    pub(crate) fn root_fd(&self) -> Arc<OwnedFd> {
         Arc::clone(&self.root_fd)
     }
 
@@ -484,7 +474,7 @@ pub(crate) fn system_time(secs: i64, nsecs: i64) -> SystemTime {
 /// bounded channel, so memory stays flat however many files there are. A root that cannot
 /// be opened, or a directory that cannot be read, is an `Err` item; the walk goes on after
 /// a directory error. Dropping the stream stops the walk.
-pub fn files_stream(
+pub(crate) fn files_stream(
     root: PathBuf,
     prefix: String,
 ) -> futures::stream::BoxStream<'static, Result<Entry>> {

@@ -3,7 +3,7 @@
 //! It runs from cron on the production server, unattended, against a tree it did not
 //! create, so it is written to be safe first:
 //!
-//! - files are found by [`crate::walk::Walker`] (no-follow, one filesystem, stowage's own
+//! - files are found by the no-follow walker (`walk::Walker`) (no-follow, one filesystem, stowage's own
 //!   `.stowage*` files skipped) and deleted with `unlinkat(parent_fd, name)` only after a
 //!   fresh `statat(AT_SYMLINK_NOFOLLOW)` shows the name still holds the same regular file
 //!   (same device and inode) and that it is still eligible (still old; for eviction,
@@ -71,6 +71,7 @@ pub type BeforeDelete = Arc<dyn Fn(&Path) + Send + Sync>;
 
 /// What to clean up.
 #[derive(Clone)]
+#[non_exhaustive]
 pub struct CleanupOptions {
     /// The store root. Never deleted itself.
     pub root: PathBuf,
@@ -147,6 +148,7 @@ pub(crate) fn lossy_path<S: serde::Serializer>(p: &Path, s: S) -> Result<S::Ok, 
 
 /// What a cleanup run did (or, with `dry_run`, would do).
 #[derive(Debug, Clone, serde::Serialize)]
+#[non_exhaustive]
 pub struct CleanupSummary {
     /// The store root.
     #[serde(serialize_with = "lossy_path")]

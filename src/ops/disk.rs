@@ -4,7 +4,7 @@
 //! The store lives on a 60 GB disk and must stay under 50 GB, so a cron or monitoring
 //! check needs one call that answers "how much room is left, what is using it, and what
 //! would a cleanup free". Filesystem figures come from `fstatvfs` on the root's own
-//! handle; store figures from one pass of [`crate::walk::Walker`] (no-follow, one
+//! handle; store figures from one pass of the no-follow walker (`walk::Walker`) (no-follow, one
 //! filesystem), which makes the same `fstatat` calls as `du` and so costs about the same.
 //!
 //! Memory is O(depth + `top_prefixes`): the walk is depth-first, so each top-level prefix
@@ -39,6 +39,7 @@ use crate::{Error, Result};
 
 /// What to measure.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct DiskOptions {
     /// The store root.
     pub root: PathBuf,
@@ -143,6 +144,7 @@ pub struct CleanupEstimate {
 
 /// Everything `disk` measured.
 #[derive(Debug, Clone, serde::Serialize)]
+#[non_exhaustive]
 pub struct DiskReport {
     /// The store root.
     #[serde(serialize_with = "lossy_path")]

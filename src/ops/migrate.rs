@@ -74,6 +74,7 @@ const MAX_ATTEMPTS: u32 = 6;
 
 /// Options of a migration.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct MigrateOptions {
     /// Only keys starting with this (relative to the store's own prefix).
     pub prefix: String,
@@ -115,6 +116,7 @@ impl Default for MigrateOptions {
 
 /// What a migration did. `--json` prints exactly this.
 #[derive(Debug, Clone, Default, serde::Serialize)]
+#[non_exhaustive]
 pub struct MigrateSummary {
     /// `s3-to-local` or `local-to-s3`.
     pub direction: String,
@@ -218,10 +220,8 @@ enum Outcome {
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> stowage::Result<()> {
 /// let bucket = StoreConfig::S3(S3Config::from_env_for_bucket("clips")?).open()?;
-/// let opts = MigrateOptions {
-///     prefix: "2024/".into(),
-///     ..MigrateOptions::default()
-/// };
+/// let mut opts = MigrateOptions::default();
+/// opts.prefix = "2024/".into();
 /// let summary = s3_to_local(&bucket, "/srv/clips".as_ref(), &opts, &NoopReporter).await?;
 /// // Failed objects are data, not an early error: check them before switching over.
 /// if !summary.failed.is_empty() || summary.aborted.is_some() {

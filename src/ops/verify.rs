@@ -32,6 +32,7 @@ use crate::walk::{EntryKind, WalkOptions, Walker};
 
 /// Options of a verification.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct VerifyOptions {
     /// Only keys starting with this.
     pub prefix: String,
@@ -55,6 +56,7 @@ impl Default for VerifyOptions {
 
 /// What `verify` found. `--json` prints exactly this.
 #[derive(Debug, Clone, Default, serde::Serialize)]
+#[non_exhaustive]
 pub struct VerifySummary {
     /// The bucket (and prefix).
     pub source: String,

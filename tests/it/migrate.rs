@@ -778,10 +778,8 @@ async fn local_to_s3_never_uploads_a_file_swapped_for_a_symlink_after_the_walk()
         target: secret,
         swapped: Default::default(),
     };
-    let opts = stowage::ops::migrate::MigrateOptions {
-        concurrency: 1,
-        ..Default::default()
-    };
+    let mut opts = stowage::ops::migrate::MigrateOptions::default();
+    opts.concurrency = 1;
     let summary = stowage::ops::migrate::local_to_s3(&src, &s3.blob_store(), &opts, &reporter)
         .await
         .unwrap();
@@ -888,10 +886,8 @@ async fn local_to_s3_stopped_by_a_fatal_error_aborts_its_multipart_uploads() {
     s3.faults()
         .fail_key("clips/small.mp4", 403, Duration::from_millis(300));
 
-    let opts = stowage::ops::migrate::MigrateOptions {
-        concurrency: 2,
-        ..Default::default()
-    };
+    let mut opts = stowage::ops::migrate::MigrateOptions::default();
+    opts.concurrency = 2;
     let summary =
         stowage::ops::migrate::local_to_s3(src, &s3.blob_store(), &opts, &stowage::NoopReporter)
             .await

@@ -24,15 +24,21 @@ fn local() -> (tempfile::TempDir, LocalStore) {
     (dir, store)
 }
 
-/// Every file and directory under `root`, stowage's own names included, sorted.
+/// Every file and directory under `root` (relative paths), stowage's own names included,
+/// sorted; symlinks are listed, not followed.
 fn tree(root: &std::path::Path) -> Vec<String> {
-    let opts = stowage::walk::WalkOptions::default()
-        .include_reserved(true)
-        .dirs_post_order(true);
-    let mut v: Vec<String> = stowage::walk::Walker::new(root, opts)
-        .expect("walk root")
-        .map(|e| e.expect("walk entry").path().display().to_string())
-        .collect();
+    fn walk(root: &std::path::Path, dir: &std::path::Path, out: &mut Vec<String>) {
+        for e in std::fs::read_dir(dir).expect("read dir") {
+            let e = e.expect("dir entry");
+            let path = e.path();
+            out.push(path.strip_prefix(root).unwrap().display().to_string());
+            if e.file_type().expect("file type").is_dir() {
+                walk(root, &path, out);
+            }
+        }
+    }
+    let mut v = Vec::new();
+    walk(root, root, &mut v);
     v.sort();
     v
 }

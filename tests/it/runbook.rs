@@ -128,11 +128,10 @@ async fn reader(svc: Arc<Service>) {
 /// Migration options as the runbook's commands give them; `--min-free 1MiB` so a nearly
 /// full test machine does not refuse the run (the space check is tested in `migrate`).
 fn migrate_opts(dry_run: bool) -> migrate::MigrateOptions {
-    migrate::MigrateOptions {
-        dry_run,
-        min_free: stowage::SizeSpec::Bytes(1 << 20),
-        ..Default::default()
-    }
+    let mut opts = migrate::MigrateOptions::default();
+    opts.dry_run = dry_run;
+    opts.min_free = stowage::SizeSpec::Bytes(1 << 20);
+    opts
 }
 
 /// Runs `writer` (with or without deletes) and two readers until `until` is done.

@@ -271,13 +271,12 @@ impl S3Args {
 
 impl RunArgs {
     fn options(&self, prefix: String, cancel: CancellationToken) -> MigrateOptions {
-        MigrateOptions {
-            prefix,
-            concurrency: self.concurrency,
-            dry_run: self.dry_run,
-            cancel,
-            ..MigrateOptions::default()
-        }
+        let mut o = MigrateOptions::default();
+        o.prefix = prefix;
+        o.concurrency = self.concurrency;
+        o.dry_run = self.dry_run;
+        o.cancel = cancel;
+        o
     }
 }
 

@@ -97,11 +97,9 @@ pub(crate) async fn run(cmd: VerifyCommand, quiet: bool) -> Exit {
     let result = async {
         let src = a.s3.config()?.open()?;
         let dest = super::absolute(if rollback { "--source" } else { "--dest" }, &a.dest)?;
-        let opts = VerifyOptions {
-            prefix: a.s3.prefix()?,
-            cancel,
-            ..Default::default()
-        };
+        let mut opts = VerifyOptions::default();
+        opts.prefix = a.s3.prefix()?;
+        opts.cancel = cancel;
         verify::s3_to_local(&src, &dest, &opts, &progress).await
     }
     .await;
