@@ -264,6 +264,11 @@ impl ProofCounts {
         } += 1;
     }
 
+    /// True when no object was counted.
+    pub fn is_empty(&self) -> bool {
+        *self == ProofCounts::default()
+    }
+
     /// `md5 3, sha256 1` for the human summary (methods with a zero count left out).
     pub fn describe(&self) -> String {
         let all = [

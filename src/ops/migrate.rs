@@ -154,6 +154,12 @@ pub struct MigrateSummary {
     /// How the objects copied in this run were proven (`size_only`: listed in
     /// `unverified`).
     pub proofs: ProofCounts,
+    /// local-to-s3: how the files counted in `skipped` were found already in the bucket
+    /// (`size_only`: no content proof was possible, and the size and the file's mtime equal
+    /// to the object's LastModified decided). Empty for s3-to-local, whose skips are by
+    /// size and mtime, or by content with `--checksum`.
+    #[serde(skip_serializing_if = "ProofCounts::is_empty")]
+    pub skipped_proofs: ProofCounts,
     /// Dry run: the keys that would be copied, each with its size.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub would_copy: Vec<KeyReason>,
@@ -1252,9 +1258,9 @@ fn io_outcome(root: &Path, key: &Key, e: std::io::Error) -> Outcome {
 }
 
 /// Copies every regular file under `source` into the S3 store `dst` (the rollback path).
-/// Files already in the bucket with the same size and a matching ETag are skipped; each
-/// upload carries a SHA-256 checksum the server verifies, and is checked afterwards
-/// against the object's size and ETag.
+/// Files the bucket already holds are skipped (see `already_in_bucket` for the proof it
+/// takes); each upload carries a SHA-256 checksum the server verifies, and is checked
+/// afterwards against the checksum the bucket stored, else the object's ETag.
 pub async fn local_to_s3(
     source: &Path,
     dst: &BlobStore,
@@ -1285,14 +1291,19 @@ pub async fn local_to_s3(
             ),
         ));
     }
-    // What the bucket already holds: key -> (size, etag). One small record per object.
+    // What the bucket already holds. One small record per object.
     reporter.phase("listing", None, None);
     let mut existing = std::collections::HashMap::new();
     let mut remote = source_listing(dst, backend, &opts.prefix);
     while let Some(o) = remote.next().await {
         let o = o?;
         reporter.items_found(1);
-        existing.insert(o.key, (o.size, o.etag));
+        let present = Present {
+            size: o.size,
+            etag: o.etag,
+            last_modified: o.last_modified,
+        };
+        existing.insert(o.key, present);
     }
     drop(remote);
 
@@ -1332,7 +1343,10 @@ pub async fn local_to_s3(
     while let Some((key, outcome)) = running.next().await {
         summary.listed += 1;
         match outcome {
-            UploadOutcome::Skipped => summary.skipped += 1,
+            UploadOutcome::Skipped(proof) => {
+                summary.skipped += 1;
+                summary.skipped_proofs.add(proof);
+            }
             UploadOutcome::WouldCopy(size) => {
                 summary.bytes_planned += size;
                 summary.would_copy.push(KeyReason {
@@ -1387,8 +1401,16 @@ pub async fn local_to_s3(
     Ok(summary)
 }
 
+/// An object the bucket listing showed.
+struct Present {
+    size: u64,
+    etag: Option<String>,
+    last_modified: DateTime<Utc>,
+}
+
 enum UploadOutcome {
-    Skipped,
+    /// Already in the bucket, as this proof showed.
+    Skipped(Proof),
     WouldCopy(u64),
     Done(Outcome),
 }
@@ -1439,7 +1461,7 @@ async fn with_file<T: Send + 'static>(
 async fn upload_one(
     dst: &BlobStore,
     f: LocalFile,
-    existing: &std::collections::HashMap<String, (u64, Option<String>)>,
+    existing: &std::collections::HashMap<String, Present>,
     dry_run: bool,
     stop: &CancellationToken,
     reporter: &dyn Reporter,
@@ -1457,22 +1479,10 @@ async fn upload_one(
         Ok(file) => Arc::new(file),
         Err(e) => return (name, failed(format!("{}: {e}", f.path.display()))),
     };
-    if let Some((size, etag)) = existing.get(&name) {
-        if *size == f.size {
-            // Some servers list without ETags (s3s-fs): ask for it.
-            let etag = match etag {
-                Some(e) => Some(e.clone()),
-                None => dst.head(&key).await.ok().and_then(|m| m.etag),
-            };
-            let size = *size;
-            let same = with_file(&file, move |fh| {
-                etag::check_open_file(fh, size, etag.as_deref())
-            })
-            .await;
-            if matches!(same, Ok(Verdict::Match { .. })) {
-                reporter.bytes_done(f.size);
-                return (name, UploadOutcome::Skipped);
-            }
+    if let Some(present) = existing.get(&name).filter(|p| p.size == f.size) {
+        if let Some(proof) = already_in_bucket(dst, &key, &file, present).await {
+            reporter.bytes_done(f.size);
+            return (name, UploadOutcome::Skipped(proof));
         }
     }
     if dry_run {
@@ -1548,6 +1558,61 @@ async fn upload_one(
         Err(e) => Outcome::Failed(format!("{}: {e}", f.path.display())),
     };
     (name, UploadOutcome::Done(outcome))
+}
+
+/// Whether the bucket already holds the content of `file` (of the listed object's size),
+/// and the proof of it:
+/// 1. the listed ETag, when it reads as a content MD5 or a multipart ETag (no request);
+/// 2. else (an SSE-KMS or SSE-C ETag looks like an MD5 but is none; s3s-fs lists no ETags)
+///    one HEAD with checksum mode: the checksum the bucket stored — every stowage upload
+///    sends a SHA-256 and S3 keeps it, and S3 adds a CRC64NVME to every upload since 2025 —
+///    else the ETag, unless the headers call it opaque;
+/// 3. only when nothing can prove the content either way (an opaque ETag and no stored
+///    checksum: an object uploaded by another tool before checksums existed), the size and
+///    an mtime equal to the object's LastModified to the millisecond. That is the file
+///    `migrate s3-to-local` copied from this very object (it gives each file its object's
+///    LastModified), unchanged since: a replaced object has a new LastModified, a file
+///    written since has a new mtime, and either goes up again. Re-uploading instead would
+///    bring back the bug this replaces (every such object uploaded on every run); a file
+///    copied by other means has another mtime and is uploaded once, with a SHA-256 the
+///    bucket then keeps, so the next run proves it by content.
+///
+/// A content mismatch is never skipped, whatever the times say.
+async fn already_in_bucket(
+    dst: &BlobStore,
+    key: &Key,
+    file: &Arc<std::fs::File>,
+    present: &Present,
+) -> Option<Proof> {
+    let size = present.size;
+    let listed = present
+        .etag
+        .clone()
+        .filter(|e| !matches!(etag::ETag::parse(e), etag::ETag::Opaque(_)));
+    if let Some(e) = listed {
+        let v = with_file(file, move |fh| etag::check_open_file(fh, size, Some(&e))).await;
+        match v {
+            Ok(Verdict::Match { part_size: None }) => return Some(Proof::Md5),
+            Ok(Verdict::Match { part_size: Some(_) }) => return Some(Proof::MultipartMd5),
+            _ => {}
+        }
+    }
+    let (stored, etag, headers) = head_object(dst, key).await.ok()?;
+    if stored != size {
+        return None;
+    }
+    let v = with_file(file, move |fh| {
+        etag::check_open_file_for_object(fh, size, etag.as_deref(), headers.as_ref())
+    })
+    .await;
+    match v.ok()? {
+        (Verdict::Match { .. }, proof) => Some(proof),
+        (Verdict::Mismatch { .. }, _) => None,
+        (Verdict::Unverifiable { .. }, _) => {
+            let mtime = with_file(file, |fh| fh.metadata()?.modified()).await.ok()?;
+            same_time(mtime, present.last_modified).then_some(Proof::SizeOnly)
+        }
+    }
 }
 
 /// Streams the regular files under `root` whose key starts with `prefix` (symlinks and

@@ -335,3 +335,87 @@ async fn local_to_s3_confirms_uploads_to_an_sse_kms_bucket_by_checksum() {
     assert_eq!(j["unverified"][0]["key"], "up/two.bin", "{j}");
     assert_eq!(j["unverified"].as_array().unwrap().len(), 1, "{j}");
 }
+
+/// A rerun of `local-to-s3` into an SSE-KMS bucket: the ETags are opaque, so a file is
+/// found already uploaded by the checksum the bucket stored (SHA-256, sent with every
+/// upload), or, where the bucket stored none, by its size and an mtime equal to the
+/// object's LastModified (the file was copied from that very object). Nothing else is
+/// skipped: a file changed in place (same size) and one with another mtime go up again.
+#[tokio::test(flavor = "multi_thread")]
+async fn local_to_s3_rerun_into_an_sse_kms_bucket_uploads_only_what_changed() {
+    use futures::TryStreamExt;
+    let s3 = TestS3::start();
+    let src = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(src.path().join("up")).unwrap();
+    let files = [
+        ("up/summed.bin", body(31, 90_001)),
+        ("up/changed.bin", body(32, 4_567)),
+        ("up/legacy.bin", body(33, 12_345)),
+        ("up/touched.bin", body(34, 777)),
+    ];
+    for (k, d) in &files {
+        std::fs::write(src.path().join(k), d).unwrap();
+    }
+    // The first two keep the SHA-256 each upload sends; the others stand for objects
+    // uploaded before the bucket stored checksums.
+    for (k, _) in &files[..2] {
+        s3.faults().present_as_kms_keeping_checksums(k);
+    }
+    for (k, _) in &files[2..] {
+        s3.faults().present_as_kms(k, None);
+    }
+    let upload = || {
+        run(
+            Some(&s3),
+            &[
+                "migrate",
+                "local-to-s3",
+                "--source",
+                src.path().to_str().unwrap(),
+                "--json",
+            ],
+        )
+        .json()
+    };
+    let j = upload();
+    assert_eq!(j["copied"], 4, "{j}");
+    assert!(j["failed"].as_array().unwrap().is_empty(), "{j}");
+
+    // The bucket is unchanged; locally, one file changes in place (size and mtime kept),
+    // one legacy file gets the object's LastModified as its mtime (as `migrate
+    // s3-to-local` leaves it), and one is merely touched.
+    let changed = src.path().join("up/changed.bin");
+    let mtime = std::fs::metadata(&changed).unwrap().modified().unwrap();
+    flip_a_byte(&changed);
+    let set_mtime = |path: &std::path::Path, t: std::time::SystemTime| {
+        let f = std::fs::File::options().write(true).open(path).unwrap();
+        f.set_modified(t).unwrap();
+    };
+    set_mtime(&changed, mtime);
+    let listed: Vec<stowage::Meta> = s3.blob_store().list("up/").try_collect().await.unwrap();
+    let legacy = listed
+        .iter()
+        .find(|m| m.key.as_str() == "up/legacy.bin")
+        .unwrap();
+    set_mtime(
+        &src.path().join("up/legacy.bin"),
+        legacy.last_modified.into(),
+    );
+    set_mtime(
+        &src.path().join("up/touched.bin"),
+        std::time::SystemTime::now() + std::time::Duration::from_secs(5),
+    );
+
+    let j = upload();
+    assert_eq!(
+        (j["copied"].as_u64(), j["skipped"].as_u64()),
+        (Some(2), Some(2)),
+        "only the changed and the touched file go up again: {j}"
+    );
+    assert_eq!(j["skipped_proofs"]["sha256"], 1, "{j}");
+    assert_eq!(
+        j["skipped_proofs"]["size_only"], 1,
+        "the legacy file, by size and mtime: {j}"
+    );
+    assert!(j["failed"].as_array().unwrap().is_empty(), "{j}");
+}
