@@ -406,16 +406,7 @@ pub async fn s3_to_local(
         root: dest.to_path_buf(),
         stop: stop.clone(),
         streams: tokio::sync::Semaphore::new(opts.concurrency.clamp(1, MAX_STREAMS)),
-        http: reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .read_timeout(Duration::from_secs(60))
-            .build()
-            .map_err(|e| {
-                Error::config(
-                    "S3 configuration",
-                    format!("cannot build the HTTP client: {e}"),
-                )
-            })?,
+        http: part_size_client()?,
     });
     // No new copies once stopped; the loop below drains the ones in flight, so the
     // summary counts exactly the files that were put in place.
@@ -498,6 +489,20 @@ pub async fn s3_to_local(
     }
     summary.elapsed_s = started.elapsed().as_secs_f64();
     Ok(summary)
+}
+
+/// The HTTP client for the requests object_store cannot make (`HEAD ?partNumber=N`).
+fn part_size_client() -> Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .read_timeout(Duration::from_secs(60))
+        .build()
+        .map_err(|e| {
+            Error::config(
+                "S3 configuration",
+                format!("cannot build the HTTP client: {e}"),
+            )
+        })
 }
 
 /// The store lock of a run, taken before planning. Until [`RunLock::keep`], dropping it
@@ -701,10 +706,10 @@ fn same_content(root: &Path, key: &Key, o: &ListedObject) -> Option<bool> {
         // Copied unverified (an SSE-KMS ETag, no checksum): hashing cannot tell.
         return None;
     }
+    let hint = local::read_part_size(&file);
     let verdict = match local::read_checksum(&file) {
-        Some(c) if same_object => etag::check_checksum(&c, o.size, &file),
+        Some(c) if same_object => etag::check_checksum(&c, o.size, hint, &file),
         _ => {
-            let hint = local::read_part_size(&file);
             let mut first = Some(file);
             etag::check_reader_hinted(etag.as_deref(), o.size, hint, || match first.take() {
                 Some(f) => Ok(f),
@@ -915,7 +920,14 @@ async fn copy_one(ctx: &CopyCtx, p: Planned, reporter: &dyn Reporter) -> Outcome
                         if etag.is_none() {
                             etag = got_etag;
                         }
+                        let asked = headers.as_mut().and_then(|h| h.part_size.take());
                         headers = got_headers.or(headers);
+                        if let Some(h) = headers.as_mut() {
+                            // Asked once per object, not again on a refetch.
+                            h.part_size = asked;
+                            let e = etag.as_deref();
+                            ask_part_size_if_composite(backend, &ctx.http, &path, e, size, h).await;
+                        }
                         hasher = ContentHasher::for_object(etag.as_deref(), size, headers.as_ref());
                     }
                     body
@@ -1081,7 +1093,8 @@ fn commit_checked(
         (None, None) => c.whole_proof,
     };
     if let (None, Some(sum)) = (&unverified, &c.checksum) {
-        file.set_checksum(sum)?;
+        // A COMPOSITE one goes with the part size recorded above.
+        file.set_checksum(&sum.as_matched(part_size))?;
     }
     if let Some(e) = &c.etag {
         file.set_etag(e)?;
@@ -1118,6 +1131,29 @@ async fn exact_part_size(
     // is ignored, and the likely part sizes are tried instead.
     let fits = p > 0 && (n - 1) * p < size && size <= n * p;
     (h.parts_count == Some(parts) && fits).then_some(p)
+}
+
+/// Puts the part size S3 states (`HEAD ?partNumber=1`, and the last part) into `headers`
+/// when a COMPOSITE checksum is to prove the object (see [`etag::composite_wanted`]), or
+/// why it cannot be known; leaves it alone otherwise.
+async fn ask_part_size_if_composite(
+    backend: &ObjectBackend,
+    http: &reqwest::Client,
+    path: &object_store::path::Path,
+    etag: Option<&str>,
+    size: u64,
+    headers: &mut ObjectHeaders,
+) {
+    let Some(parts) = etag::composite_wanted(etag, headers) else {
+        return;
+    };
+    headers.part_size = Some(match backend.s3.as_ref() {
+        Some(s3) => {
+            let signer = s3.signer.as_ref();
+            crate::s3::integrity::uniform_part_size(signer, http, path, parts, size).await
+        }
+        None => Err("the store states no part sizes".to_owned()),
+    });
 }
 
 /// How the last step of a copy ended.
@@ -1318,6 +1354,8 @@ pub async fn local_to_s3(
         None,
     );
     let existing = Arc::new(existing);
+    // For the requests object_store cannot make (`HEAD ?partNumber=N`).
+    let http = &part_size_client()?;
     // Uploads are atomic on S3. Once stopped (interrupted, or a fatal error), no new ones
     // start, and those in flight stop at their next chunk, aborting their multipart
     // upload; the loop below drains them, so the summary counts exactly what is in the
@@ -1330,7 +1368,9 @@ pub async fn local_to_s3(
             let stop = &stop;
             async move {
                 match f {
-                    Ok(f) => upload_one(dst, f, &existing, opts.dry_run, stop, reporter).await,
+                    Ok(f) => {
+                        upload_one(dst, http, f, &existing, opts.dry_run, stop, reporter).await
+                    }
                     // An unreadable directory is one failure, not the end of the run.
                     Err(e) => (
                         String::new(),
@@ -1426,9 +1466,11 @@ struct LocalFile {
     size: u64,
 }
 
-/// Size, ETag and integrity headers of a stored object (one HEAD with checksum mode).
+/// Size, ETag and integrity headers of a stored object (one HEAD with checksum mode; for
+/// a COMPOSITE checksum, the part size S3 states too).
 async fn head_object(
     dst: &BlobStore,
+    http: &reqwest::Client,
     key: &Key,
 ) -> Result<(u64, Option<String>, Option<ObjectHeaders>)> {
     if let Some(b) = dst.object_backend() {
@@ -1442,7 +1484,11 @@ async fn head_object(
             .get_opts(&path, opts)
             .await
             .map_err(|e| Error::backend(&b.name, &e))?;
-        let headers = r.extensions.get::<ObjectHeaders>().cloned();
+        let mut headers = r.extensions.get::<ObjectHeaders>().cloned();
+        if let Some(h) = headers.as_mut() {
+            let (etag, size) = (r.meta.e_tag.as_deref(), r.meta.size);
+            ask_part_size_if_composite(b, http, &path, etag, size, h).await;
+        }
         return Ok((r.meta.size, r.meta.e_tag, headers));
     }
     let m = dst.head(key).await?;
@@ -1460,6 +1506,7 @@ async fn with_file<T: Send + 'static>(
 
 async fn upload_one(
     dst: &BlobStore,
+    http: &reqwest::Client,
     f: LocalFile,
     existing: &std::collections::HashMap<String, Present>,
     dry_run: bool,
@@ -1480,7 +1527,7 @@ async fn upload_one(
         Err(e) => return (name, failed(format!("{}: {e}", f.path.display()))),
     };
     if let Some(present) = existing.get(&name).filter(|p| p.size == f.size) {
-        if let Some(proof) = already_in_bucket(dst, &key, &file, present).await {
+        if let Some(proof) = already_in_bucket(dst, http, &key, &file, present).await {
             reporter.bytes_done(f.size);
             return (name, UploadOutcome::Skipped(proof));
         }
@@ -1518,7 +1565,7 @@ async fn upload_one(
     reporter.bytes_done(f.size);
     // Check what landed against what we sent: the checksum S3 stored (and verified on
     // receipt) when it sends one, else the ETag.
-    let (stored_size, etag, headers) = match head_object(dst, &key).await {
+    let (stored_size, etag, headers) = match head_object(dst, http, &key).await {
         Ok(m) => m,
         Err(e) => {
             return (
@@ -1580,6 +1627,7 @@ async fn upload_one(
 /// A content mismatch is never skipped, whatever the times say.
 async fn already_in_bucket(
     dst: &BlobStore,
+    http: &reqwest::Client,
     key: &Key,
     file: &Arc<std::fs::File>,
     present: &Present,
@@ -1597,7 +1645,7 @@ async fn already_in_bucket(
             _ => {}
         }
     }
-    let (stored, etag, headers) = head_object(dst, key).await.ok()?;
+    let (stored, etag, headers) = head_object(dst, http, key).await.ok()?;
     if stored != size {
         return None;
     }
