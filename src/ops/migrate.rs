@@ -11,9 +11,10 @@
 //!    create must fit in the destination's free space minus `min_free` (and the store
 //!    under `max_used`) before the first byte is written.
 //! 3. **Copy**: up to `concurrency` objects at once, each streamed into an [`AtomicFile`]
-//!    while hashed, checked against its size and its strongest proof (an S3 checksum, the
-//!    ETag unless SSE-KMS/SSE-C headers make it opaque, the part size S3 states for a
-//!    multipart ETag no guess reproduces), given the object's mtime and
+//!    while hashed, checked against its size and its strongest proof (an S3 checksum —
+//!    a COMPOSITE one with the part size S3 states —, the ETag unless SSE-KMS/SSE-C
+//!    headers make it opaque, the part size S3 states for a multipart ETag no guess
+//!    reproduces), given the object's mtime and
 //!    Content-Type, fsynced and renamed into place — never over a file the plan did not
 //!    see there (the service writes the same store while we run): a free name must still
 //!    be free, a file to replace must still be that very file; otherwise the key is a
