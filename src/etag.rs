@@ -293,14 +293,7 @@ impl ContentHasher {
         if let Some(cc) = &self.composite {
             // A match with a part size is the COMPOSITE one; without, the value was a
             // full-object checksum after all (a server that did not name the type).
-            return match part_size {
-                Some(_) => cc.want.proof(),
-                None => Checksum {
-                    parts: None,
-                    ..cc.want.clone()
-                }
-                .proof(),
-            };
+            return cc.want.as_matched(part_size).proof();
         }
         match (&self.etag, part_size) {
             _ if self.opaque_reason.is_some() => Proof::SizeOnly,

@@ -1625,7 +1625,9 @@ async fn upload_one(
 ///    copied by other means has another mtime and is uploaded once, with a SHA-256 the
 ///    bucket then keeps, so the next run proves it by content.
 ///
-/// A content mismatch is never skipped, whatever the times say.
+/// A content mismatch is never skipped, whatever the times say. In an SSE-KMS bucket a
+/// present file is read twice (its listed ETag looks like an MD5 until the HEAD says
+/// otherwise); a plain bucket costs no request and one read, as before.
 async fn already_in_bucket(
     dst: &BlobStore,
     http: &reqwest::Client,
