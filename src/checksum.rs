@@ -7,8 +7,11 @@
 //! without guessing their part size. [`ChecksumHasher`] checks one while the body streams
 //! past; the value is recorded with the file so `verify` checks it without the network.
 //!
-//! A COMPOSITE checksum (value `…-N`) is a checksum of the part checksums: this module
-//! does not check it (see [`Checksum::parse`]); such an object falls back to its ETag.
+//! A COMPOSITE checksum (value `…-N`, what S3 keeps for a multipart upload with CRC32,
+//! CRC32C, SHA-1 or SHA-256) is the checksum of the concatenated binary checksums of the
+//! parts: [`CompositeHasher`] recomputes it with the exact part size (S3 states part 1's
+//! size on `HEAD ?partNumber=1`; every part but the last has it). The value is recorded
+//! with the part size, so `verify` checks it offline too.
 
 use base64::Engine as _;
 use sha1::Sha1;
@@ -60,7 +63,7 @@ impl Algorithm {
         matches!(self, Algorithm::Sha1 | Algorithm::Sha256)
     }
 
-    fn proof(self) -> Proof {
+    fn full_object_proof(self) -> Proof {
         match self {
             Algorithm::Crc32 => Proof::Crc32,
             Algorithm::Crc32c => Proof::Crc32c,
@@ -71,19 +74,22 @@ impl Algorithm {
     }
 }
 
-/// A FULL_OBJECT checksum of an object: the algorithm and the base64 value S3 sent.
+/// A checksum of an object: the algorithm, the base64 value S3 sent and, for a COMPOSITE
+/// one, the number of parts it covers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Checksum {
     /// The algorithm.
     pub algorithm: Algorithm,
-    /// The base64 value, exactly as S3 sent it.
+    /// The base64 value, exactly as S3 sent it, without a `-N` suffix.
     pub value: String,
+    /// `Some(N)` for a COMPOSITE checksum (of the N part checksums); `None` for a
+    /// FULL_OBJECT one (of the bytes).
+    pub parts: Option<u32>,
 }
 
 impl Checksum {
     /// A full-object checksum from an `x-amz-checksum-<alg>` value, or `None` for a
-    /// COMPOSITE one (`…-N`, a checksum of part checksums: checking it needs every part's
-    /// size and is not done here) or an undecodable one.
+    /// COMPOSITE one (`…-N`: see [`Checksum::parse_composite`]) or an undecodable one.
     pub fn parse(algorithm: Algorithm, value: &str) -> Option<Checksum> {
         let value = value.trim();
         if value.contains('-') {
@@ -95,23 +101,81 @@ impl Checksum {
         (bytes.len() == digest_len(algorithm)).then(|| Checksum {
             algorithm,
             value: value.to_owned(),
+            parts: None,
         })
     }
 
-    /// `<alg>:<base64>`, as recorded in the file's xattr.
+    /// A COMPOSITE checksum from an `x-amz-checksum-<alg>` value: `<base64>-N`, or a bare
+    /// `<base64>` with the part count known otherwise (`parts`: moto sends the value
+    /// without its suffix). `None` when the value is undecodable or the count unknown.
+    pub fn parse_composite(
+        algorithm: Algorithm,
+        value: &str,
+        parts: Option<u32>,
+    ) -> Option<Checksum> {
+        let value = value.trim();
+        let (b64, n) = match value.split_once('-') {
+            Some((b64, n)) => (b64, n.parse::<u32>().ok()?),
+            None => (value, parts?),
+        };
+        let full = Checksum::parse(algorithm, b64)?;
+        (n >= 1).then_some(Checksum {
+            parts: Some(n),
+            ..full
+        })
+    }
+
+    /// True for a COMPOSITE checksum.
+    pub fn is_composite(&self) -> bool {
+        self.parts.is_some()
+    }
+
+    /// `<alg>:<base64>` (`<alg>:<base64>-N` for a COMPOSITE one), as recorded in the
+    /// file's xattr.
     pub fn to_record(&self) -> String {
-        format!("{}:{}", self.algorithm.name(), self.value)
+        match self.parts {
+            Some(n) => format!("{}:{}-{n}", self.algorithm.name(), self.value),
+            None => format!("{}:{}", self.algorithm.name(), self.value),
+        }
     }
 
     /// The inverse of [`Checksum::to_record`].
     pub fn from_record(s: &str) -> Option<Checksum> {
         let (alg, value) = s.split_once(':')?;
-        Checksum::parse(Algorithm::from_name(alg)?, value)
+        let alg = Algorithm::from_name(alg)?;
+        match value.contains('-') {
+            true => Checksum::parse_composite(alg, value, None),
+            false => Checksum::parse(alg, value),
+        }
+    }
+
+    /// The checksum a copy was proven by, for the record: this one, or for a value whose
+    /// type the server left unsaid and that matched as a full-object checksum (no part
+    /// size in the verdict), the full-object reading of it.
+    pub fn as_matched(&self, part_size: Option<u64>) -> Checksum {
+        match part_size {
+            Some(_) => self.clone(),
+            None => Checksum {
+                parts: None,
+                ..self.clone()
+            },
+        }
+    }
+
+    /// How it reads in a message: `sha256 <base64>`, `crc32 <base64>-3 (COMPOSITE)`.
+    pub fn describe(&self) -> String {
+        match self.parts {
+            Some(n) => format!("{} {}-{n} (COMPOSITE)", self.algorithm.name(), self.value),
+            None => format!("{} {}", self.algorithm.name(), self.value),
+        }
     }
 
     /// The proof this checksum gives.
     pub fn proof(&self) -> Proof {
-        self.algorithm.proof()
+        match self.parts {
+            Some(_) => Proof::Composite(self.algorithm),
+            None => self.algorithm.full_object_proof(),
+        }
     }
 }
 
@@ -169,7 +233,12 @@ impl ChecksumHasher {
 
     /// The base64 checksum of everything fed, as S3 writes it.
     pub fn finish(self) -> String {
-        let bytes = match self.state {
+        base64::engine::general_purpose::STANDARD.encode(self.finish_raw())
+    }
+
+    /// The binary checksum of everything fed (big-endian for the CRCs, as S3 encodes them).
+    pub fn finish_raw(self) -> Vec<u8> {
+        match self.state {
             State::Crc(d) => {
                 let v = d.finalize();
                 match self.algorithm {
@@ -179,8 +248,76 @@ impl ChecksumHasher {
             }
             State::Sha1(h) => h.finalize().to_vec(),
             State::Sha256(h) => h.finalize().to_vec(),
-        };
-        base64::engine::general_purpose::STANDARD.encode(bytes)
+        }
+    }
+}
+
+/// Computes a COMPOSITE checksum over a body fed in pieces: every `part_size` bytes are
+/// one part (the last may be shorter), each part's binary checksum is fed to an outer
+/// checksum of the same algorithm, and the value is that outer checksum, `-N`.
+pub struct CompositeHasher {
+    algorithm: Algorithm,
+    part_size: u64,
+    current: ChecksumHasher,
+    filled: u64,
+    outer: ChecksumHasher,
+    count: u32,
+}
+
+impl std::fmt::Debug for CompositeHasher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CompositeHasher")
+            .field("algorithm", &self.algorithm)
+            .field("part_size", &self.part_size)
+            .finish()
+    }
+}
+
+impl CompositeHasher {
+    /// A hasher for `algorithm` over parts of `part_size` bytes (at least 1).
+    pub fn new(algorithm: Algorithm, part_size: u64) -> CompositeHasher {
+        CompositeHasher {
+            algorithm,
+            part_size: part_size.max(1),
+            current: ChecksumHasher::new(algorithm),
+            filled: 0,
+            outer: ChecksumHasher::new(algorithm),
+            count: 0,
+        }
+    }
+
+    /// The part size.
+    pub fn part_size(&self) -> u64 {
+        self.part_size
+    }
+
+    /// Feeds the next bytes.
+    pub fn update(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            let room = (self.part_size - self.filled) as usize;
+            let take = room.min(data.len());
+            self.current.update(&data[..take]);
+            self.filled += take as u64;
+            data = &data[take..];
+            if self.filled == self.part_size {
+                self.close_part();
+            }
+        }
+    }
+
+    fn close_part(&mut self) {
+        let part = std::mem::replace(&mut self.current, ChecksumHasher::new(self.algorithm));
+        self.outer.update(&part.finish_raw());
+        self.count += 1;
+        self.filled = 0;
+    }
+
+    /// The base64 value (without `-N`) and the number of parts N.
+    pub fn finish(mut self) -> (String, u32) {
+        if self.filled > 0 || self.count == 0 {
+            self.close_part();
+        }
+        (self.outer.finish(), self.count)
     }
 }
 
@@ -194,6 +331,8 @@ pub fn checksum_of(algorithm: Algorithm, data: &[u8]) -> String {
 /// How an object's copy was proven to match it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Proof {
+    /// S3's COMPOSITE checksum with this algorithm, recomputed with the exact part size.
+    Composite(Algorithm),
     /// The ETag is the MD5 of the content.
     Md5,
     /// The multipart ETag, recomputed with the part size it was uploaded with.
@@ -216,6 +355,11 @@ impl Proof {
     /// The name used in `proofs` counts and in the `user.stowage.proof` xattr.
     pub fn name(self) -> &'static str {
         match self {
+            Proof::Composite(Algorithm::Sha256) => "sha256_composite",
+            Proof::Composite(Algorithm::Sha1) => "sha1_composite",
+            Proof::Composite(Algorithm::Crc64Nvme) => "crc64nvme_composite",
+            Proof::Composite(Algorithm::Crc32c) => "crc32c_composite",
+            Proof::Composite(Algorithm::Crc32) => "crc32_composite",
             Proof::Md5 => "md5",
             Proof::MultipartMd5 => "multipart_md5",
             Proof::Sha256 => "sha256",
@@ -245,6 +389,17 @@ pub struct ProofCounts {
     pub crc32c: u64,
     /// S3 CRC-32 checksum.
     pub crc32: u64,
+    /// S3 COMPOSITE SHA-256 checksum (of the part checksums), with the exact part size.
+    pub sha256_composite: u64,
+    /// S3 COMPOSITE SHA-1 checksum.
+    pub sha1_composite: u64,
+    /// COMPOSITE CRC-64/NVME checksum (S3 keeps CRC-64/NVME only as FULL_OBJECT; other
+    /// servers may not).
+    pub crc64nvme_composite: u64,
+    /// S3 COMPOSITE CRC-32C checksum.
+    pub crc32c_composite: u64,
+    /// S3 COMPOSITE CRC-32 checksum.
+    pub crc32_composite: u64,
     /// Only the size matched: no content proof (also listed as unverified).
     pub size_only: u64,
 }
@@ -260,8 +415,18 @@ impl ProofCounts {
             Proof::Crc64Nvme => &mut self.crc64nvme,
             Proof::Crc32c => &mut self.crc32c,
             Proof::Crc32 => &mut self.crc32,
+            Proof::Composite(Algorithm::Sha256) => &mut self.sha256_composite,
+            Proof::Composite(Algorithm::Sha1) => &mut self.sha1_composite,
+            Proof::Composite(Algorithm::Crc64Nvme) => &mut self.crc64nvme_composite,
+            Proof::Composite(Algorithm::Crc32c) => &mut self.crc32c_composite,
+            Proof::Composite(Algorithm::Crc32) => &mut self.crc32_composite,
             Proof::SizeOnly => &mut self.size_only,
         } += 1;
+    }
+
+    /// True when no object was counted.
+    pub fn is_empty(&self) -> bool {
+        *self == ProofCounts::default()
     }
 
     /// `md5 3, sha256 1` for the human summary (methods with a zero count left out).
@@ -274,6 +439,11 @@ impl ProofCounts {
             ("crc64nvme", self.crc64nvme),
             ("crc32c", self.crc32c),
             ("crc32", self.crc32),
+            ("sha256_composite", self.sha256_composite),
+            ("sha1_composite", self.sha1_composite),
+            ("crc64nvme_composite", self.crc64nvme_composite),
+            ("crc32c_composite", self.crc32c_composite),
+            ("crc32_composite", self.crc32_composite),
             ("size_only", self.size_only),
         ];
         all.iter()
@@ -310,5 +480,62 @@ mod tests {
         assert!(Checksum::parse(Algorithm::Sha256, "NhCmhg==").is_none());
         let c = Checksum::parse(Algorithm::Crc32, "NhCmhg==").unwrap();
         assert_eq!(Checksum::from_record(&c.to_record()), Some(c));
+    }
+
+    #[test]
+    fn composite_checksums_match_independent_values() {
+        // Computed by Python (zlib.crc32, a bitwise CRC-32C, hashlib) as S3 defines them:
+        // the checksum of the concatenated binary part checksums, here of 10-byte parts.
+        let d = b"The quick brown fox jumps over the lazy dog";
+        for (alg, want) in [
+            (Algorithm::Crc32, "BciPwQ=="),
+            (Algorithm::Crc32c, "FCqj+Q=="),
+            (Algorithm::Sha1, "ldX8fpU/hmHjej269UWYuNWeBiI="),
+            (
+                Algorithm::Sha256,
+                "xHMuqcIRPD8N/idltJNLmTrh/XbVt0FjvnpheaVqq+0=",
+            ),
+        ] {
+            let mut h = CompositeHasher::new(alg, 10);
+            // Fed in pieces that straddle the part boundaries.
+            for piece in d.chunks(7) {
+                h.update(piece);
+            }
+            assert_eq!(h.finish(), (want.to_owned(), 5), "{alg:?}");
+        }
+    }
+
+    #[test]
+    fn a_composite_crc32_as_moto_stored_it() {
+        // moto 5.2 after a 3-part upload with `--checksum-algorithm CRC32`, parts of
+        // 5 MiB + 123 bytes, bytes `i * 31 % 251`: `x-amz-checksum-crc32: zT8eCA==` (the
+        // whole body's CRC-32 would be `SVj/Ig==`).
+        let part = (5 << 20) + 123;
+        let d: Vec<u8> = (0..2 * part + 1000).map(|i| (i * 31 % 251) as u8).collect();
+        let mut h = CompositeHasher::new(Algorithm::Crc32, part as u64);
+        h.update(&d);
+        assert_eq!(h.finish(), ("zT8eCA==".to_owned(), 3));
+        assert_eq!(checksum_of(Algorithm::Crc32, &d), "SVj/Ig==");
+    }
+
+    #[test]
+    fn composite_values_parse_and_round_trip_through_the_record() {
+        let c = Checksum::parse_composite(Algorithm::Crc32, "zT8eCA==-3", None).unwrap();
+        assert_eq!((c.parts, c.value.as_str()), (Some(3), "zT8eCA=="));
+        assert_eq!(c.proof(), Proof::Composite(Algorithm::Crc32));
+        assert_eq!(c.to_record(), "crc32:zT8eCA==-3");
+        assert_eq!(Checksum::from_record(&c.to_record()), Some(c.clone()));
+        // A bare value with the count known from elsewhere (moto leaves the suffix off).
+        assert_eq!(
+            Checksum::parse_composite(Algorithm::Crc32, "zT8eCA==", Some(3)),
+            Some(c)
+        );
+        assert!(Checksum::parse_composite(Algorithm::Crc32, "zT8eCA==", None).is_none());
+        assert!(Checksum::parse_composite(Algorithm::Crc32, "zT8eCA==-x", None).is_none());
+        assert!(Checksum::parse_composite(Algorithm::Sha256, "zT8eCA==-3", None).is_none());
+        let mut counts = ProofCounts::default();
+        counts.add(Proof::Composite(Algorithm::Sha256));
+        assert_eq!(counts.sha256_composite, 1);
+        assert_eq!(counts.describe(), "sha256_composite 1");
     }
 }

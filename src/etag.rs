@@ -11,7 +11,7 @@ use std::io::Read;
 
 use md5::{Digest, Md5};
 
-use crate::checksum::{Checksum, ChecksumHasher, Proof};
+use crate::checksum::{Checksum, ChecksumHasher, CompositeHasher, Proof};
 use crate::s3::ObjectHeaders;
 
 /// A parsed ETag.
@@ -185,6 +185,8 @@ pub struct ContentHasher {
     seen: u64,
     /// Set when a full-object checksum is the proof instead of the ETag.
     checksum: Option<(Checksum, ChecksumHasher)>,
+    /// Set when a COMPOSITE checksum is the proof.
+    composite: Option<CompositeCheck>,
     /// Set when the response headers say the ETag is no MD5 and no checksum came.
     opaque_reason: Option<String>,
 }
@@ -223,16 +225,20 @@ impl ContentHasher {
             parts,
             seen: 0,
             checksum: None,
+            composite: None,
             opaque_reason: None,
         }
     }
 
     /// A hasher for the strongest proof the object's ETag and response `headers` allow:
     /// a SHA-256 or SHA-1 checksum, then a content-MD5 ETag, then a CRC checksum, then a
-    /// multipart ETag. An ETag the headers call opaque (SSE-KMS, SSE-C) is never compared.
-    /// A CRC ranks above a multipart ETag because it needs no part size (no guess, no
-    /// extra request) and S3 checked it on receipt; only one proof is hashed per body, so
-    /// a large object costs one pass of one hash.
+    /// COMPOSITE SHA checksum, then a multipart ETag, then a COMPOSITE CRC checksum (see
+    /// [`composite_wanted`]). An ETag the headers call opaque (SSE-KMS, SSE-C) is never
+    /// compared. A CRC ranks above a multipart ETag because it needs no part size (no
+    /// guess, no extra request) and S3 checked it on receipt; a COMPOSITE checksum needs
+    /// the exact part size, which the caller puts in `headers.part_size`. Only one proof
+    /// is hashed per body, so a large object costs one pass of one hash (two when the
+    /// server did not say whether its checksum is COMPOSITE).
     pub fn for_object(
         etag: Option<&str>,
         size: u64,
@@ -242,25 +248,34 @@ impl ContentHasher {
             return ContentHasher::new(etag, size);
         };
         let opaque = h.opaque_etag_reason();
-        let parsed = etag.map(ETag::parse);
-        let checksum = h.best_checksum().cloned();
-        let use_checksum = match (&checksum, &parsed, &opaque) {
-            (None, _, _) => false,
-            (Some(c), _, _) if c.algorithm.is_cryptographic() => true,
-            (Some(_), Some(ETag::Md5(_)), None) => false,
-            (Some(_), _, _) => true,
+        let mut me = match choose(etag, h) {
+            Choice::Checksum(c) => {
+                let hasher = ChecksumHasher::new(c.algorithm);
+                let mut me = ContentHasher::new(None, size);
+                me.checksum = Some((c, hasher));
+                return me;
+            }
+            Choice::Composite(c) => match CompositeCheck::new(c, h) {
+                Ok(check) => {
+                    let mut me = ContentHasher::new(None, size);
+                    me.composite = Some(check);
+                    return me;
+                }
+                // Not checkable: the ETag, if it is one; else unverified with the reason.
+                Err(why) => match opaque {
+                    Some(reason) => {
+                        let mut me = ContentHasher::new(None, size);
+                        me.opaque_reason = Some(format!("{reason}, and {why}"));
+                        return me;
+                    }
+                    None => ContentHasher::new(etag, size),
+                },
+            },
+            Choice::Etag => ContentHasher::new(etag, size),
         };
-        if use_checksum {
-            let c = checksum.expect("checked above");
-            let hasher = ChecksumHasher::new(c.algorithm);
-            let mut me = ContentHasher::new(None, size);
-            me.checksum = Some((c, hasher));
-            return me;
-        }
-        let mut me = ContentHasher::new(etag, size);
         if let Some(reason) = opaque {
             let composite = if h.composite_checksum {
-                " and its checksum is COMPOSITE (a checksum of part checksums, not checked)"
+                " and its checksum is COMPOSITE, with no part count to check it by"
             } else {
                 " and the server sent no full-object checksum"
             };
@@ -275,6 +290,11 @@ impl ContentHasher {
         if let Some((c, _)) = &self.checksum {
             return c.proof();
         }
+        if let Some(cc) = &self.composite {
+            // A match with a part size is the COMPOSITE one; without, the value was a
+            // full-object checksum after all (a server that did not name the type).
+            return cc.want.as_matched(part_size).proof();
+        }
         match (&self.etag, part_size) {
             _ if self.opaque_reason.is_some() => Proof::SizeOnly,
             (ETag::Md5(_), _) => Proof::Md5,
@@ -283,9 +303,13 @@ impl ContentHasher {
         }
     }
 
-    /// The checksum this hasher checks, if it checks one.
+    /// The checksum this hasher checks, if it checks one (a COMPOSITE one holds only when
+    /// the verdict comes with a part size: see [`Checksum::as_matched`]).
     pub fn checksum(&self) -> Option<&Checksum> {
-        self.checksum.as_ref().map(|(c, _)| c)
+        match &self.composite {
+            Some(cc) => Some(&cc.want),
+            None => self.checksum.as_ref().map(|(c, _)| c),
+        }
     }
 
     /// Feeds the next bytes of the body.
@@ -299,6 +323,9 @@ impl ContentHasher {
         }
         if let Some((_, h)) = &mut self.checksum {
             h.update(data);
+        }
+        if let Some(cc) = &mut self.composite {
+            cc.update(data);
         }
     }
 
@@ -327,6 +354,9 @@ impl ContentHasher {
                     actual: format!("{name} {got}"),
                 }
             });
+        }
+        if let Some(cc) = self.composite {
+            return Some(cc.finish());
         }
         if let Some(reason) = self.opaque_reason {
             return Some(Verdict::Unverifiable { reason });
@@ -376,6 +406,123 @@ impl ContentHasher {
     }
 }
 
+/// Which proof [`ContentHasher::for_object`] takes.
+enum Choice {
+    Checksum(Checksum),
+    Composite(Checksum),
+    Etag,
+}
+
+fn choose(etag: Option<&str>, h: &ObjectHeaders) -> Choice {
+    let opaque = h.opaque_etag_reason().is_some();
+    let parsed = etag.map(ETag::parse);
+    let md5_etag = !opaque && matches!(parsed, Some(ETag::Md5(_)));
+    if let Some(c) = h.best_checksum() {
+        if c.algorithm.is_cryptographic() || !md5_etag {
+            return Choice::Checksum(c.clone());
+        }
+    }
+    if let Some(c) = &h.composite {
+        // A multipart ETag (128 bits of MD5, exact once the part size is known) beats a
+        // COMPOSITE CRC; a COMPOSITE SHA beats it.
+        let multipart_etag = !opaque && matches!(parsed, Some(ETag::Multipart { .. }));
+        if !md5_etag && (c.algorithm.is_cryptographic() || !multipart_etag) {
+            return Choice::Composite(c.clone());
+        }
+    }
+    Choice::Etag
+}
+
+/// The part count of the COMPOSITE checksum [`ContentHasher::for_object`] would check for
+/// this object: the caller then asks S3 for the part size
+/// ([`crate::s3::integrity::uniform_part_size`]) and puts it in `headers.part_size`.
+/// `None` when another proof comes first, or the part size is already there.
+pub fn composite_wanted(etag: Option<&str>, headers: &ObjectHeaders) -> Option<u32> {
+    match choose(etag, headers) {
+        Choice::Composite(c) if headers.part_size.is_none() => c.parts,
+        _ => None,
+    }
+}
+
+/// A COMPOSITE checksum being recomputed; with `full`, also the value as a full-object
+/// checksum (when the server did not say which type it is).
+struct CompositeCheck {
+    want: Checksum,
+    parts: Option<CompositeHasher>,
+    full: Option<ChecksumHasher>,
+    /// Why there is no `parts` hasher (the part size is not known).
+    no_part_size: Option<String>,
+}
+
+impl CompositeCheck {
+    /// `Err` (why) when nothing can be checked: no part size and no chance the value is a
+    /// full-object checksum.
+    fn new(want: Checksum, h: &ObjectHeaders) -> std::result::Result<CompositeCheck, String> {
+        let n = want.parts.unwrap_or(1);
+        let name = want.algorithm.name();
+        let (parts, no_part_size) = match &h.part_size {
+            Some(Ok(p)) => (
+                Some(CompositeHasher::new(want.algorithm, *p)),
+                String::new(),
+            ),
+            Some(Err(why)) => (
+                None,
+                format!("its {name} checksum is COMPOSITE over {n} parts, but {why}"),
+            ),
+            None => (
+                None,
+                format!("its {name} checksum is COMPOSITE over {n} parts of unknown size"),
+            ),
+        };
+        let full = h
+            .composite_may_be_full_object
+            .then(|| ChecksumHasher::new(want.algorithm));
+        if parts.is_none() && full.is_none() {
+            return Err(no_part_size);
+        }
+        let no_part_size = parts.is_none().then_some(no_part_size);
+        Ok(CompositeCheck {
+            want,
+            parts,
+            full,
+            no_part_size,
+        })
+    }
+
+    fn update(&mut self, data: &[u8]) {
+        if let Some(h) = &mut self.parts {
+            h.update(data);
+        }
+        if let Some(h) = &mut self.full {
+            h.update(data);
+        }
+    }
+
+    fn finish(self) -> Verdict {
+        let full = self.full.map(ChecksumHasher::finish);
+        if full.as_deref() == Some(self.want.value.as_str()) {
+            return Verdict::Match { part_size: None };
+        }
+        let Some(h) = self.parts else {
+            // Only the full-object reading could be tried, and it failed: the value is
+            // then most likely COMPOSITE, which cannot be checked.
+            return Verdict::Unverifiable {
+                reason: self.no_part_size.unwrap_or_default(),
+            };
+        };
+        let p = h.part_size();
+        let (got, n) = h.finish();
+        if got == self.want.value && Some(n) == self.want.parts {
+            return Verdict::Match { part_size: Some(p) };
+        }
+        let name = self.want.algorithm.name();
+        Verdict::Mismatch {
+            expected: self.want.describe(),
+            actual: format!("{name} {got}-{n} (COMPOSITE, {p}-byte parts)"),
+        }
+    }
+}
+
 fn no_part_size_matched(tried: usize) -> Verdict {
     if tried == 0 {
         Verdict::Unverifiable {
@@ -411,9 +558,36 @@ fn size_mismatch(size: u64, seen: u64) -> Verdict {
     }
 }
 
-/// Checks everything `r` yields (`size` bytes expected) against an S3 full-object
-/// checksum.
-pub fn check_checksum(checksum: &Checksum, size: u64, r: impl Read) -> std::io::Result<Verdict> {
+/// Checks everything `r` yields (`size` bytes expected) against an S3 checksum: a
+/// full-object one as it is, a COMPOSITE one with `part_size` (the size `migrate` recorded
+/// with it; without one it is [`Verdict::Unverifiable`]).
+pub fn check_checksum(
+    checksum: &Checksum,
+    size: u64,
+    part_size: Option<u64>,
+    r: impl Read,
+) -> std::io::Result<Verdict> {
+    if checksum.is_composite() {
+        let headers = ObjectHeaders {
+            composite: Some(checksum.clone()),
+            part_size: Some(part_size.ok_or_else(|| "no part size was recorded".to_owned())),
+            ..ObjectHeaders::default()
+        };
+        let Ok(check) = CompositeCheck::new(checksum.clone(), &headers) else {
+            return Ok(Verdict::Unverifiable {
+                reason: format!(
+                    "{} is COMPOSITE and no part size was recorded with it",
+                    checksum.describe()
+                ),
+            });
+        };
+        let mut h = ContentHasher::new(None, size);
+        h.composite = Some(check);
+        read_through(r, |b| h.update(b))?;
+        return Ok(h
+            .finish()
+            .expect("a checksum verdict comes from the stream"));
+    }
     let mut h = ChecksumHasher::new(checksum.algorithm);
     let seen = read_through(r, |b| h.update(b))?;
     if seen != size {
@@ -698,5 +872,163 @@ mod tests {
         let mut h = ContentHasher::new(Some("\"kms-opaque\""), 3);
         h.update(b"abc");
         assert!(matches!(h.finish(), Some(Verdict::Unverifiable { .. })));
+    }
+
+    /// Headers of an SSE-KMS multipart object with a COMPOSITE `alg` checksum of `d` in
+    /// `part`-byte parts, and the part size as S3 would state it.
+    fn kms_composite(
+        alg: crate::checksum::Algorithm,
+        d: &[u8],
+        part: u64,
+        stated: bool,
+    ) -> ObjectHeaders {
+        let mut h = CompositeHasher::new(alg, part);
+        h.update(d);
+        let (value, n) = h.finish();
+        ObjectHeaders {
+            sse: Some("aws:kms".into()),
+            composite_checksum: true,
+            composite: Checksum::parse_composite(alg, &value, Some(n)),
+            composite_may_be_full_object: !stated,
+            part_size: Some(Ok(part)),
+            ..ObjectHeaders::default()
+        }
+    }
+
+    fn stream(h: &mut ContentHasher, d: &[u8]) {
+        for piece in d.chunks(100_000) {
+            h.update(piece);
+        }
+    }
+
+    #[test]
+    fn a_composite_checksum_proves_an_opaque_multipart_object_and_catches_a_flip() {
+        use crate::checksum::Algorithm;
+        let d = data(2 * (5 << 20) + 12_345);
+        let part = (5 << 20) + 7;
+        let etag = Some("\"0123456789abcdef0123456789abcdef-3\"");
+        for alg in [Algorithm::Sha256, Algorithm::Crc32c] {
+            let h = kms_composite(alg, &d, part, true);
+            let mut c = ContentHasher::for_object(etag, d.len() as u64, Some(&h));
+            assert_eq!(c.proof(Some(part)), Proof::Composite(alg));
+            stream(&mut c, &d);
+            assert_eq!(
+                c.finish(),
+                Some(Verdict::Match {
+                    part_size: Some(part)
+                })
+            );
+            let mut bad = d.clone();
+            bad[6 << 20] ^= 1;
+            let mut c = ContentHasher::for_object(etag, d.len() as u64, Some(&h));
+            stream(&mut c, &bad);
+            assert!(
+                matches!(c.finish(), Some(Verdict::Mismatch { .. })),
+                "{alg:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_composite_checksum_without_a_part_size_is_unverifiable_never_a_mismatch() {
+        use crate::checksum::Algorithm;
+        let d = data(3 << 20);
+        let etag = Some("\"0123456789abcdef0123456789abcdef-2\"");
+        let mut h = kms_composite(Algorithm::Crc32, &d, 2 << 20, true);
+        h.part_size = Some(Err("the server does not state part sizes".into()));
+        let mut c = ContentHasher::for_object(etag, d.len() as u64, Some(&h));
+        stream(&mut c, &d);
+        match c.finish() {
+            Some(Verdict::Unverifiable { reason }) => {
+                assert!(reason.contains("aws:kms"), "{reason}");
+                assert!(reason.contains("does not state part sizes"), "{reason}");
+            }
+            v => panic!("{v:?}"),
+        }
+        // Not even asked for: the same.
+        h.part_size = None;
+        assert_eq!(composite_wanted(etag, &h), Some(2));
+        let mut c = ContentHasher::for_object(etag, d.len() as u64, Some(&h));
+        stream(&mut c, &d);
+        assert!(matches!(c.finish(), Some(Verdict::Unverifiable { .. })));
+    }
+
+    #[test]
+    fn a_value_of_unstated_type_is_checked_both_ways() {
+        use crate::checksum::Algorithm;
+        let d = data(3 << 20);
+        let etag = Some("\"0123456789abcdef0123456789abcdef-2\"");
+        // Really COMPOSITE (moto): proven with the part size.
+        let h = kms_composite(Algorithm::Crc32, &d, 2 << 20, false);
+        let mut c = ContentHasher::for_object(etag, d.len() as u64, Some(&h));
+        stream(&mut c, &d);
+        assert_eq!(
+            c.finish(),
+            Some(Verdict::Match {
+                part_size: Some(2 << 20)
+            })
+        );
+        // Really FULL_OBJECT: proven as such, even with no part size known.
+        let mut h = h;
+        h.composite = Checksum::parse_composite(
+            Algorithm::Crc32,
+            &crate::checksum::checksum_of(Algorithm::Crc32, &d),
+            Some(2),
+        );
+        h.part_size = Some(Err("no part size".into()));
+        let mut c = ContentHasher::for_object(etag, d.len() as u64, Some(&h));
+        assert_eq!(c.proof(None), Proof::Crc32);
+        stream(&mut c, &d);
+        assert_eq!(c.finish(), Some(Verdict::Match { part_size: None }));
+        // Neither, and no part size: unverifiable (it may be COMPOSITE), not a mismatch.
+        let mut bad = d.clone();
+        bad[7] ^= 1;
+        let mut c = ContentHasher::for_object(etag, d.len() as u64, Some(&h));
+        stream(&mut c, &bad);
+        assert!(matches!(c.finish(), Some(Verdict::Unverifiable { .. })));
+    }
+
+    #[test]
+    fn a_multipart_etag_beats_a_composite_crc_but_not_a_composite_sha() {
+        use crate::checksum::Algorithm;
+        let d = data(3 << 20);
+        let etag = multipart_etag(&d, 2 << 20);
+        let mut h = kms_composite(Algorithm::Crc32, &d, 2 << 20, true);
+        h.sse = None;
+        h.part_size = None;
+        assert_eq!(composite_wanted(Some(&etag), &h), None);
+        let mut h = kms_composite(Algorithm::Sha256, &d, 2 << 20, true);
+        h.sse = None;
+        h.part_size = None;
+        assert_eq!(composite_wanted(Some(&etag), &h), Some(2));
+    }
+
+    #[test]
+    fn a_recorded_composite_checksum_is_checked_with_its_part_size() {
+        use crate::checksum::Algorithm;
+        let d = data(3 << 20);
+        let h = kms_composite(Algorithm::Sha1, &d, 1 << 20, true);
+        let c = h.composite.unwrap();
+        let size = d.len() as u64;
+        let check = |part: Option<u64>, body: &[u8]| {
+            check_checksum(&c, size, part, std::io::Cursor::new(body.to_vec())).unwrap()
+        };
+        assert_eq!(
+            check(Some(1 << 20), &d),
+            Verdict::Match {
+                part_size: Some(1 << 20)
+            }
+        );
+        let mut bad = d.clone();
+        bad[1] ^= 1;
+        assert!(matches!(
+            check(Some(1 << 20), &bad),
+            Verdict::Mismatch { .. }
+        ));
+        assert!(matches!(check(None, &d), Verdict::Unverifiable { .. }));
+        assert!(matches!(
+            check(Some(1 << 20), &d[1..]),
+            Verdict::Mismatch { .. }
+        ));
     }
 }

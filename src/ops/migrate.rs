@@ -11,9 +11,10 @@
 //!    create must fit in the destination's free space minus `min_free` (and the store
 //!    under `max_used`) before the first byte is written.
 //! 3. **Copy**: up to `concurrency` objects at once, each streamed into an [`AtomicFile`]
-//!    while hashed, checked against its size and its strongest proof (an S3 checksum, the
-//!    ETag unless SSE-KMS/SSE-C headers make it opaque, the part size S3 states for a
-//!    multipart ETag no guess reproduces), given the object's mtime and
+//!    while hashed, checked against its size and its strongest proof (an S3 checksum —
+//!    a COMPOSITE one with the part size S3 states —, the ETag unless SSE-KMS/SSE-C
+//!    headers make it opaque, the part size S3 states for a multipart ETag no guess
+//!    reproduces), given the object's mtime and
 //!    Content-Type, fsynced and renamed into place — never over a file the plan did not
 //!    see there (the service writes the same store while we run): a free name must still
 //!    be free, a file to replace must still be that very file; otherwise the key is a
@@ -156,6 +157,12 @@ pub struct MigrateSummary {
     /// How the objects copied in this run were proven (`size_only`: listed in
     /// `unverified`).
     pub proofs: ProofCounts,
+    /// local-to-s3: how the files counted in `skipped` were found already in the bucket
+    /// (`size_only`: no content proof was possible, and the size and the file's mtime equal
+    /// to the object's LastModified decided). Empty for s3-to-local, whose skips are by
+    /// size and mtime, or by content with `--checksum`.
+    #[serde(skip_serializing_if = "ProofCounts::is_empty")]
+    pub skipped_proofs: ProofCounts,
     /// Dry run: the keys that would be copied, each with its size.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub would_copy: Vec<KeyReason>,
@@ -686,10 +693,10 @@ fn same_content(root: &Path, key: &Key, o: &ListedObject) -> Option<bool> {
         // Copied unverified (an SSE-KMS ETag, no checksum): hashing cannot tell.
         return None;
     }
+    let hint = local::read_part_size(&file);
     let verdict = match local::read_checksum(&file) {
-        Some(c) if same_object => etag::check_checksum(&c, o.size, &file),
+        Some(c) if same_object => etag::check_checksum(&c, o.size, hint, &file),
         _ => {
-            let hint = local::read_part_size(&file);
             let mut first = Some(file);
             etag::check_reader_hinted(etag.as_deref(), o.size, hint, || match first.take() {
                 Some(f) => Ok(f),
@@ -900,7 +907,14 @@ async fn copy_one(ctx: &CopyCtx, p: Planned, reporter: &dyn Reporter) -> Outcome
                         if etag.is_none() {
                             etag = got_etag;
                         }
+                        let asked = headers.as_mut().and_then(|h| h.part_size.take());
                         headers = got_headers.or(headers);
+                        if let Some(h) = headers.as_mut() {
+                            // Asked once per object, not again on a refetch.
+                            h.part_size = asked;
+                            let e = etag.as_deref();
+                            ask_part_size_if_composite(backend, &ctx.http, &path, e, size, h).await;
+                        }
                         hasher = ContentHasher::for_object(etag.as_deref(), size, headers.as_ref());
                     }
                     body
@@ -1066,7 +1080,8 @@ fn commit_checked(
         (None, None) => c.whole_proof,
     };
     if let (None, Some(sum)) = (&unverified, &c.checksum) {
-        file.set_checksum(sum)?;
+        // A COMPOSITE one goes with the part size recorded above.
+        file.set_checksum(&sum.as_matched(part_size))?;
     }
     if let Some(e) = &c.etag {
         file.set_etag(e)?;
@@ -1103,6 +1118,29 @@ async fn exact_part_size(
     // is ignored, and the likely part sizes are tried instead.
     let fits = p > 0 && (n - 1) * p < size && size <= n * p;
     (h.parts_count == Some(parts) && fits).then_some(p)
+}
+
+/// Puts the part size S3 states (`HEAD ?partNumber=1`, and the last part) into `headers`
+/// when a COMPOSITE checksum is to prove the object (see [`etag::composite_wanted`]), or
+/// why it cannot be known; leaves it alone otherwise.
+async fn ask_part_size_if_composite(
+    backend: &Backend,
+    http: &reqwest::Client,
+    path: &object_store::path::Path,
+    etag: Option<&str>,
+    size: u64,
+    headers: &mut ObjectHeaders,
+) {
+    let Some(parts) = etag::composite_wanted(etag, headers) else {
+        return;
+    };
+    headers.part_size = Some(match backend.s3.as_ref() {
+        Some(s3) => {
+            let signer = s3.signer.as_ref();
+            crate::s3::integrity::uniform_part_size(signer, http, path, parts, size).await
+        }
+        None => Err("the store states no part sizes".to_owned()),
+    });
 }
 
 /// How the last step of a copy ended.
@@ -1240,9 +1278,9 @@ fn io_outcome(root: &Path, key: &Key, e: std::io::Error) -> Outcome {
 }
 
 /// Copies every regular file under `source` into the S3 store `dst` (the rollback path).
-/// Files already in the bucket with the same size and a matching ETag are skipped; each
-/// upload carries a SHA-256 checksum the server verifies, and is checked afterwards
-/// against the object's size and ETag.
+/// Files the bucket already holds are skipped (see `already_in_bucket` for the proof it
+/// takes); each upload carries a SHA-256 checksum the server verifies, and is checked
+/// afterwards against the checksum the bucket stored, else the object's ETag.
 pub async fn local_to_s3(
     source: &Path,
     dst: &BlobStore,
@@ -1273,14 +1311,19 @@ pub async fn local_to_s3(
             ),
         ));
     }
-    // What the bucket already holds: key -> (size, etag). One small record per object.
+    // What the bucket already holds. One small record per object.
     reporter.phase("listing", None, None);
     let mut existing = std::collections::HashMap::new();
     let mut remote = dst.listing(&opts.prefix, true);
     while let Some(o) = remote.next().await {
         let o = o?;
         reporter.items_found(1);
-        existing.insert(o.key, (o.size, o.etag));
+        let present = Present {
+            size: o.size,
+            etag: o.etag,
+            last_modified: o.last_modified,
+        };
+        existing.insert(o.key, present);
     }
     drop(remote);
 
@@ -1295,6 +1338,8 @@ pub async fn local_to_s3(
         None,
     );
     let existing = Arc::new(existing);
+    // For the requests object_store cannot make (`HEAD ?partNumber=N`).
+    let http = &crate::s3::http_client()?;
     // Uploads are atomic on S3. Once stopped (interrupted, or a fatal error), no new ones
     // start, and those in flight stop at their next chunk, aborting their multipart
     // upload; the loop below drains them, so the summary counts exactly what is in the
@@ -1307,7 +1352,9 @@ pub async fn local_to_s3(
             let stop = &stop;
             async move {
                 match f {
-                    Ok(f) => upload_one(dst, f, &existing, opts.dry_run, stop, reporter).await,
+                    Ok(f) => {
+                        upload_one(dst, http, f, &existing, opts.dry_run, stop, reporter).await
+                    }
                     // An unreadable directory is one failure, not the end of the run.
                     Err(e) => (
                         String::new(),
@@ -1320,7 +1367,10 @@ pub async fn local_to_s3(
     while let Some((key, outcome)) = running.next().await {
         summary.listed += 1;
         match outcome {
-            UploadOutcome::Skipped => summary.skipped += 1,
+            UploadOutcome::Skipped(proof) => {
+                summary.skipped += 1;
+                summary.skipped_proofs.add(proof);
+            }
             UploadOutcome::WouldCopy(size) => {
                 summary.bytes_planned += size;
                 summary.would_copy.push(KeyReason {
@@ -1375,8 +1425,16 @@ pub async fn local_to_s3(
     Ok(summary)
 }
 
+/// An object the bucket listing showed.
+struct Present {
+    size: u64,
+    etag: Option<String>,
+    last_modified: DateTime<Utc>,
+}
+
 enum UploadOutcome {
-    Skipped,
+    /// Already in the bucket, as this proof showed.
+    Skipped(Proof),
     WouldCopy(u64),
     Done(Outcome),
 }
@@ -1392,9 +1450,11 @@ struct LocalFile {
     size: u64,
 }
 
-/// Size, ETag and integrity headers of a stored object (one HEAD with checksum mode).
+/// Size, ETag and integrity headers of a stored object (one HEAD with checksum mode; for
+/// a COMPOSITE checksum, the part size S3 states too).
 async fn head_object(
     dst: &BlobStore,
+    http: &reqwest::Client,
     key: &Key,
 ) -> Result<(u64, Option<String>, Option<ObjectHeaders>)> {
     if let Some(b) = dst.object_backend() {
@@ -1408,7 +1468,11 @@ async fn head_object(
             .get_opts(&path, opts)
             .await
             .map_err(|e| Error::backend(&b.name, &e))?;
-        let headers = r.extensions.get::<ObjectHeaders>().cloned();
+        let mut headers = r.extensions.get::<ObjectHeaders>().cloned();
+        if let Some(h) = headers.as_mut() {
+            let (etag, size) = (r.meta.e_tag.as_deref(), r.meta.size);
+            ask_part_size_if_composite(b, http, &path, etag, size, h).await;
+        }
         return Ok((r.meta.size, r.meta.e_tag, headers));
     }
     let m = dst.head(key).await?;
@@ -1426,8 +1490,9 @@ async fn with_file<T: Send + 'static>(
 
 async fn upload_one(
     dst: &BlobStore,
+    http: &reqwest::Client,
     f: LocalFile,
-    existing: &std::collections::HashMap<String, (u64, Option<String>)>,
+    existing: &std::collections::HashMap<String, Present>,
     dry_run: bool,
     stop: &CancellationToken,
     reporter: &dyn Reporter,
@@ -1445,18 +1510,10 @@ async fn upload_one(
         Ok(file) => Arc::new(file),
         Err(e) => return (name, failed(format!("{}: {e}", f.path.display()))),
     };
-    if let Some((size, etag)) = existing.get(&name) {
-        if *size == f.size {
-            let etag = dst.etag_or_head(&key, etag.clone()).await.ok().flatten();
-            let size = *size;
-            let same = with_file(&file, move |fh| {
-                etag::check_open_file(fh, size, etag.as_deref())
-            })
-            .await;
-            if matches!(same, Ok(Verdict::Match { .. })) {
-                reporter.bytes_done(f.size);
-                return (name, UploadOutcome::Skipped);
-            }
+    if let Some(present) = existing.get(&name).filter(|p| p.size == f.size) {
+        if let Some(proof) = already_in_bucket(dst, http, &key, &file, present).await {
+            reporter.bytes_done(f.size);
+            return (name, UploadOutcome::Skipped(proof));
         }
     }
     if dry_run {
@@ -1492,7 +1549,7 @@ async fn upload_one(
     reporter.bytes_done(f.size);
     // Check what landed against what we sent: the checksum S3 stored (and verified on
     // receipt) when it sends one, else the ETag.
-    let (stored_size, etag, headers) = match head_object(dst, &key).await {
+    let (stored_size, etag, headers) = match head_object(dst, http, &key).await {
         Ok(m) => m,
         Err(e) => {
             return (
@@ -1532,6 +1589,64 @@ async fn upload_one(
         Err(e) => Outcome::Failed(format!("{}: {e}", f.path.display())),
     };
     (name, UploadOutcome::Done(outcome))
+}
+
+/// Whether the bucket already holds the content of `file` (of the listed object's size),
+/// and the proof of it:
+/// 1. the listed ETag, when it reads as a content MD5 or a multipart ETag (no request);
+/// 2. else (an SSE-KMS or SSE-C ETag looks like an MD5 but is none; s3s-fs lists no ETags)
+///    one HEAD with checksum mode: the checksum the bucket stored — every stowage upload
+///    sends a SHA-256 and S3 keeps it, and S3 adds a CRC64NVME to every upload since 2025 —
+///    else the ETag, unless the headers call it opaque;
+/// 3. only when nothing can prove the content either way (an opaque ETag and no stored
+///    checksum: an object uploaded by another tool before checksums existed), the size and
+///    an mtime equal to the object's LastModified to the millisecond. That is the file
+///    `migrate s3-to-local` copied from this very object (it gives each file its object's
+///    LastModified), unchanged since: a replaced object has a new LastModified, a file
+///    written since has a new mtime, and either goes up again. Re-uploading instead would
+///    bring back the bug this replaces (every such object uploaded on every run); a file
+///    copied by other means has another mtime and is uploaded once, with a SHA-256 the
+///    bucket then keeps, so the next run proves it by content.
+///
+/// A content mismatch is never skipped, whatever the times say. In an SSE-KMS bucket a
+/// present file is read twice (its listed ETag looks like an MD5 until the HEAD says
+/// otherwise); a plain bucket costs no request and one read, as before.
+async fn already_in_bucket(
+    dst: &BlobStore,
+    http: &reqwest::Client,
+    key: &Key,
+    file: &Arc<std::fs::File>,
+    present: &Present,
+) -> Option<Proof> {
+    let size = present.size;
+    let listed = present
+        .etag
+        .clone()
+        .filter(|e| !matches!(etag::ETag::parse(e), etag::ETag::Opaque(_)));
+    if let Some(e) = listed {
+        let v = with_file(file, move |fh| etag::check_open_file(fh, size, Some(&e))).await;
+        match v {
+            Ok(Verdict::Match { part_size: None }) => return Some(Proof::Md5),
+            Ok(Verdict::Match { part_size: Some(_) }) => return Some(Proof::MultipartMd5),
+            _ => {}
+        }
+    }
+    let (stored, etag, headers) = head_object(dst, http, key).await.ok()?;
+    if stored != size {
+        return None;
+    }
+    let v = with_file(file, move |fh| {
+        etag::check_open_file_for_object(fh, size, etag.as_deref(), headers.as_ref())
+    })
+    .await;
+    match v.ok()? {
+        (Verdict::Match { .. }, proof) => Some(proof),
+        (Verdict::Mismatch { .. }, _) => None,
+        (Verdict::Unverifiable { .. }, _) => {
+            let mtime = with_file(file, |fh| fh.metadata()?.modified()).await.ok()?;
+            same_time(mtime, present.last_modified).then_some(Proof::SizeOnly)
+        }
+    }
 }
 
 /// Streams the regular files under `root` whose key starts with `prefix` (symlinks and

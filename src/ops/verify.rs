@@ -302,11 +302,14 @@ async fn check_file(root: &Path, key: &Key, size: u64, etag: Option<String>) -> 
             .and_then(local::read_checksum)
             .filter(|_| same_object);
         if let Some(c) = checksum {
+            // A COMPOSITE checksum was recorded with the part size it was checked with.
+            let part_size = first.as_ref().and_then(local::read_part_size);
             let f = match first.take() {
                 Some(f) => f,
                 None => local::open_beneath(&root, &k)?,
             };
-            return hash_with(&c, size, f).map(|v| (v, Some(c.proof()), true));
+            return etag::check_checksum(&c, size, part_size, f)
+                .map(|v| (v, Some(c.proof()), true));
         }
         let hint = first.as_ref().and_then(local::read_part_size);
         let proof = match etag.as_deref().map(ETag::parse) {
@@ -338,9 +341,9 @@ async fn check_file(root: &Path, key: &Key, size: u64, etag: Option<String>) -> 
     }
 }
 
-/// Hashes `file` with `checksum`'s algorithm and compares.
+/// Hashes `file` with a full-object `checksum`'s algorithm and compares.
 fn hash_with(checksum: &Checksum, size: u64, file: std::fs::File) -> std::io::Result<Verdict> {
-    etag::check_checksum(checksum, size, file)
+    etag::check_checksum(checksum, size, None, file)
 }
 
 /// The integrity headers of a HEAD of `key` (with checksum mode), if the store sends any.
@@ -365,9 +368,20 @@ async fn ask_the_bucket(
     etag: Option<&str>,
     finding: Finding,
 ) -> Finding {
-    let Some(h) = head_headers(backend, key).await else {
+    let Some(mut h) = head_headers(backend, key).await else {
         return finding;
     };
+    // A COMPOSITE checksum as the proof: the part size S3 states.
+    if let Some(parts) = etag::composite_wanted(etag, &h) {
+        let asked = match (backend.s3.as_ref(), backend.path(key)) {
+            (Some(s3), Ok(path)) => {
+                let signer = s3.signer.as_ref();
+                crate::s3::integrity::uniform_part_size(signer, http, &path, parts, size).await
+            }
+            _ => Err("the store states no part sizes".to_owned()),
+        };
+        h.part_size = Some(asked);
+    }
     match recheck(root, key, size, etag, &h, finding).await {
         f @ Finding::Unverifiable(..) => {
             with_part_size(backend, http, root, key, size, etag, f).await
@@ -452,6 +466,29 @@ async fn recheck(
                 size,
             ),
             Ok(Verdict::Unverifiable { reason }) => Finding::Unverifiable(kr(reason), size),
+            Err(e) => Finding::Unverifiable(kr(format!("cannot read the local file: {e}")), 0),
+        };
+    }
+    if h.part_size.is_some() {
+        // Set only when a COMPOSITE checksum is the proof (see `ask_the_bucket`).
+        let (root, k, e, h) = (
+            root.to_path_buf(),
+            key.clone(),
+            etag.map(str::to_owned),
+            h.clone(),
+        );
+        let v = blocking::try_run(move || {
+            let f = local::open_beneath(&root, &k)?;
+            etag::check_open_file_for_object(&f, size, e.as_deref(), Some(&h))
+        })
+        .await;
+        return match v {
+            Ok((Verdict::Match { .. }, proof)) => Finding::Identical(size, Some(proof)),
+            Ok((Verdict::Mismatch { expected, actual }, _)) => Finding::ContentDiffers(
+                kr(format!("content differs: the bucket's checksum is {expected}, the file hashes to {actual}")),
+                size,
+            ),
+            Ok((Verdict::Unverifiable { reason }, _)) => Finding::Unverifiable(kr(reason), size),
             Err(e) => Finding::Unverifiable(kr(format!("cannot read the local file: {e}")), 0),
         };
     }

@@ -30,35 +30,64 @@ pub struct ObjectHeaders {
     pub checksums: Vec<Checksum>,
     /// True when some checksum was COMPOSITE (`x-amz-checksum-type`, or a `-N` value).
     pub composite_checksum: bool,
+    /// The strongest COMPOSITE checksum sent, with its part count (from the `-N` suffix,
+    /// else the ETag's or `x-amz-mp-parts-count`).
+    pub composite: Option<Checksum>,
+    /// True when `composite` is a bare value on a multipart object and the server named no
+    /// `x-amz-checksum-type` (moto): it may be a FULL_OBJECT checksum instead.
+    pub composite_may_be_full_object: bool,
     /// `x-amz-mp-parts-count`.
     pub parts_count: Option<u32>,
     /// `Content-Length` of this response.
     pub content_length: Option<u64>,
+    /// The size of every part but the last, as S3 stated it (see [`uniform_part_size`]),
+    /// or why it is not known. Not a header: set by the caller before a COMPOSITE
+    /// checksum is checked.
+    pub part_size: Option<Result<u64, String>>,
 }
 
 impl ObjectHeaders {
     /// Parses the headers of a GET or HEAD object response.
     pub fn from_headers(h: &HeaderMap) -> ObjectHeaders {
         let text = |name: &str| h.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
-        let composite_type = text("x-amz-checksum-type").is_some_and(|t| t == "COMPOSITE");
-        let mut checksums = Vec::new();
-        let mut composite_checksum = composite_type;
-        for alg in Algorithm::ALL {
-            if let Some(v) = text(&format!("x-amz-checksum-{}", alg.name())) {
-                match Checksum::parse(alg, v) {
-                    Some(c) if !composite_type => checksums.push(c),
-                    _ => composite_checksum |= v.contains('-'),
-                }
-            }
-        }
-        ObjectHeaders {
+        let stated = text("x-amz-checksum-type");
+        let parts_count = text("x-amz-mp-parts-count").and_then(|v| v.parse().ok());
+        // A multipart object's part count, from its ETag (`"…-N"`) or the parts header.
+        let multipart = text("etag")
+            .and_then(|e| e.trim_matches('"').rsplit_once('-'))
+            .and_then(|(_, n)| n.parse::<u32>().ok())
+            .or(parts_count);
+        let mut me = ObjectHeaders {
             sse: text("x-amz-server-side-encryption").map(str::to_owned),
             sse_customer: text("x-amz-server-side-encryption-customer-algorithm").is_some(),
-            checksums,
-            composite_checksum,
-            parts_count: text("x-amz-mp-parts-count").and_then(|v| v.parse().ok()),
+            composite_checksum: stated == Some("COMPOSITE"),
+            parts_count,
             content_length: text("content-length").and_then(|v| v.parse().ok()),
+            ..ObjectHeaders::default()
+        };
+        // Strongest first: the first composite found is kept.
+        for alg in Algorithm::ALL {
+            let Some(v) = text(&format!("x-amz-checksum-{}", alg.name())) else {
+                continue;
+            };
+            let suffixed = v.contains('-');
+            let composite = match stated {
+                Some("COMPOSITE") => true,
+                Some(_) => false,
+                None => suffixed || multipart.is_some(),
+            };
+            if !composite {
+                me.checksums.extend(Checksum::parse(alg, v));
+                continue;
+            }
+            me.composite_checksum = true;
+            if me.composite.is_none() {
+                me.composite = Checksum::parse_composite(alg, v, multipart);
+                me.composite_may_be_full_object =
+                    me.composite.is_some() && stated.is_none() && !suffixed;
+            }
         }
+        me
     }
 
     /// Why the object's ETag is not an MD5 of its content, when the headers say so:
@@ -79,6 +108,55 @@ impl ObjectHeaders {
     pub fn best_checksum(&self) -> Option<&Checksum> {
         self.checksums.iter().max_by_key(|c| c.algorithm)
     }
+}
+
+/// The size of every part but the last of the multipart object at `path` (`size` bytes
+/// in `parts` parts), as S3 states it: part 1's `Content-Length` (`HEAD ?partNumber=1`),
+/// checked against the part count and the size, and, for three parts or more, against the
+/// last part's `Content-Length`, which must be the remainder. A COMPOSITE checksum can
+/// only be recomputed when the parts are uniform like that (every SDK uploads so); an
+/// upload whose middle parts differ while part 1 and the last fit is not detected here.
+/// One part needs no request. The error says why the size is not known.
+pub(crate) async fn uniform_part_size(
+    signer: &dyn object_store::signer::Signer,
+    http: &reqwest::Client,
+    path: &object_store::path::Path,
+    parts: u32,
+    size: u64,
+) -> Result<u64, String> {
+    if parts <= 1 {
+        return Ok(size.max(1));
+    }
+    let first = head_part(signer, http, path, 1).await?;
+    let n = u64::from(parts);
+    let p = match (first.content_length, first.parts_count) {
+        (Some(p), Some(count)) if count == parts => p,
+        (_, Some(count)) => {
+            return Err(format!(
+                "the checksum covers {parts} parts but the server counts {count}"
+            ))
+        }
+        // Some S3-compatible servers answer partNumber with the whole object.
+        _ => return Err("the server does not state part sizes (HEAD ?partNumber=1)".into()),
+    };
+    if p == 0 || (n - 1) * p >= size || size > n * p {
+        return Err(format!(
+            "the parts are not uniform: {parts} parts of {p} bytes cannot make {size} bytes"
+        ));
+    }
+    if parts >= 3 {
+        let last = head_part(signer, http, path, parts).await?;
+        let remainder = size - (n - 1) * p;
+        if last.content_length != Some(remainder) {
+            return Err(format!(
+                "the parts are not uniform: part 1 is {p} bytes, so part {parts} would be \
+                 {remainder}, but the server says {}",
+                last.content_length
+                    .map_or("nothing".to_owned(), |l| format!("{l} bytes"))
+            ));
+        }
+    }
+    Ok(p)
 }
 
 /// Asks for part `part` of a multipart object (`HEAD ?partNumber=N`, checksum mode on):
@@ -190,10 +268,44 @@ mod tests {
         ]);
         assert!(h.composite_checksum);
         assert_eq!(h.best_checksum().unwrap().algorithm, Algorithm::Sha256);
+        let c = h.composite.unwrap();
+        assert_eq!((c.algorithm, c.parts), (Algorithm::Crc32, Some(2)));
+        assert!(!h.composite_may_be_full_object);
+        // COMPOSITE stated, the count from the ETag.
         let h = headers(&[
             ("x-amz-checksum-crc32", "NhCmhg=="),
             ("x-amz-checksum-type", "COMPOSITE"),
+            ("etag", "\"d41d8cd98f00b204e9800998ecf8427e-4\""),
         ]);
         assert!(h.checksums.is_empty() && h.composite_checksum);
+        assert_eq!(h.composite.unwrap().parts, Some(4));
+        assert!(!h.composite_may_be_full_object);
+    }
+
+    #[test]
+    fn a_bare_checksum_on_a_multipart_object_may_be_either_type() {
+        // moto: no x-amz-checksum-type and no `-N`, on an object whose ETag ends in -3.
+        let h = headers(&[
+            ("x-amz-checksum-crc32", "zT8eCA=="),
+            ("etag", "\"385867b5694a41d600b1b51a733c2d03-3\""),
+        ]);
+        assert!(h.checksums.is_empty());
+        assert_eq!(h.composite.as_ref().unwrap().parts, Some(3));
+        assert!(h.composite_may_be_full_object);
+        // S3 names the type: a FULL_OBJECT CRC64NVME on a multipart object is one.
+        let h = headers(&[
+            ("x-amz-checksum-crc64nvme", "AAAAAAAAAAA="),
+            ("x-amz-checksum-type", "FULL_OBJECT"),
+            ("etag", "\"385867b5694a41d600b1b51a733c2d03-3\""),
+        ]);
+        assert_eq!(h.checksums.len(), 1);
+        assert!(h.composite.is_none() && !h.composite_checksum);
+        // A single-part object's bare value is a full-object one.
+        let h = headers(&[
+            ("x-amz-checksum-crc32", "NhCmhg=="),
+            ("etag", "\"d41d8cd98f00b204e9800998ecf8427e\""),
+        ]);
+        assert_eq!(h.checksums.len(), 1);
+        assert!(h.composite.is_none());
     }
 }

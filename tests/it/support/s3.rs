@@ -463,7 +463,7 @@ pub struct Faults {
     list_delays: Mutex<VecDeque<Duration>>,
     failing_keys: Mutex<std::collections::HashMap<String, (u16, Duration)>>,
     slow_keys: Mutex<std::collections::HashMap<String, Duration>>,
-    kms_keys: Mutex<std::collections::HashMap<String, Option<(String, String)>>>,
+    kms_keys: Mutex<std::collections::HashMap<String, KmsChecksum>>,
     gets_by_key: Mutex<std::collections::HashMap<String, u64>>,
 }
 
@@ -593,11 +593,36 @@ impl Faults {
     /// ETags are), `x-amz-server-side-encryption: aws:kms` is added, and, when given, the
     /// full-object checksum `(alg, base64)` as `x-amz-checksum-<alg>`.
     pub fn present_as_kms(&self, key: &str, checksum: Option<(&str, String)>) {
+        let checksum = match checksum {
+            Some((a, v)) => KmsChecksum::Fixed(a.to_owned(), v),
+            None => KmsChecksum::Strip,
+        };
         self.kms_keys
             .lock()
             .unwrap()
-            .insert(key.to_owned(), checksum.map(|(a, v)| (a.to_owned(), v)));
+            .insert(key.to_owned(), checksum);
     }
+
+    /// Like [`Faults::present_as_kms`], but the checksums the server stored with the
+    /// object's latest upload are kept, as an SSE-KMS bucket keeps the checksum each
+    /// upload sent.
+    pub fn present_as_kms_keeping_checksums(&self, key: &str) {
+        self.kms_keys
+            .lock()
+            .unwrap()
+            .insert(key.to_owned(), KmsChecksum::Stored);
+    }
+}
+
+/// The checksum a key presented as SSE-KMS carries ([`Faults::present_as_kms`]).
+#[derive(Debug, Clone)]
+enum KmsChecksum {
+    /// None: every stored checksum is removed.
+    Strip,
+    /// This `(alg, base64)`, whatever was stored.
+    Fixed(String, String),
+    /// The ones the server stored.
+    Stored,
 }
 
 /// True for `GET /bucket/key` (path-style): a GetObject, not a listing of the bucket.
@@ -732,7 +757,7 @@ async fn with_faults(
 
 /// Rewrites a GET/HEAD answer to look like an SSE-KMS object's (see
 /// [`Faults::present_as_kms`]).
-fn as_kms<B>(mut resp: Response<B>, key: &str, checksum: Option<(String, String)>) -> Response<B> {
+fn as_kms<B>(mut resp: Response<B>, key: &str, checksum: KmsChecksum) -> Response<B> {
     use md5::Digest;
     let fake = format!(
         "\"{}\"",
@@ -741,10 +766,13 @@ fn as_kms<B>(mut resp: Response<B>, key: &str, checksum: Option<(String, String)
     let h = resp.headers_mut();
     h.insert(hyper::header::ETAG, fake.parse().unwrap());
     h.insert("x-amz-server-side-encryption", "aws:kms".parse().unwrap());
+    if matches!(checksum, KmsChecksum::Stored) {
+        return resp;
+    }
     for alg in ["crc32", "crc32c", "crc64nvme", "sha1", "sha256"] {
         h.remove(format!("x-amz-checksum-{alg}").as_str());
     }
-    if let Some((alg, value)) = checksum {
+    if let KmsChecksum::Fixed(alg, value) = checksum {
         h.insert(
             hyper::header::HeaderName::from_bytes(format!("x-amz-checksum-{alg}").as_bytes())
                 .unwrap(),

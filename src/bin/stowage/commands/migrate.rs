@@ -56,8 +56,10 @@ pub(crate) enum MigrateCommand {
     /// Copy a local store back into a bucket (the rollback path).
     ///
     /// Files are uploaded with a SHA-256 checksum the server verifies (multipart above
-    /// 8 MiB) and their Content-Type; files already in the bucket with the same size and a
-    /// matching ETag are skipped. Symlinks and stowage's own temp files are never uploaded.
+    /// 8 MiB) and their Content-Type; a file already in the bucket is skipped when its
+    /// content is proven the object's (the ETag, else the checksum the bucket stored), or,
+    /// where nothing can prove it (an SSE-KMS ETag, no checksum), when its size and mtime
+    /// equal the object's. Symlinks and stowage's own temp files are never uploaded.
     ///
     /// Example:
     ///   stowage migrate local-to-s3 --source /opt/meme-maker/storage --bucket clips-prod
@@ -386,7 +388,16 @@ fn print_human(s: &MigrateSummary) {
     if s.copied > 0 {
         outln!("  proven by   {}", s.proofs.describe());
     }
-    outln!("  skipped     {:>8} already present", s.skipped);
+    if s.skipped_proofs.is_empty() {
+        outln!("  skipped     {:>8} already present", s.skipped);
+    } else {
+        // local-to-s3 says how each skip was proven (size_only: by size and mtime).
+        outln!(
+            "  skipped     {:>8} already present ({})",
+            s.skipped,
+            s.skipped_proofs.describe()
+        );
+    }
     if s.too_old > 0 {
         outln!("  too old     {:>8} older than --max-age", s.too_old);
     }
