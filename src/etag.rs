@@ -435,7 +435,7 @@ fn choose(etag: Option<&str>, h: &ObjectHeaders) -> Choice {
 
 /// The part count of the COMPOSITE checksum [`ContentHasher::for_object`] would check for
 /// this object: the caller then asks S3 for the part size
-/// ([`crate::s3::integrity::uniform_part_size`]) and puts it in `headers.part_size`.
+/// (`s3::integrity::uniform_part_size`) and puts it in `headers.part_size`.
 /// `None` when another proof comes first, or the part size is already there.
 pub fn composite_wanted(etag: Option<&str>, headers: &ObjectHeaders) -> Option<u32> {
     match choose(etag, headers) {

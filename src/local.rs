@@ -206,6 +206,7 @@ pub fn open_beneath(root: &Path, key: &Key) -> io::Result<File> {
 /// must not wait for the disk: `openat2` with `RESOLVE_CACHED` (Linux 5.12). `None` when
 /// the lookup would need the disk, the kernel lacks it, or anything failed: the caller
 /// then takes the blocking path, which gives the authoritative answer (404s included).
+#[cfg(feature = "http")]
 pub(crate) fn open_beneath_cached(root: &Path, key: &Key) -> Option<File> {
     use std::sync::atomic::{AtomicBool, Ordering};
     static UNAVAILABLE: AtomicBool = AtomicBool::new(false);
@@ -496,7 +497,7 @@ impl AtomicFile {
     /// no-replace rename as [`Expect::Absent`] (`renameat2(RENAME_NOREPLACE)`), so of two
     /// writers racing for one name exactly one wins, then the directory fsync. `Ok(false)`
     /// when the final name was already taken by a file (the temp file is removed). For
-    /// `local_store::LocalStore`'s `PutMode::Create` / `CopyMode::Create`.
+    /// `store::LocalStore`'s `PutMode::Create` / `CopyMode::Create`.
     pub(crate) fn commit_noreplace(self) -> Result<bool, PlaceError> {
         match self.commit_unsynced_dir_expecting(Expect::Absent) {
             Ok(dir) => {

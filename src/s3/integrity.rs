@@ -40,7 +40,7 @@ pub struct ObjectHeaders {
     pub parts_count: Option<u32>,
     /// `Content-Length` of this response.
     pub content_length: Option<u64>,
-    /// The size of every part but the last, as S3 stated it (see [`uniform_part_size`]),
+    /// The size of every part but the last, as S3 stated it (see `uniform_part_size`),
     /// or why it is not known. Not a header: set by the caller before a COMPOSITE
     /// checksum is checked.
     pub part_size: Option<Result<u64, String>>,
