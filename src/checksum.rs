@@ -252,51 +252,60 @@ impl ChecksumHasher {
     }
 }
 
-/// Computes a COMPOSITE checksum over a body fed in pieces: every `part_size` bytes are
-/// one part (the last may be shorter), each part's binary checksum is fed to an outer
-/// checksum of the same algorithm, and the value is that outer checksum, `-N`.
-pub struct CompositeHasher {
-    algorithm: Algorithm,
+/// A digest computed part by part: every `part_size` bytes (the last part may be shorter)
+/// are digested on their own, and each part's binary digest is fed to an outer digest of
+/// the same kind. It is the shape of both a multipart ETag (MD5 of the part MD5s) and a
+/// COMPOSITE checksum (the algorithm over the part checksums): one splitting for both.
+pub(crate) struct Partwise<D> {
     part_size: u64,
-    current: ChecksumHasher,
+    current: D,
     filled: u64,
-    outer: ChecksumHasher,
+    outer: D,
     count: u32,
 }
 
-impl std::fmt::Debug for CompositeHasher {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CompositeHasher")
-            .field("algorithm", &self.algorithm)
-            .field("part_size", &self.part_size)
-            .finish()
+/// A digest [`Partwise`] can split a body for.
+pub(crate) trait PartDigest: Sized {
+    /// A new, empty digest of the same kind.
+    fn fresh(&self) -> Self;
+    fn feed(&mut self, data: &[u8]);
+    fn finish_raw(self) -> Vec<u8>;
+}
+
+impl PartDigest for ChecksumHasher {
+    fn fresh(&self) -> Self {
+        ChecksumHasher::new(self.algorithm)
+    }
+    fn feed(&mut self, data: &[u8]) {
+        self.update(data)
+    }
+    fn finish_raw(self) -> Vec<u8> {
+        ChecksumHasher::finish_raw(self)
     }
 }
 
-impl CompositeHasher {
-    /// A hasher for `algorithm` over parts of `part_size` bytes (at least 1).
-    pub fn new(algorithm: Algorithm, part_size: u64) -> CompositeHasher {
-        CompositeHasher {
-            algorithm,
+impl<D: PartDigest> Partwise<D> {
+    /// Parts of `part_size` bytes (at least 1), digested like `digest`.
+    pub(crate) fn new(digest: D, part_size: u64) -> Partwise<D> {
+        Partwise {
             part_size: part_size.max(1),
-            current: ChecksumHasher::new(algorithm),
+            current: digest.fresh(),
             filled: 0,
-            outer: ChecksumHasher::new(algorithm),
+            outer: digest,
             count: 0,
         }
     }
 
-    /// The part size.
-    pub fn part_size(&self) -> u64 {
+    pub(crate) fn part_size(&self) -> u64 {
         self.part_size
     }
 
     /// Feeds the next bytes.
-    pub fn update(&mut self, mut data: &[u8]) {
+    pub(crate) fn update(&mut self, mut data: &[u8]) {
         while !data.is_empty() {
             let room = (self.part_size - self.filled) as usize;
             let take = room.min(data.len());
-            self.current.update(&data[..take]);
+            self.current.feed(&data[..take]);
             self.filled += take as u64;
             data = &data[take..];
             if self.filled == self.part_size {
@@ -306,18 +315,63 @@ impl CompositeHasher {
     }
 
     fn close_part(&mut self) {
-        let part = std::mem::replace(&mut self.current, ChecksumHasher::new(self.algorithm));
-        self.outer.update(&part.finish_raw());
+        let fresh = self.current.fresh();
+        let part = std::mem::replace(&mut self.current, fresh);
+        self.outer.feed(&part.finish_raw());
         self.count += 1;
         self.filled = 0;
     }
 
-    /// The base64 value (without `-N`) and the number of parts N.
-    pub fn finish(mut self) -> (String, u32) {
+    /// The outer digest (not yet finished) and the number of parts; an empty body is one
+    /// empty part, as S3 counts it.
+    pub(crate) fn finish(mut self) -> (D, u32) {
         if self.filled > 0 || self.count == 0 {
             self.close_part();
         }
-        (self.outer.finish(), self.count)
+        (self.outer, self.count)
+    }
+}
+
+/// Computes a COMPOSITE checksum over a body fed in pieces: every `part_size` bytes are
+/// one part (the last may be shorter), each part's binary checksum is fed to an outer
+/// checksum of the same algorithm, and the value is that outer checksum, `-N`.
+pub struct CompositeHasher {
+    algorithm: Algorithm,
+    parts: Partwise<ChecksumHasher>,
+}
+
+impl std::fmt::Debug for CompositeHasher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CompositeHasher")
+            .field("algorithm", &self.algorithm)
+            .field("part_size", &self.parts.part_size())
+            .finish()
+    }
+}
+
+impl CompositeHasher {
+    /// A hasher for `algorithm` over parts of `part_size` bytes (at least 1).
+    pub fn new(algorithm: Algorithm, part_size: u64) -> CompositeHasher {
+        CompositeHasher {
+            algorithm,
+            parts: Partwise::new(ChecksumHasher::new(algorithm), part_size),
+        }
+    }
+
+    /// The part size.
+    pub fn part_size(&self) -> u64 {
+        self.parts.part_size()
+    }
+
+    /// Feeds the next bytes.
+    pub fn update(&mut self, data: &[u8]) {
+        self.parts.update(data)
+    }
+
+    /// The base64 value (without `-N`) and the number of parts N.
+    pub fn finish(self) -> (String, u32) {
+        let (outer, count) = self.parts.finish();
+        (outer.finish(), count)
     }
 }
 

@@ -12,6 +12,7 @@ use std::io::Read;
 use md5::{Digest, Md5};
 
 use crate::checksum::{Checksum, ChecksumHasher, CompositeHasher, Proof};
+use crate::checksum::{PartDigest, Partwise};
 use crate::s3::ObjectHeaders;
 
 /// A parsed ETag.
@@ -129,50 +130,37 @@ pub fn candidate_part_sizes(size: u64, parts: u32) -> Vec<u64> {
     out
 }
 
-struct PartHasher {
-    part_size: u64,
-    current: Md5,
-    filled: u64,
-    parts: Md5,
-    count: u32,
+/// The parts of a multipart ETag: MD5s of each part, MD5'd again.
+struct PartHasher(Partwise<Md5>);
+
+impl PartDigest for Md5 {
+    fn fresh(&self) -> Self {
+        Md5::new()
+    }
+    fn feed(&mut self, data: &[u8]) {
+        self.update(data)
+    }
+    fn finish_raw(self) -> Vec<u8> {
+        self.finalize().to_vec()
+    }
 }
 
 impl PartHasher {
     fn new(part_size: u64) -> PartHasher {
-        PartHasher {
-            part_size,
-            current: Md5::new(),
-            filled: 0,
-            parts: Md5::new(),
-            count: 0,
-        }
+        PartHasher(Partwise::new(Md5::new(), part_size))
     }
 
-    fn update(&mut self, mut data: &[u8]) {
-        while !data.is_empty() {
-            let room = (self.part_size - self.filled) as usize;
-            let take = room.min(data.len());
-            self.current.update(&data[..take]);
-            self.filled += take as u64;
-            data = &data[take..];
-            if self.filled == self.part_size {
-                self.close_part();
-            }
-        }
+    fn update(&mut self, data: &[u8]) {
+        self.0.update(data)
     }
 
-    fn close_part(&mut self) {
-        let d = std::mem::take(&mut self.current).finalize();
-        self.parts.update(d);
-        self.count += 1;
-        self.filled = 0;
+    fn part_size(&self) -> u64 {
+        self.0.part_size()
     }
 
-    fn finish(mut self) -> ([u8; 16], u32) {
-        if self.filled > 0 || self.count == 0 {
-            self.close_part();
-        }
-        (self.parts.finalize().into(), self.count)
+    fn finish(self) -> ([u8; 16], u32) {
+        let (outer, count) = self.0.finish();
+        (outer.finalize().into(), count)
     }
 }
 
@@ -381,7 +369,7 @@ impl ContentHasher {
                 let total = candidate_part_sizes(self.size, parts).len();
                 let tried = self.parts.len();
                 for p in self.parts {
-                    let part_size = p.part_size;
+                    let part_size = p.part_size();
                     let (d, n) = p.finish();
                     if d == digest && n == parts {
                         return Some(Verdict::Match {
@@ -623,7 +611,7 @@ pub fn check_reader<R: Read>(
                     return Ok(size_mismatch(size, seen));
                 }
                 for h in hashers {
-                    let p = h.part_size;
+                    let p = h.part_size();
                     let (d, n) = h.finish();
                     if d == digest && n == parts {
                         return Ok(Verdict::Match { part_size: Some(p) });

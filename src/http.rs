@@ -588,10 +588,12 @@ fn evaluate(meta: &Meta, headers: &HeaderMap) -> Outcome {
     // Only a strong ETag match keeps the range. A date is a weak validator with
     // one-second resolution (RFC 9110 §13.1.5 lets us ignore it): two versions written
     // within a second share it, and honouring it would splice them.
-    // If-Range holds one entity tag (RFC 9110 §13.1.5): `*` or a list is not ours.
-    if let Some(if_range) = single(headers, &header::IF_RANGE) {
+    // If-Range holds one entity tag (RFC 9110 §13.1.5): `*` or a list is not ours, and
+    // one we cannot read (not ASCII, sent twice) is no match either: the whole object.
+    if headers.contains_key(header::IF_RANGE) {
         let ours = etag.filter(|e| !e.starts_with("W/"));
-        if ours != Some(if_range.trim()) {
+        let theirs = single(headers, &header::IF_RANGE).map(str::trim);
+        if ours.is_none() || ours != theirs {
             return full;
         }
     }
