@@ -5,6 +5,7 @@ mod cleanup;
 mod cli_ux;
 mod config;
 mod conformance;
+mod deleted_while_copied;
 mod disk;
 mod facade;
 mod http;
