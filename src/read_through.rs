@@ -75,7 +75,14 @@ pub struct ReadThroughOptions {
     /// Objects larger than this are served from the fallback but not copied on read (a
     /// copy is held in memory until it is checked; a catch-up `migrate` copies them).
     pub max_copy_size: u64,
+    /// How long `/healthz` ([`health_and_metrics`]) waits for the fallback's answer, and
+    /// for the local root, before answering 503: a load balancer's probe must never hang.
+    pub health_timeout: std::time::Duration,
 }
+
+/// The default [`ReadThroughOptions::health_timeout`]: shorter than the usual load
+/// balancer probe timeout (5 s on AWS ALB, nginx's and HAProxy's checks alike).
+pub const DEFAULT_HEALTH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 
 impl Default for ReadThroughOptions {
     fn default() -> ReadThroughOptions {
@@ -83,6 +90,7 @@ impl Default for ReadThroughOptions {
             copy_on_read: true,
             dual_write: false,
             max_copy_size: 256 << 20,
+            health_timeout: DEFAULT_HEALTH_TIMEOUT,
         }
     }
 }
@@ -103,6 +111,12 @@ impl ReadThroughOptions {
     /// Sets the largest object copied on read.
     pub fn with_max_copy_size(mut self, bytes: u64) -> ReadThroughOptions {
         self.max_copy_size = bytes;
+        self
+    }
+
+    /// Sets how long `/healthz` waits for the fallback and the local root.
+    pub fn with_health_timeout(mut self, timeout: std::time::Duration) -> ReadThroughOptions {
+        self.health_timeout = timeout;
         self
     }
 }
