@@ -6,6 +6,7 @@ mod cli_ux;
 mod config;
 mod conformance;
 mod deleted_while_copied;
+mod deploy;
 mod disk;
 mod facade;
 mod http;
