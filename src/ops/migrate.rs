@@ -19,8 +19,11 @@
 //!    be free, a file to replace must still be that very file; otherwise the key is a
 //!    conflict and the local file stays. A local file newer than the object is never
 //!    planned for replacement at all. A broken body resumes with a Range
-//!    request pinned to the ETag; a corrupt one is fetched again. One `syncfs` makes the
-//!    run's renames durable before the summary is returned.
+//!    request pinned to the ETag; a corrupt one is fetched again. Once a file is in place
+//!    the source is asked again (HEAD): an object deleted meanwhile (the service deleting
+//!    a clip through the read-through store) has the file just committed removed, and is
+//!    listed in `vanished` (see `recheck_source` for why the order closes the race). One
+//!    `syncfs` makes the run's renames durable before the summary is returned.
 //!
 //! A failed object is recorded and the run goes on. A full disk, revoked credentials or
 //! an interruption stop it: no new copy starts, the ones in flight stop at their next
@@ -1034,6 +1037,8 @@ async fn copy_one(ctx: &CopyCtx, p: Planned, reporter: &dyn Reporter) -> Outcome
                 placed,
             }) => {
                 // The file is in place; was the object deleted from the source meanwhile?
+                // (The body is done with: its stream permit goes to the next object.)
+                _stream = None;
                 match recheck_source(ctx, backend, &path, &p.key, placed, reporter).await {
                     Some(reason) => Outcome::Vanished(reason),
                     None => Outcome::Copied {
