@@ -2,8 +2,8 @@
 //! load balancer probes and what Prometheus scrapes while the fallback is still in use.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::State;
@@ -22,10 +22,10 @@ struct Probe {
     read_through: Option<ReadThrough>,
     /// Each check's bound: the read-through store's `health_timeout`, or the default.
     timeout: Duration,
-    /// Set while a root check runs on the blocking pool. A check that outlived its
-    /// timeout (a hung mount) keeps its thread; later probes answer 503 at once instead
-    /// of stacking up more stuck threads behind it.
-    root_check_running: Arc<AtomicBool>,
+    /// Root checks that outlived their timeout and still hold a blocking thread (a hung
+    /// mount). While there are any, probes answer 503 at once instead of stacking up more
+    /// stuck threads behind them.
+    stuck_root_checks: Arc<AtomicUsize>,
 }
 
 /// A router answering `GET /healthz` (200 `ok` when the local `root` can be read and,
@@ -50,7 +50,7 @@ where
                 .map_or(DEFAULT_HEALTH_TIMEOUT, |rt| rt.options().health_timeout),
             root,
             read_through,
-            root_check_running: Arc::new(AtomicBool::new(false)),
+            stuck_root_checks: Arc::new(AtomicUsize::new(0)),
         })
 }
 
@@ -100,23 +100,38 @@ async fn check_root(p: &Probe, root: &std::path::Path) -> Result<(), String> {
             seconds(p.timeout)
         )
     };
-    if p.root_check_running.swap(true, Ordering::SeqCst) {
+    if p.stuck_root_checks.load(Ordering::SeqCst) > 0 {
         return Err(stuck());
     }
-    let (dir, running) = (root.to_path_buf(), Arc::clone(&p.root_check_running));
+    // (finished, abandoned): whichever of the check and its timeout comes second settles
+    // the count of stuck checks, under the lock.
+    let fate = Arc::new(Mutex::new((false, false)));
+    let (dir, stuck_count, task_fate) = (
+        root.to_path_buf(),
+        Arc::clone(&p.stuck_root_checks),
+        Arc::clone(&fate),
+    );
     let task = tokio::task::spawn_blocking(move || {
         let res = std::fs::read_dir(&dir).and_then(|mut d| d.next().transpose().map(drop));
-        running.store(false, Ordering::SeqCst);
+        let mut f = task_fate.lock().unwrap_or_else(|e| e.into_inner());
+        f.0 = true;
+        if f.1 {
+            stuck_count.fetch_sub(1, Ordering::SeqCst);
+        }
         res
     });
     match tokio::time::timeout(p.timeout, task).await {
         Ok(Ok(Ok(()))) => Ok(()),
         Ok(Ok(Err(e))) => Err(format!("store root {} cannot be read: {e}", root.display())),
-        Ok(Err(e)) => {
-            p.root_check_running.store(false, Ordering::SeqCst);
-            Err(format!("store root check failed: {e}"))
+        Ok(Err(e)) => Err(format!("store root check failed: {e}")),
+        Err(_) => {
+            let mut f = fate.lock().unwrap_or_else(|e| e.into_inner());
+            if !f.0 {
+                f.1 = true;
+                p.stuck_root_checks.fetch_add(1, Ordering::SeqCst);
+            }
+            Err(stuck())
         }
-        Err(_) => Err(stuck()),
     }
 }
 
