@@ -75,8 +75,9 @@ pub struct ReadThroughOptions {
     /// Objects larger than this are served from the fallback but not copied on read (a
     /// copy is held in memory until it is checked; a catch-up `migrate` copies them).
     pub max_copy_size: u64,
-    /// How long `/healthz` ([`health_and_metrics`]) waits for the fallback's answer, and
-    /// for the local root, before answering 503: a load balancer's probe must never hang.
+    /// How long `/healthz` (`health_and_metrics`, feature `http`) waits for the
+    /// fallback's answer, and for the local root, before answering 503: a load
+    /// balancer's probe must never hang.
     pub health_timeout: std::time::Duration,
 }
 
