@@ -19,6 +19,8 @@
 //!   the check is not written, and every reader's stream ends in an error.
 //! - **Deletes go to both stores, fallback first**, and cancel an in-flight copy of the key
 //!   (waiting for one that is already committing), so a deleted object never comes back.
+//!   A copy asks the fallback again once it is committed and removes itself if the object
+//!   is gone there: another process's delete cannot cancel this one's flight.
 //! - **Writes go to the primary; with dual write also to the fallback**, primary first. If
 //!   the fallback write fails the primary keeps the object, the call returns the error and
 //!   `dual_write_failures` counts it: the caller can retry (an overwrite) and a rollback
@@ -73,7 +75,15 @@ pub struct ReadThroughOptions {
     /// Objects larger than this are served from the fallback but not copied on read (a
     /// copy is held in memory until it is checked; a catch-up `migrate` copies them).
     pub max_copy_size: u64,
+    /// How long `/healthz` (`health_and_metrics`, feature `http`) waits for the
+    /// fallback's answer, and for the local root, before answering 503: a load
+    /// balancer's probe must never hang.
+    pub health_timeout: std::time::Duration,
 }
+
+/// The default [`ReadThroughOptions::health_timeout`]: shorter than the usual load
+/// balancer probe timeout (5 s on AWS ALB, nginx's and HAProxy's checks alike).
+pub const DEFAULT_HEALTH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 
 impl Default for ReadThroughOptions {
     fn default() -> ReadThroughOptions {
@@ -81,6 +91,7 @@ impl Default for ReadThroughOptions {
             copy_on_read: true,
             dual_write: false,
             max_copy_size: 256 << 20,
+            health_timeout: DEFAULT_HEALTH_TIMEOUT,
         }
     }
 }
@@ -103,6 +114,12 @@ impl ReadThroughOptions {
         self.max_copy_size = bytes;
         self
     }
+
+    /// Sets how long `/healthz` waits for the fallback and the local root.
+    pub fn with_health_timeout(mut self, timeout: std::time::Duration) -> ReadThroughOptions {
+        self.health_timeout = timeout;
+        self
+    }
 }
 
 /// What a [`ReadThrough`] has done since it was built ([`ReadThrough::stats`]).
@@ -121,6 +138,9 @@ pub struct ReadThroughStats {
     /// Copies that failed: a body that did not match its size or ETag, a broken fallback
     /// stream, or a primary write error.
     pub copy_failures: u64,
+    /// Copies removed again right after they were made, because the fallback no longer
+    /// had the object: another process deleted it while this one copied it.
+    pub copies_removed: u64,
     /// Writes, copies or renames that reached the primary but not the fallback.
     pub dual_write_failures: u64,
 }
@@ -129,7 +149,7 @@ impl ReadThroughStats {
     /// The counters in the Prometheus text exposition format (version 0.0.4), each a
     /// `counter` named `stowage_read_through_<field>_total`.
     pub fn prometheus(&self) -> String {
-        let rows: [(&str, u64, &str); 6] = [
+        let rows: [(&str, u64, &str); 7] = [
             (
                 "fallback_hits",
                 self.fallback_hits,
@@ -156,6 +176,11 @@ impl ReadThroughStats {
                 "Copies on read that failed (body check, fallback stream or primary write).",
             ),
             (
+                "copies_removed",
+                self.copies_removed,
+                "Copies on read removed again because another process deleted the object meanwhile.",
+            ),
+            (
                 "dual_write_failures",
                 self.dual_write_failures,
                 "Writes that reached the primary store but not the fallback.",
@@ -179,6 +204,7 @@ struct Counters {
     copies: AtomicU64,
     copies_skipped: AtomicU64,
     copy_failures: AtomicU64,
+    copies_removed: AtomicU64,
     dual_write_failures: AtomicU64,
 }
 
@@ -275,6 +301,7 @@ impl ReadThrough {
             copies: get(&c.copies),
             copies_skipped: get(&c.copies_skipped),
             copy_failures: get(&c.copy_failures),
+            copies_removed: get(&c.copies_removed),
             dual_write_failures: get(&c.dual_write_failures),
         }
     }
@@ -489,9 +516,42 @@ impl Shared {
                 .await;
         }
         match res {
-            Ok(_) => bump(&self.counters.copies),
+            Ok(put) => {
+                bump(&self.counters.copies);
+                self.remove_copy_if_deleted(location, put.e_tag).await;
+            }
             Err(object_store::Error::AlreadyExists { .. }) => bump(&self.counters.copies_skipped),
             Err(_) => bump(&self.counters.copy_failures),
+        }
+    }
+
+    /// After a copy on read is committed: if the fallback no longer has the object,
+    /// another process deleted it while this one was copying, and the copy is removed.
+    ///
+    /// A delete in this process cancels the flight (see `ReadThrough::delete_one`);
+    /// another process's delete cannot. Its delete goes fallback, then primary; this copy
+    /// goes primary (the commit), then the fallback (the HEAD here). If the HEAD is
+    /// answered after the other's fallback delete, it says not-found and the copy goes
+    /// here; if before, the commit came before the other's primary delete, which removes
+    /// the copy. Either way the object stays deleted (given a fallback that answers a HEAD
+    /// after a completed DELETE with not-found, as S3 does).
+    ///
+    /// The copy is removed only while the primary still holds it (its ETag is the one our
+    /// put returned). What remains: a newer write to the primary landing between that
+    /// HEAD and the delete would be removed with it; object_store has no conditional
+    /// delete to close that window of two requests.
+    async fn remove_copy_if_deleted(&self, location: &Path, ours: Option<String>) {
+        match self.fallback.head(location).await {
+            Err(object_store::Error::NotFound { .. }) => {}
+            // Still there, or no answer: the object existed moments ago; the copy stands.
+            _ => return,
+        }
+        let still_ours = match (self.primary.head(location).await, ours) {
+            (Ok(meta), Some(ours)) => meta.e_tag.as_deref() == Some(ours.as_str()),
+            _ => false,
+        };
+        if still_ours && ok_if_missing(self.primary.delete(location).await).is_ok() {
+            bump(&self.counters.copies_removed);
         }
     }
 }
@@ -907,7 +967,7 @@ mod tests {
         assert!(text.ends_with('\n'));
         let mut names = Vec::new();
         let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines.len(), 18, "{text}");
+        assert_eq!(lines.len(), 21, "{text}");
         for group in lines.chunks(3) {
             let help = group[0].strip_prefix("# HELP ").expect("HELP first");
             let (name, doc) = help.split_once(' ').expect("HELP name and text");

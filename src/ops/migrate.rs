@@ -20,8 +20,11 @@
 //!    be free, a file to replace must still be that very file; otherwise the key is a
 //!    conflict and the local file stays. A local file newer than the object is never
 //!    planned for replacement at all. A broken body resumes with a Range
-//!    request pinned to the ETag; a corrupt one is fetched again. One `syncfs` makes the
-//!    run's renames durable before the summary is returned.
+//!    request pinned to the ETag; a corrupt one is fetched again. Once a file is in place
+//!    the source is asked again (HEAD): an object deleted meanwhile (the service deleting
+//!    a clip through the read-through store) has the file just committed removed, and is
+//!    listed in `vanished` (see `recheck_source` for why the order closes the race). One
+//!    `syncfs` makes the run's renames durable before the summary is returned.
 //!
 //! A failed object is recorded and the run goes on. A full disk, revoked credentials or
 //! an interruption stop it: no new copy starts, the ones in flight stop at their next
@@ -35,7 +38,7 @@ use std::time::{Instant, SystemTime};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::stream::{self, BoxStream, StreamExt};
-use object_store::{GetOptions, GetRange};
+use object_store::{GetOptions, GetRange, ObjectStoreExt};
 use tokio_util::sync::CancellationToken;
 
 use crate::blocking;
@@ -152,6 +155,11 @@ pub struct MigrateSummary {
     /// replace: written (or removed) locally since planning, or newer than the object.
     /// The local file is left as it is.
     pub conflicts: Vec<KeyReason>,
+    /// Objects deleted from the source while this run was copying them (the service
+    /// deleted the clip): not copied, or their copy removed again right after it was put
+    /// in place, so a deleted clip never comes back. Not a problem: the store matches the
+    /// source.
+    pub vanished: Vec<KeyReason>,
     /// Objects copied whose content could not be checked against their ETag, and why.
     pub unverified: Vec<KeyReason>,
     /// How the objects copied in this run were proven (`size_only`: listed in
@@ -212,6 +220,8 @@ enum Outcome {
     Rejected(String),
     /// Left alone: the local file changed since planning.
     Conflict(String),
+    /// Deleted from the source during the copy; nothing of it left in place.
+    Vanished(String),
     Fatal(Error),
     /// Stopped by an interruption or a fatal error elsewhere; nothing left behind.
     Cancelled,
@@ -468,6 +478,14 @@ pub async fn s3_to_local(
                     reason,
                 });
                 reporter.item_done(&key, false);
+            }
+            Outcome::Vanished(reason) => {
+                reporter.note(&format!("not copied {key:?}: {reason}"));
+                summary.vanished.push(KeyReason {
+                    key: key.clone(),
+                    reason,
+                });
+                reporter.item_done(&key, true);
             }
             Outcome::Fatal(e) => {
                 // Disk full, access revoked, listing lost: stop, drain, report.
@@ -844,6 +862,8 @@ enum OpenError {
     Transient(String),
     /// Retrying cannot help.
     Permanent(String),
+    /// The object is no longer in the source (deleted since the listing).
+    Vanished,
 }
 
 async fn copy_one(ctx: &CopyCtx, p: Planned, reporter: &dyn Reporter) -> Outcome {
@@ -924,6 +944,7 @@ async fn copy_one(ctx: &CopyCtx, p: Planned, reporter: &dyn Reporter) -> Outcome
                     continue;
                 }
                 Err(OpenError::Permanent(r)) => return Outcome::Failed(r),
+                Err(OpenError::Vanished) => return Outcome::Vanished(VANISHED_BEFORE.into()),
             };
             let mut broken = None;
             loop {
@@ -1015,11 +1036,23 @@ async fn copy_one(ctx: &CopyCtx, p: Planned, reporter: &dyn Reporter) -> Outcome
         };
         hasher = ContentHasher::new(etag.as_deref(), size);
         return match finished {
-            Ok(Finished::Committed { unverified, proof }) => Outcome::Copied {
-                bytes: size,
+            Ok(Finished::Committed {
                 unverified,
                 proof,
-            },
+                placed,
+            }) => {
+                // The file is in place; was the object deleted from the source meanwhile?
+                // (The body is done with: its stream permit goes to the next object.)
+                _stream = None;
+                match recheck_source(ctx, backend, &path, &p.key, placed, reporter).await {
+                    Some(reason) => Outcome::Vanished(reason),
+                    None => Outcome::Copied {
+                        bytes: size,
+                        unverified,
+                        proof,
+                    },
+                }
+            }
             Ok(Finished::Mismatch {
                 file: f,
                 expected,
@@ -1087,11 +1120,171 @@ fn commit_checked(
         file.set_etag(e)?;
     }
     file.set_proof(proof)?;
+    let placed = PlacedFile::of(file.file())?;
     // The data is fsynced before the rename; the renames of the whole run are made
     // durable by one syncfs before the summary is returned. Never over a file the plan
     // did not see there.
     file.commit_unsynced_dir_expecting(c.expect)?;
-    Ok(Finished::Committed { unverified, proof })
+    Ok(Finished::Committed {
+        unverified,
+        proof,
+        placed,
+    })
+}
+
+/// Why an object deleted from the source during the run is not on disk.
+const VANISHED_BEFORE: &str =
+    "deleted from the bucket after it was listed (by the service, presumably): not copied";
+const VANISHED_AFTER: &str = "deleted from the bucket while it was being copied (by the service, presumably): the copy was removed again";
+const VANISHED_REPLACED: &str = "deleted from the bucket while it was being copied; the local name already holds another file (or none), left as it is";
+
+/// The identity of the inode a commit put under a key's name.
+#[derive(Debug, Clone, Copy)]
+struct PlacedFile {
+    dev: u64,
+    ino: u64,
+}
+
+impl PlacedFile {
+    fn of(file: &std::fs::File) -> std::io::Result<PlacedFile> {
+        use std::os::unix::fs::MetadataExt;
+        let m = file.metadata()?;
+        Ok(PlacedFile {
+            dev: m.dev(),
+            ino: m.ino(),
+        })
+    }
+
+    fn is(&self, st: &rustix::fs::Stat) -> bool {
+        // `stat` field widths differ between architectures.
+        #[allow(clippy::unnecessary_cast)]
+        let (dev, ino) = (st.st_dev as u64, st.st_ino as u64);
+        rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::RegularFile
+            && dev == self.dev
+            && ino == self.ino
+    }
+}
+
+/// After a copy is committed: asks the source whether the object is still there, and if
+/// it is gone, removes the file just committed (only that very inode). `Some(reason)` when
+/// the object was deleted from the source, `None` when the copy stands.
+///
+/// Why commit-then-HEAD closes the race with a service deleting the clip: the service
+/// deletes through [`crate::ReadThrough`], the bucket first, then the local file. Take the
+/// moment our HEAD is answered:
+/// - after the bucket delete: the HEAD says not-found and we remove our file here;
+/// - before it: our commit came earlier still, so the service's local delete, which
+///   follows its bucket delete, finds our file and removes it.
+///
+/// Either way the clip stays deleted. This needs the source to answer a HEAD after a
+/// completed DELETE with not-found (S3 has been strongly consistent since 2020, as are
+/// MinIO and s3s-fs). A delete that reaches only the bucket (the service not yet on the
+/// read-through store) is not covered once our HEAD has been answered: `verify` lists such
+/// a file as `extra`.
+async fn recheck_source(
+    ctx: &CopyCtx,
+    backend: &Backend,
+    path: &object_store::path::Path,
+    key: &Key,
+    placed: PlacedFile,
+    reporter: &dyn Reporter,
+) -> Option<String> {
+    match backend.store.head(path).await {
+        Err(object_store::Error::NotFound { .. }) => {}
+        Ok(_) => return None,
+        Err(e) => {
+            // Unknown: the object was there moments ago, so the copy stands.
+            reporter.note(&format!(
+                "copied {:?}, but could not ask the bucket again whether it still holds it: {}",
+                key.as_str(),
+                crate::error::redact(&e.to_string())
+            ));
+            return None;
+        }
+    }
+    let (root, key2) = (ctx.root.clone(), key.clone());
+    match blocking::try_run(move || remove_if_placed(&root, &key2, placed)).await {
+        Ok(true) => Some(VANISHED_AFTER.into()),
+        Ok(false) => Some(VANISHED_REPLACED.into()),
+        Err(e) => Some(format!(
+            "deleted from the bucket while it was being copied, but the copy at {} could not be removed: {e}",
+            key.to_path(&ctx.root).display()
+        )),
+    }
+}
+
+/// Removes `key`'s file under `root` if it is still the inode `placed`; `Ok(false)` when
+/// the name holds something else (the service wrote it again) or nothing. Never follows a
+/// symlink. Like cleanup, the file is first renamed to a private name and checked there,
+/// where nobody can swap it, so a file renamed over the name meanwhile is never removed;
+/// if the private name holds another file after all, it goes back.
+fn remove_if_placed(root: &Path, key: &Key, placed: PlacedFile) -> std::io::Result<bool> {
+    use rustix::fs::{renameat_with, statat, unlinkat, AtFlags, RenameFlags};
+    use rustix::io::Errno;
+    let dir = match local::open_parent_dir(root, key, false) {
+        Ok(d) => d,
+        Err(local::PlaceError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(false)
+        }
+        Err(local::PlaceError::Io(e)) => return Err(e),
+        // A parent became a symlink or a file: not our file any more.
+        Err(_) => return Ok(false),
+    };
+    let name = key.file_name();
+    match statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) if placed.is(&st) => {}
+        Ok(_) | Err(Errno::NOENT) => return Ok(false),
+        Err(e) => return Err(e.into()),
+    }
+    let private = format!("{}{:016x}", local::DELETE_PREFIX, fastrand::u64(..));
+    match renameat_with(&dir, name, &dir, private.as_str(), RenameFlags::NOREPLACE) {
+        Ok(()) => {}
+        Err(Errno::NOENT) => return Ok(false),
+        // No RENAME_NOREPLACE here: the plain check (above) then unlink.
+        Err(Errno::INVAL | Errno::NOSYS) => {
+            return match unlinkat(&dir, name, AtFlags::empty()) {
+                Ok(()) => Ok(true),
+                Err(Errno::NOENT) => Ok(false),
+                Err(e) => Err(e.into()),
+            }
+        }
+        Err(e) => return Err(e.into()),
+    }
+    let ours = matches!(statat(&dir, private.as_str(), AtFlags::SYMLINK_NOFOLLOW), Ok(st) if placed.is(&st));
+    if !ours {
+        // Another writer's file took the name between the check and the rename: back.
+        return match renameat_with(&dir, private.as_str(), &dir, name, RenameFlags::NOREPLACE) {
+            Ok(()) => Ok(false),
+            // A yet newer file has the name: it would have replaced this one anyway.
+            Err(Errno::EXIST) => unlinkat(&dir, private.as_str(), AtFlags::empty())
+                .map(|()| false)
+                .map_err(Into::into),
+            Err(e) => Err(e.into()),
+        };
+    }
+    unlinkat(&dir, private.as_str(), AtFlags::empty())?;
+    drop(dir);
+    prune_empty_parents(root, key);
+    Ok(true)
+}
+
+/// Removes the directories between `key` and `root` that are now empty, deepest first, as
+/// a delete through the store does (S3 has no directories).
+fn prune_empty_parents(root: &Path, key: &Key) {
+    let segs: Vec<&str> = key.segments().collect();
+    for depth in (1..segs.len()).rev() {
+        let Ok(parent) = Key::new(segs[..depth].join("/")) else {
+            break;
+        };
+        let Ok(dir) = local::open_parent_dir(root, &parent, false) else {
+            break;
+        };
+        let removed =
+            rustix::fs::unlinkat(&dir, parent.file_name(), rustix::fs::AtFlags::REMOVEDIR);
+        if removed.is_err() {
+            break;
+        }
+    }
 }
 
 /// The part size of a multipart object as S3 states it (`HEAD ?partNumber=1`), when its
@@ -1150,6 +1343,8 @@ enum Finished {
     Committed {
         unverified: Option<String>,
         proof: Proof,
+        /// The inode now under the final name (as committed).
+        placed: PlacedFile,
     },
     Mismatch {
         file: AtomicFile,
@@ -1208,9 +1403,7 @@ async fn open_get(
     };
     let res = match backend.store.get_opts(path, opts).await {
         Ok(r) => r,
-        Err(object_store::Error::NotFound { .. }) => {
-            return Err(OpenError::Permanent("object vanished from the bucket during the migration".into()))
-        }
+        Err(object_store::Error::NotFound { .. }) => return Err(OpenError::Vanished),
         Err(object_store::Error::Precondition { .. }) => {
             return Err(OpenError::Permanent(
                 "object changed during the migration (ETag no longer matches); run again to copy the new version".into(),
@@ -1415,6 +1608,9 @@ pub async fn local_to_s3(
             }
             UploadOutcome::Done(Outcome::Conflict(reason)) => {
                 summary.conflicts.push(KeyReason { key, reason });
+            }
+            UploadOutcome::Done(Outcome::Vanished(reason)) => {
+                summary.vanished.push(KeyReason { key, reason });
             }
             UploadOutcome::Done(Outcome::Cancelled) => {}
         }

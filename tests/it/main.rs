@@ -5,6 +5,8 @@ mod cleanup;
 mod cli_ux;
 mod config;
 mod conformance;
+mod deleted_while_copied;
+mod deploy;
 mod disk;
 mod facade;
 mod http;

@@ -34,6 +34,9 @@ struct Service {
     next: AtomicU64,
     stop: AtomicBool,
     reads: AtomicU64,
+    /// Deletes that returned while a `migrate` was running.
+    deletes_during_migrate: AtomicU64,
+    migrate_running: AtomicBool,
 }
 
 fn key(n: u64) -> Key {
@@ -79,8 +82,12 @@ impl Service {
             })
         };
         if let Some(n) = picked {
+            let during = self.migrate_running.load(Ordering::SeqCst);
             self.store().delete(&key(n)).await.unwrap();
             self.clips.lock().unwrap().insert(n, Clip::Deleted);
+            if during && self.migrate_running.load(Ordering::SeqCst) {
+                self.deletes_during_migrate.fetch_add(1, Ordering::SeqCst);
+            }
         }
     }
 
@@ -167,6 +174,8 @@ async fn the_cutover_loses_no_clip_resurrects_none_and_ends_verified() {
         next: AtomicU64::new(0),
         stop: AtomicBool::new(false),
         reads: AtomicU64::new(0),
+        deletes_during_migrate: AtomicU64::new(0),
+        migrate_running: AtomicBool::new(false),
     });
     // Before the move: the service has been writing to the bucket for a while.
     for _ in 0..120 {
@@ -181,9 +190,17 @@ async fn the_cutover_loses_no_clip_resurrects_none_and_ends_verified() {
     assert_eq!(plan.would_copy.len(), 120, "{plan:?}");
 
     // Step 2: the bulk copy while the service writes new clips to the bucket. The switch
-    // (step 4) happens while it still runs. Deletes wait until the bulk copy is done: a
-    // clip deleted while a `migrate` holds it in flight is committed to disk after the
-    // delete (migrate does not yet mirror deletions; see MIGRATION.md).
+    // (step 4) happens while it still runs; from then on the service also deletes clips,
+    // through the read-through store (the bucket, then the disk), some of them while the
+    // bulk copy has them in flight: migrate asks the bucket again after each commit, so
+    // none comes back. Before the switch the service deletes nothing: a delete in the
+    // bucket alone, after migrate copied the clip, leaves it on disk (MIGRATION.md).
+    //
+    // One clip the service never touches answers slowly, so the bulk copy is still
+    // running for a while after the switch.
+    s3.faults()
+        .slow_key("clips/slow/bulk.mp4", Duration::from_millis(800));
+    s3.put_raw("clips/slow/bulk.mp4", b"slow").unwrap();
     let primary = Arc::new(LocalStore::new(&root).unwrap());
     let fallback = Arc::new(stowage::s3::object_store(&s3.config()).unwrap());
     let read_through = ReadThrough::new(
@@ -193,16 +210,24 @@ async fn the_cutover_loses_no_clip_resurrects_none_and_ends_verified() {
     );
     let switched = BlobStore::from_object_store(Arc::new(read_through.clone()), "", "read-through");
     let bulk = {
-        let (bucket, root) = (bucket.clone(), root.clone());
+        let (bucket, root, svc) = (bucket.clone(), root.clone(), svc.clone());
+        svc.migrate_running.store(true, Ordering::SeqCst);
         tokio::spawn(async move {
-            migrate::s3_to_local(&bucket, &root, &migrate_opts(false), &NoopReporter).await
+            let s = migrate::s3_to_local(&bucket, &root, &migrate_opts(false), &NoopReporter).await;
+            svc.migrate_running.store(false, Ordering::SeqCst);
+            s
         })
     };
     live_service(&svc, false, tokio::time::sleep(Duration::from_millis(150))).await;
     *svc.store.write().unwrap() = switched.clone();
-    let summary = live_service(&svc, false, bulk).await.unwrap().unwrap();
+    let summary = live_service(&svc, true, bulk).await.unwrap().unwrap();
     assert!(summary.failed.is_empty(), "{summary:?}");
     assert!(summary.copied > 0, "{summary:?}");
+    let during_bulk = svc.deletes_during_migrate.load(Ordering::SeqCst);
+    assert!(
+        during_bulk > 0,
+        "the service deleted clips during the bulk copy"
+    );
 
     // The service runs on the read-through store for a while, deleting too.
     live_service(&svc, true, tokio::time::sleep(Duration::from_millis(500))).await;
@@ -213,11 +238,28 @@ async fn the_cutover_loses_no_clip_resurrects_none_and_ends_verified() {
         "clips the bulk copy missed were read through"
     );
 
-    // Step 5: the catch-up copies what neither the bulk copy nor a read has brought over.
-    let catch_up = migrate::s3_to_local(&bucket, &root, &migrate_opts(false), &NoopReporter)
-        .await
-        .unwrap();
+    // Step 5: the catch-up copies what neither the bulk copy nor a read has brought over,
+    // while the service keeps writing, reading and deleting (a slow clip written to the
+    // bucket alone keeps the catch-up running meanwhile).
+    s3.faults()
+        .slow_key("clips/slow/catch-up.mp4", Duration::from_millis(800));
+    s3.put_raw("clips/slow/catch-up.mp4", b"slow too").unwrap();
+    let catch_up = {
+        let (bucket, root, svc) = (bucket.clone(), root.clone(), svc.clone());
+        svc.migrate_running.store(true, Ordering::SeqCst);
+        tokio::spawn(async move {
+            let s = migrate::s3_to_local(&bucket, &root, &migrate_opts(false), &NoopReporter).await;
+            svc.migrate_running.store(false, Ordering::SeqCst);
+            s
+        })
+    };
+    let catch_up = live_service(&svc, true, catch_up).await.unwrap().unwrap();
     assert!(catch_up.failed.is_empty(), "{catch_up:?}");
+    assert!(
+        svc.deletes_during_migrate.load(Ordering::SeqCst) > during_bulk,
+        "the service deleted clips during the catch-up"
+    );
+    read_through.wait_for_copies().await;
     // Step 6: verify is clean.
     let checked = verify::s3_to_local(&bucket, &root, &Default::default(), &NoopReporter)
         .await

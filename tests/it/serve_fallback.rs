@@ -20,8 +20,18 @@ impl Drop for Serving {
 }
 
 fn serve(s3: &TestS3, root: &std::path::Path, extra: &[&str]) -> Serving {
+    serve_with_env(s3, root, extra, &[])
+}
+
+fn serve_with_env(
+    s3: &TestS3,
+    root: &std::path::Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Serving {
     let mut cmd = stowage(Some(s3), &["serve", "--listen", "127.0.0.1:0", "--root"]);
     cmd.arg(root)
+        .envs(env.iter().copied())
         .args(extra)
         .env_remove("STORAGE_URL_SECRET")
         .env_remove("FILES_PATH")
@@ -118,4 +128,104 @@ async fn a_fallback_that_is_not_a_store_url_is_an_error_naming_the_flag() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--fallback"), "{err}");
+}
+
+/// A TCP listener on 127.0.0.1 that accepts every connection and never answers: a
+/// fallback endpoint that hangs. The connections stay open until the process ends.
+fn black_hole() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in listener.incoming() {
+            held.push(conn);
+        }
+    });
+    format!("http://{addr}")
+}
+
+/// `/healthz` through the library's router, with a fallback that never answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_answers_503_in_bounded_time_when_the_fallback_never_answers() {
+    let s3 = TestS3::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = s3.config();
+    config.endpoint = Some(black_hole());
+    let fallback = std::sync::Arc::new(stowage::s3::object_store(&config).unwrap());
+    let primary = std::sync::Arc::new(stowage::LocalStore::new(dir.path()).unwrap());
+    let rt = stowage::ReadThrough::new(
+        primary,
+        fallback,
+        stowage::ReadThroughOptions::default()
+            .with_health_timeout(std::time::Duration::from_millis(300)),
+    );
+    let app: axum::Router =
+        stowage::read_through::health_and_metrics(Some(dir.path().to_owned()), Some(rt));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    // A client timeout far above the probe's: a hang fails the test instead of stalling it.
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(60))
+        .build()
+        .unwrap();
+    for _ in 0..2 {
+        let r = client
+            .get(format!("http://{addr}/healthz"))
+            .send()
+            .await
+            .expect("/healthz answered");
+        assert_eq!(r.status().as_u16(), 503);
+        let body = r.text().await.unwrap();
+        assert_eq!(
+            body, "unhealthy: fallback did not answer a HEAD within 300 ms\n",
+            "{body}"
+        );
+    }
+
+    // The same router over a fallback that answers is healthy.
+    let fallback = std::sync::Arc::new(stowage::s3::object_store(&s3.config()).unwrap());
+    let primary = std::sync::Arc::new(stowage::LocalStore::new(dir.path()).unwrap());
+    let rt = stowage::ReadThrough::new(primary, fallback, Default::default());
+    let app: axum::Router =
+        stowage::read_through::health_and_metrics(Some(dir.path().to_owned()), Some(rt));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    // Probes from several load balancers at once are each answered on their own.
+    let probes = (0..8).map(|_| client.get(format!("http://{addr}/healthz")).send());
+    for r in futures::future::join_all(probes).await {
+        assert_eq!(r.unwrap().status().as_u16(), 200);
+    }
+}
+
+/// `stowage serve --fallback` with the default bound, against a fallback that never answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_healthz_answers_503_when_the_fallback_never_answers() {
+    let s3 = TestS3::start();
+    let dir = tempfile::tempdir().unwrap();
+    let hole = black_hole();
+    let fallback = format!("s3://{}", s3.bucket());
+    let srv = serve_with_env(
+        &s3,
+        dir.path(),
+        &["--fallback", &fallback],
+        &[("AWS_ENDPOINT_URL", hole.as_str())],
+    );
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let r = client
+        .get(format!("http://{}/healthz", srv.addr))
+        .send()
+        .await
+        .expect("/healthz answered");
+    assert_eq!(r.status().as_u16(), 503);
+    let body = r.text().await.unwrap();
+    assert_eq!(
+        body, "unhealthy: fallback did not answer a HEAD within 3 s\n",
+        "{body}"
+    );
 }

@@ -412,6 +412,13 @@ fn print_human(s: &MigrateSummary) {
         outln!("  {title:<10}  {:>8}", items.len());
         super::print_key_reasons(items);
     }
+    // Shown only when there are some: most runs have none.
+    for (title, items) in [("conflicts", &s.conflicts), ("vanished", &s.vanished)] {
+        if !items.is_empty() {
+            outln!("  {title:<10}  {:>8}", items.len());
+            super::print_key_reasons(items);
+        }
+    }
     if let Some(a) = &s.aborted {
         outln!("  STOPPED: {a}");
     }
