@@ -724,10 +724,19 @@ pub fn remove(root: &Path, key: &Key) -> io::Result<bool> {
         Err(e) => return Err(e.into()),
     }
     drop(dir);
-    // Prune now-empty parents, deepest first; stop at the first that is not empty.
+    prune_empty_parents(root, key);
+    Ok(true)
+}
+
+/// Removes the directories between `key` and `root` that are now empty, deepest first,
+/// stopping at the first that is not (S3 has no directories, so a store keeps none it
+/// does not need). Never the root itself; every directory reached without following links.
+pub(crate) fn prune_empty_parents(root: &Path, key: &Key) {
     let segs: Vec<&str> = key.segments().collect();
     for depth in (1..segs.len()).rev() {
-        let parent = Key::new(segs[..depth].join("/")).expect("prefix of a valid key");
+        let Ok(parent) = Key::new(segs[..depth].join("/")) else {
+            break;
+        };
         let Ok(pdir) = open_parent_dir(root, &parent, false) else {
             break;
         };
@@ -735,7 +744,6 @@ pub fn remove(root: &Path, key: &Key) -> io::Result<bool> {
             break;
         }
     }
-    Ok(true)
 }
 
 /// Filesystem figures for the filesystem holding `path`.

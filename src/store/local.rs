@@ -583,25 +583,8 @@ fn rename(
     sync(&dst_dir, to_key, to)?;
     sync(&src_dir, from_key, from)?;
     drop((src_dir, dst_dir));
-    prune_empty_parents(root, from_key);
+    local::prune_empty_parents(root, from_key);
     Ok(())
-}
-
-/// Removes the directories between `key` and the root that are now empty, deepest first,
-/// as [`local::remove`] does after a delete (S3 has no directories).
-fn prune_empty_parents(root: &std::path::Path, key: &Key) {
-    let segs: Vec<&str> = key.segments().collect();
-    for depth in (1..segs.len()).rev() {
-        let Ok(parent) = Key::new(segs[..depth].join("/")) else {
-            break;
-        };
-        let Ok(dir) = local::open_parent_dir(root, &parent, false) else {
-            break;
-        };
-        if rfs::unlinkat(&dir, parent.file_name(), AtFlags::REMOVEDIR).is_err() {
-            break;
-        }
-    }
 }
 
 /// Reads `range` of `file` (of `size` bytes) with `pread`, clamping its end like a GET.

@@ -447,27 +447,8 @@ pub(super) fn remove_if_placed(
     }
     unlinkat(&dir, private.as_str(), AtFlags::empty())?;
     drop(dir);
-    prune_empty_parents(root, key);
+    local::prune_empty_parents(root, key);
     Ok(true)
-}
-
-/// Removes the directories between `key` and `root` that are now empty, deepest first, as
-/// a delete through the store does (S3 has no directories).
-pub(super) fn prune_empty_parents(root: &Path, key: &Key) {
-    let segs: Vec<&str> = key.segments().collect();
-    for depth in (1..segs.len()).rev() {
-        let Ok(parent) = Key::new(segs[..depth].join("/")) else {
-            break;
-        };
-        let Ok(dir) = local::open_parent_dir(root, &parent, false) else {
-            break;
-        };
-        let removed =
-            rustix::fs::unlinkat(&dir, parent.file_name(), rustix::fs::AtFlags::REMOVEDIR);
-        if removed.is_err() {
-            break;
-        }
-    }
 }
 
 /// The part size of a multipart object as S3 states it (`HEAD ?partNumber=1`), when its
