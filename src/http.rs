@@ -168,6 +168,38 @@ pub enum S3Delivery {
 #[derive(Debug, Clone)]
 pub struct ServeError(pub Arc<Error>);
 
+/// Attached to the extensions of a `GET` response (200 or 206) whose body is bytes of a
+/// local file: the open file its headers were decided from, and the byte range the body
+/// holds. A server that owns its sockets may send the body itself from this file — `stowage
+/// serve` hands it to `sendfile(2)` instead of copying it through user space — and drop
+/// the response's own streaming body, which sends the same bytes; anyone else can ignore
+/// it. Never attached to `HEAD`, 304, 412 or 416 responses, nor to proxied objects.
+#[derive(Debug, Clone)]
+pub struct FileBody {
+    file: Arc<File>,
+    range: Range<u64>,
+    first: Bytes,
+}
+
+impl FileBody {
+    /// The open file: the same inode the response's validators and length describe, even
+    /// if the key has been replaced since.
+    pub fn file(&self) -> &Arc<File> {
+        &self.file
+    }
+
+    /// The bytes of [`Self::file`] the body holds (`Content-Length` is its length).
+    pub fn range(&self) -> Range<u64> {
+        self.range.clone()
+    }
+
+    /// The first bytes of [`Self::range`], when they were already read to decide the
+    /// answer (empty otherwise): send these, then the rest of the range from the file.
+    pub fn first(&self) -> &Bytes {
+        &self.first
+    }
+}
+
 struct Shared {
     store: BlobStore,
     opts: ServeOptions,
@@ -340,25 +372,40 @@ async fn serve_local(sh: &Shared, key: Key, headers: &HeaderMap, head: bool) -> 
             });
         }
     };
+    let mut file_body = None;
     let body = match &outcome {
-        Outcome::Full(r) | Outcome::Partial(r) if !head => {
+        Outcome::Full(r) | Outcome::Partial(r) if !head && !r.is_empty() => {
             let rest = r.start + first.len() as u64..r.end;
+            let file = Arc::new(file);
+            file_body = Some(FileBody {
+                file: Arc::clone(&file),
+                range: r.clone(),
+                first: first.clone(),
+            });
             if rest.is_empty() {
                 Body::from(first)
+            } else if first.is_empty() {
+                Body::from_stream(file_chunks(file, rest))
             } else {
                 let first = futures::stream::once(async move { Ok(first) });
-                Body::from_stream(first.chain(file_chunks(Arc::new(file), rest)))
+                Body::from_stream(first.chain(file_chunks(file, rest)))
             }
         }
         _ => Body::empty(),
     };
-    respond(sh, &meta, outcome, body)
+    let mut resp = respond(sh, &meta, outcome, body);
+    if let Some(f) = file_body {
+        resp.extensions_mut().insert(f);
+    }
+    resp
 }
 
-/// Opens `key`, decides the answer from its metadata and `headers`, and reads the first
-/// [`CHUNK`] of the body. With `cached_only` nothing waits for the disk (the path is
-/// resolved from the dentry cache, the chunk read with `RWF_NOWAIT`): `Ok(None)` when
-/// something was not cached, and the caller asks again on the blocking pool.
+/// Opens `key` and decides the answer from its metadata and `headers`. With `cached_only`
+/// nothing waits for the disk (the path is resolved from the dentry cache, and the body's
+/// first byte is probed with `RWF_NOWAIT`): `Ok(None)` when something
+/// was not cached, and the caller asks again on the blocking pool, which also reads the
+/// first [`CHUNK`] of the body so that a cold file costs one trip there. A cached body is
+/// read only when it is sent (or never, when the server sends it with `sendfile`).
 fn open_and_decide(
     root: &std::path::Path,
     key: &Key,
@@ -382,11 +429,10 @@ fn open_and_decide(
         Outcome::Full(r) | Outcome::Partial(r) if !head && r.end > r.start => {
             let n = (r.end - r.start).min(CHUNK as u64) as usize;
             if cached_only {
-                let mut buf = vec![0u8; n];
-                if read_cached_at(&file, &mut buf, r.start) < n {
+                if read_cached_at(&file, &mut [0u8; 1], r.start) < 1 {
                     return Ok(None);
                 }
-                Bytes::from(buf)
+                Bytes::new()
             } else {
                 read_exactly_at(&file, n, r.start)?
             }
@@ -406,7 +452,8 @@ struct Opened {
     file: File,
     meta: Meta,
     outcome: Outcome,
-    /// The first [`CHUNK`] of the body (empty for HEAD and bodiless answers).
+    /// The first [`CHUNK`] of the body when read on the blocking pool (empty for a cached
+    /// file, HEAD and bodiless answers).
     first: Bytes,
 }
 
