@@ -700,9 +700,8 @@ mod zero_copy {
     use super::LogLine;
 
     /// Bytes of a file one placeholder frame stands for. `sendfile` is only asked for
-    /// frames whose last page was in the page cache a moment before (their first follows
-    /// bytes found cached), and a frame is small, so a runtime thread does not wait for
-    /// the disk.
+    /// frames whose last page was in the page cache a moment before, and a frame is
+    /// small, so a runtime thread does not wait for the disk.
     const FRAME: usize = 256 << 10;
     /// Bytes read per trip to the blocking pool when a frame is not in the page cache.
     const READ_CHUNK: usize = 64 << 10;
@@ -879,8 +878,8 @@ mod zero_copy {
                 return Poll::Ready(None);
             }
             let n = (self.end - self.pos).min(FRAME as u64) as usize;
-            // The frame's first byte follows bytes just found cached or read (or the router
-            // probed it); if its last is cached too, readahead has brought in the frame.
+            // Readahead fills the page cache from the front: with the frame's last byte
+            // cached, the rest of it almost surely is.
             if cached(&self.file, self.pos + n as u64 - 1) {
                 self.files.push(Segment {
                     file: Arc::clone(&self.file),
