@@ -685,6 +685,7 @@ mod conn {
 mod zero_copy {
     use std::collections::VecDeque;
     use std::fs::File;
+    use std::future::Future;
     use std::io;
     use std::pin::Pin;
     use std::sync::{Arc, LazyLock, Mutex};
@@ -706,8 +707,8 @@ mod zero_copy {
     /// Bytes read per trip to the blocking pool when a frame is not in the page cache.
     const READ_CHUNK: usize = 64 << 10;
 
-    /// The placeholder buffer: zero pages from the allocator that nothing ever reads or
-    /// writes (so it costs address space, not memory).
+    /// The placeholder buffer: zeroed memory from the allocator that nothing ever reads or
+    /// writes (fresh zero pages, so it costs address space rather than memory).
     static PLACEHOLDER: LazyLock<&'static [u8]> = LazyLock::new(|| Vec::leak(vec![0u8; FRAME]));
 
     /// Whether `buf` lies in the placeholder buffer.
@@ -900,8 +901,6 @@ mod zero_copy {
             self.first.len() as u64 + self.end.saturating_sub(self.pos)
         }
     }
-
-    use std::future::Future;
 
     /// Whether the byte at `pos` is in the page cache (`preadv2` with `RWF_NOWAIT`).
     fn cached(file: &File, pos: u64) -> bool {
