@@ -113,7 +113,7 @@ impl ReadThroughConfig {
     ///
     /// With a local primary the facade hands out the primary's download URLs
     /// ([`LocalUrls`](crate::LocalUrls): `stowage serve --fallback`, or
-    /// [`crate::http::router`] over this facade, answers them, reading through on a miss).
+    /// `stowage::http::router` over this facade, answers them, reading through on a miss).
     /// With an S3 primary it has none ([`BlobStore::download_url`] is an error): serve it
     /// with the router.
     pub fn open(&self) -> Result<(BlobStore, ReadThrough)> {

@@ -2,18 +2,20 @@
 //! type with its capabilities, key-to-path mapping, error and metadata conversion, and the
 //! one reader of a local file's range.
 
+use std::fs::File;
+use std::io;
 use std::ops::Range;
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::stream::StreamExt;
 use object_store::path::Path as ObjPath;
 use object_store::signer::Signer;
 use object_store::{Attribute, Attributes, ObjectStore};
 
-use super::{BackendKind, ByteStream, LocalUrls, Meta, MULTIPART_THRESHOLD};
+use super::{BackendKind, LocalUrls, Meta, MULTIPART_THRESHOLD};
 use crate::error::{Error, Result};
 use crate::key::Key;
 
@@ -108,52 +110,88 @@ impl Backend {
     }
 }
 
-/// The one local range reader: `range` of an open file as a stream of chunks, each read
-/// at its offset on the blocking pool from the handle that was opened (a file replaced
-/// meanwhile is read whole, old or new). Ends early, without error, if the file shrank.
-pub(crate) fn file_body(file: std::fs::File, range: Range<u64>, path: PathBuf) -> ByteStream {
-    let state = (Arc::new(file), range.start, Arc::new(path));
-    futures::stream::try_unfold(state, move |(file, at, path)| {
+/// The one local range reader: `range` of an open file in `chunk`-byte pieces, read from
+/// the handle that was opened (a file replaced meanwhile is read whole, old or new). What
+/// the page cache holds is copied on the calling thread; only a piece that needs the disk
+/// goes to the blocking pool. The file is never read past `range`, and one that shrank
+/// under us ends the stream with an error, never a short body.
+pub(crate) fn file_chunks(
+    file: Arc<File>,
+    range: Range<u64>,
+    chunk: usize,
+) -> impl futures::Stream<Item = io::Result<Bytes>> + Send + 'static {
+    futures::stream::try_unfold(range.start, move |pos| {
+        let file = Arc::clone(&file);
         let end = range.end;
         async move {
-            if at >= end {
+            if pos >= end {
                 return Ok(None);
             }
-            let len = (end - at).min(READ_CHUNK as u64);
-            let (f, p) = (Arc::clone(&file), Arc::clone(&path));
-            let chunk =
-                crate::blocking::try_run(move || read_file_range(&f, at..at + len, &p)).await?;
-            if chunk.is_empty() {
-                return Ok(None);
-            }
-            let next = at + chunk.len() as u64;
-            Ok(Some((chunk, (file, next, path))))
+            let n = (end - pos).min(chunk as u64) as usize;
+            let mut buf = vec![0u8; n];
+            // What the page cache holds is copied here, without a trip to the blocking
+            // pool; only a chunk that needs the disk goes there.
+            let cached = read_cached_at(&file, &mut buf, pos);
+            let chunk = if cached == n {
+                Bytes::from(buf)
+            } else {
+                crate::blocking::try_run(move || fill_at(&file, buf, cached, pos)).await?
+            };
+            Ok(Some((chunk, pos + n as u64)))
         }
     })
-    .boxed()
 }
 
-/// `range` of an open file, read with positioned reads into one buffer; shorter when the
-/// file ends first.
-pub(crate) fn read_file_range(
-    file: &std::fs::File,
-    range: Range<u64>,
-    path: &Path,
-) -> Result<Bytes> {
-    use std::os::unix::fs::FileExt;
-    let len = usize::try_from(range.end.saturating_sub(range.start)).unwrap_or(usize::MAX);
-    let mut buf = vec![0u8; len];
+/// Reads into `buf` from `pos` only what is already in the page cache (`preadv2` with
+/// `RWF_NOWAIT`, which never waits for the disk), stopping at the first short read. Returns
+/// how many bytes were read: 0 when nothing was cached or the kernel lacks the flag.
+pub(crate) fn read_cached_at(file: &File, buf: &mut [u8], pos: u64) -> usize {
+    use rustix::io::{preadv2, ReadWriteFlags};
     let mut filled = 0;
     while filled < buf.len() {
-        match file.read_at(&mut buf[filled..], range.start + filled as u64) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(Error::io("read", path, e)),
+        let mut slice = [io::IoSliceMut::new(&mut buf[filled..])];
+        match preadv2(
+            file,
+            &mut slice,
+            pos + filled as u64,
+            ReadWriteFlags::NOWAIT,
+        ) {
+            Ok(0) | Err(_) => break,
+            Ok(k) => filled += k,
         }
     }
-    buf.truncate(filled);
-    Ok(buf.into())
+    filled
+}
+
+/// `n` bytes of `file` from `pos` (`pread`, repeated while short); a file that ends
+/// before them shrank while being served.
+#[cfg(feature = "http")]
+pub(crate) fn read_exactly_at(file: &File, n: usize, pos: u64) -> io::Result<Bytes> {
+    fill_at(file, vec![0u8; n], 0, pos)
+}
+
+/// Fills `buf`, whose first `filled` bytes are already read, from `file` at `pos`.
+pub(crate) fn fill_at(
+    file: &File,
+    mut buf: Vec<u8>,
+    mut filled: usize,
+    pos: u64,
+) -> io::Result<Bytes> {
+    let n = buf.len();
+    while filled < n {
+        match file.read_at(&mut buf[filled..], pos + filled as u64) {
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "file shrank while being served",
+                ))
+            }
+            Ok(k) => filled += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(Bytes::from(buf))
 }
 
 /// Maps an object_store error to ours, keeping the semantic cases. Its text goes through

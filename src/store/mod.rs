@@ -30,8 +30,10 @@ pub mod local;
 
 #[cfg(feature = "http")]
 pub(crate) use backend::local_served_meta;
-use backend::{attributes, normalize_prefix, read_file_range, READ_CHUNK};
-pub(crate) use backend::{file_body, Backend, S3Extras};
+#[cfg(feature = "http")]
+pub(crate) use backend::read_exactly_at;
+use backend::{attributes, fill_at, normalize_prefix, READ_CHUNK};
+pub(crate) use backend::{file_chunks, Backend, S3Extras};
 pub use local::LocalStore;
 
 /// A stream of object bytes.
@@ -407,7 +409,12 @@ impl BlobStore {
         match res.payload {
             // One trip to the blocking pool for the whole file, into a buffer of its size.
             GetResultPayload::File(file, path) => {
-                crate::blocking::try_run(move || read_file_range(&file, range, &path)).await
+                let len = usize::try_from(range.end - range.start).unwrap_or(usize::MAX);
+                crate::blocking::try_run(move || {
+                    fill_at(&file, vec![0; len], 0, range.start)
+                        .map_err(|e| Error::io("read", path, e))
+                })
+                .await
             }
             GetResultPayload::Stream(s) => {
                 let mut out = Vec::with_capacity((range.end - range.start) as usize);
@@ -468,7 +475,11 @@ impl BlobStore {
         let meta = b.meta(key.clone(), &res.meta, &res.attributes);
         let range = res.range.clone();
         let body = match res.payload {
-            GetResultPayload::File(file, path) => file_body(file, range.clone(), path),
+            GetResultPayload::File(file, path) => {
+                file_chunks(Arc::new(file), range.clone(), READ_CHUNK)
+                    .map_err(move |e| Error::io("read", path.clone(), e))
+                    .boxed()
+            }
             GetResultPayload::Stream(s) => {
                 let name = b.name.clone();
                 s.map_err(move |e| Error::backend(name.clone(), &e)).boxed()

@@ -6,15 +6,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use axum::body::Body;
-use axum::extract::{ConnectInfo, Request};
-use axum::middleware::Next;
-use axum::response::Response;
 use axum::Router;
 use clap::Args;
-use futures::StreamExt;
-use http::HeaderValue;
-use stowage::http::{Disposition, ServeError, ServeOptions, DEFAULT_CACHE_CONTROL};
+use http::{HeaderValue, Method, Uri};
+use stowage::http::{Disposition, ServeOptions, DEFAULT_CACHE_CONTROL};
 use stowage::{BlobStore, StoreConfig};
 
 use crate::exit::Exit;
@@ -235,8 +230,7 @@ pub(crate) async fn run(args: ServeArgs) -> Exit {
     } else {
         Router::new().nest(&plan.base_path, files)
     }
-    .merge(probes)
-    .layer(axum::middleware::from_fn(access_log));
+    .merge(probes);
 
     let listener = match tokio::net::TcpListener::bind(args.listen).await {
         Ok(l) => l,
@@ -264,49 +258,14 @@ pub(crate) async fn run(args: ServeArgs) -> Exit {
     Exit::Success
 }
 
-/// Writes one line per request to stderr when its response body is finished (or the
-/// client went away): `client "METHOD path" status bytes duration`. The query string is
-/// left out: it carries the URL signature.
-async fn access_log(req: Request, next: Next) -> Response {
-    let start = Instant::now();
-    let client = req
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.to_string())
-        .unwrap_or_else(|| "-".into());
-    // The path is written with bidi and other format characters spelled out, so a key
-    // cannot reorder or hide what the log line shows.
-    let request = format!(
-        "{} {}",
-        req.method(),
-        stowage::key::display_safe(req.uri().path())
-    );
-    let resp = next.run(req).await;
-    let (parts, body) = resp.into_parts();
-    let mut line = LogLine {
-        client,
-        request,
-        status: parts.status.as_u16(),
-        error: parts
-            .extensions
-            .get::<ServeError>()
-            .map(|e| e.0.to_string()),
-        bytes: 0,
-        start,
-    };
-    let body = body.into_data_stream().map(move |chunk| {
-        if let Ok(c) = &chunk {
-            line.sent(c.len());
-        }
-        chunk
-    });
-    Response::from_parts(parts, Body::from_stream(body))
-}
-
-/// An access-log line, printed when the response body is dropped (sent or abandoned).
+/// An access-log line, written to stderr when the response body is dropped (sent or
+/// abandoned): `client "METHOD path" status bytes duration`. The query string is left
+/// out: it carries the URL signature. Formatted only then, so a request costs no string
+/// work before its answer is on the way.
 struct LogLine {
-    client: String,
-    request: String,
+    client: SocketAddr,
+    method: Method,
+    uri: Uri,
     status: u16,
     error: Option<String>,
     bytes: u64,
@@ -314,31 +273,46 @@ struct LogLine {
 }
 
 impl LogLine {
-    // A method, so the closure above captures (and drops) the whole line, not one field.
-    fn sent(&mut self, n: usize) {
-        self.bytes += n as u64;
+    fn start(client: SocketAddr, method: Method, uri: Uri) -> LogLine {
+        LogLine {
+            client,
+            method,
+            uri,
+            status: 0,
+            error: None,
+            bytes: 0,
+            start: Instant::now(),
+        }
     }
 }
 
 impl Drop for LogLine {
     fn drop(&mut self) {
-        let ms = self.start.elapsed().as_secs_f64() * 1e3;
-        match &self.error {
-            Some(e) => logln!(
-                "{} \"{}\" {} {} {ms:.1}ms error: {e}",
-                self.client,
-                self.request,
-                self.status,
-                self.bytes
-            ),
-            None => logln!(
-                "{} \"{}\" {} {} {ms:.1}ms",
-                self.client,
-                self.request,
-                self.status,
-                self.bytes
-            ),
+        use std::fmt::Write as _;
+        use std::io::Write as _;
+        let tenths_ms = (self.start.elapsed().as_micros() + 50) / 100;
+        // The path is written with bidi and other format characters spelled out, so a key
+        // cannot reorder or hide what the log line shows.
+        let path = stowage::key::display_safe(self.uri.path());
+        let mut line = String::with_capacity(80 + path.len());
+        let _ = write!(
+            line,
+            "{} \"{} {path}\" {} {} {}.{}ms",
+            self.client,
+            self.method,
+            self.status,
+            self.bytes,
+            tenths_ms / 10,
+            tenths_ms % 10
+        );
+        if let Some(e) = &self.error {
+            let _ = write!(line, " error: {e}");
         }
+        line.push('\n');
+        // One write(2) per line, not `logln!`: formatting into unbuffered stderr costs a
+        // write per piece of the format (about ten per request, 15% of the server's CPU
+        // on small files). A failed write drops the line, as `logln!` does.
+        let _ = std::io::stderr().lock().write_all(line.as_bytes());
     }
 }
 
@@ -354,7 +328,6 @@ mod conn {
     use std::task::{Context, Poll};
     use std::time::{Duration, Instant};
 
-    use axum::extract::ConnectInfo;
     use axum::Router;
     use hyper::body::Incoming;
     use hyper_util::rt::{TokioIo, TokioTimer};
@@ -364,6 +337,9 @@ mod conn {
     use tokio::time::Sleep;
     use tokio_util::sync::CancellationToken;
     use tower::ServiceExt;
+
+    use super::zero_copy::{self, PendingFiles};
+    use super::LogLine;
 
     /// File descriptors kept free for everything but connections (stdio, the listener,
     /// the runtime, the blocking pool's files).
@@ -512,13 +488,22 @@ mod conn {
         shed: &CancellationToken,
         cancel: &CancellationToken,
     ) {
-        let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
-            req.extensions_mut().insert(ConnectInfo(peer));
-            app.clone().oneshot(req.map(axum::body::Body::new))
+        let files = Arc::clone(&io.files);
+        let svc = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+            let line = LogLine::start(peer, req.method().clone(), req.uri().clone());
+            let answer = app.clone().oneshot(req.map(axum::body::Body::new));
+            let files = Arc::clone(&files);
+            async move {
+                let Ok(resp) = answer.await;
+                Ok::<_, std::convert::Infallible>(zero_copy::outgoing(resp, line, files))
+            }
         });
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(limits.header_timeout)
+            // Queue body buffers rather than copy them into one: `Watched` must see the
+            // placeholder bytes of a file body where `zero_copy` put them.
+            .writev(true)
             .serve_connection(TokioIo::new(io), svc);
         tokio::pin!(conn);
         tokio::select! {
@@ -538,6 +523,8 @@ mod conn {
     /// waiting to read. Every byte moved is recorded for [`Registry::shed_stalest`].
     struct Watched {
         inner: TcpStream,
+        /// The file bytes that placeholder bytes in the write buffers stand for.
+        files: Arc<PendingFiles>,
         tracked: Arc<Tracked>,
         epoch: Instant,
         write_timeout: Duration,
@@ -552,6 +539,7 @@ mod conn {
             let far = tokio::time::Instant::now() + limits.idle_timeout;
             Watched {
                 inner,
+                files: Arc::new(PendingFiles::default()),
                 tracked,
                 epoch,
                 write_timeout: limits.write_timeout,
@@ -639,17 +627,29 @@ mod conn {
             buf: &[u8],
         ) -> Poll<io::Result<usize>> {
             let this = self.get_mut();
-            let r = Pin::new(&mut this.inner).poll_write(cx, buf);
+            let r = if zero_copy::is_placeholder(buf) {
+                zero_copy::poll_send_file(&this.inner, &this.files, buf.len(), cx)
+            } else {
+                Pin::new(&mut this.inner).poll_write(cx, buf)
+            };
             this.write_result(r, cx)
         }
 
+        /// hyper hands over a response head and body buffers together. Placeholder bytes
+        /// (a file body, see `zero_copy`) are sent with `sendfile` from the file they stand
+        /// for; what precedes them goes out first, corked (`MSG_MORE`) so that the head and
+        /// the file's first bytes leave in one segment.
         fn poll_write_vectored(
             self: Pin<&mut Self>,
             cx: &mut Context<'_>,
             bufs: &[io::IoSlice<'_>],
         ) -> Poll<io::Result<usize>> {
             let this = self.get_mut();
-            let r = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+            let r = match bufs.iter().position(|b| zero_copy::is_placeholder(b)) {
+                None => Pin::new(&mut this.inner).poll_write_vectored(cx, bufs),
+                Some(0) => zero_copy::poll_send_file(&this.inner, &this.files, bufs[0].len(), cx),
+                Some(k) => zero_copy::poll_send_corked(&this.inner, &bufs[..k], cx),
+            };
             this.write_result(r, cx)
         }
 
@@ -667,6 +667,291 @@ mod conn {
             let this = self.get_mut();
             let r = Pin::new(&mut this.inner).poll_shutdown(cx);
             this.write_result(r, cx)
+        }
+    }
+}
+
+/// Zero-copy file bodies under hyper.
+///
+/// hyper owns the socket: it frames the response and writes every byte through the
+/// connection's `Watched` wrapper. A file body (the router's [`FileBody`]) is therefore
+/// given to hyper as *placeholder* bytes: slices of one static, never-written buffer,
+/// pushed in order with the file range each stands for. `Watched` recognises a placeholder
+/// by its address and, instead of writing it, sends the same number of bytes of the file
+/// with `sendfile(2)`. hyper keeps doing everything else exactly as for any body —
+/// `Content-Length` framing, keep-alive and pipelining, `HEAD`, aborting the connection on
+/// an error — and the wrapper's write timeout and progress tracking see every `sendfile`
+/// like any write. A placeholder with no file behind it is an error, never zeros sent.
+mod zero_copy {
+    use std::collections::VecDeque;
+    use std::fs::File;
+    use std::future::Future;
+    use std::io;
+    use std::pin::Pin;
+    use std::sync::{Arc, LazyLock, Mutex};
+    use std::task::{ready, Context, Poll};
+
+    use axum::response::Response;
+    use bytes::Bytes;
+    use hyper::body::{Frame, SizeHint};
+    use stowage::http::{FileBody, ServeError};
+    use tokio::io::Interest;
+    use tokio::net::TcpStream;
+
+    use super::LogLine;
+
+    /// Bytes of a file one placeholder frame stands for. `sendfile` is only asked for
+    /// frames whose last page was in the page cache a moment before, and a frame is
+    /// small, so a runtime thread does not wait for the disk.
+    const FRAME: usize = 256 << 10;
+    /// Bytes read per trip to the blocking pool when a frame is not in the page cache.
+    const READ_CHUNK: usize = 64 << 10;
+
+    /// The placeholder buffer: zeroed memory from the allocator that nothing ever reads or
+    /// writes (fresh zero pages, so it costs address space rather than memory).
+    static PLACEHOLDER: LazyLock<&'static [u8]> = LazyLock::new(|| Vec::leak(vec![0u8; FRAME]));
+
+    /// Whether `buf` lies in the placeholder buffer.
+    pub(super) fn is_placeholder(buf: &[u8]) -> bool {
+        let base = PLACEHOLDER.as_ptr() as usize;
+        let p = buf.as_ptr() as usize;
+        !buf.is_empty() && p >= base && p + buf.len() <= base + FRAME
+    }
+
+    /// One connection's file bytes behind the placeholders it has handed to hyper, in
+    /// the order hyper writes them.
+    #[derive(Default)]
+    pub(super) struct PendingFiles(Mutex<VecDeque<Segment>>);
+
+    struct Segment {
+        file: Arc<File>,
+        pos: u64,
+        left: usize,
+    }
+
+    impl PendingFiles {
+        fn push(&self, seg: Segment) {
+            self.0
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push_back(seg);
+        }
+    }
+
+    /// Sends up to `max` bytes of the file the next placeholder bytes stand for.
+    pub(super) fn poll_send_file(
+        sock: &TcpStream,
+        files: &PendingFiles,
+        max: usize,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            ready!(sock.poll_write_ready(cx))?;
+            let mut queue = files.0.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(seg) = queue.front_mut() else {
+                return Poll::Ready(Err(io::Error::other(
+                    "placeholder bytes with no file behind them",
+                )));
+            };
+            let mut offset = seg.pos;
+            let n = max.min(seg.left);
+            let sent = sock.try_io(Interest::WRITABLE, || {
+                Ok(rustix::fs::sendfile(
+                    sock,
+                    &*seg.file,
+                    Some(&mut offset),
+                    n,
+                )?)
+            });
+            return Poll::Ready(match sent {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => Err(e),
+                // The file ends before the range its headers announced: it shrank.
+                Ok(0) => Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "file shrank while being served",
+                )),
+                Ok(k) => {
+                    seg.pos += k as u64;
+                    seg.left -= k;
+                    if seg.left == 0 {
+                        queue.pop_front();
+                    }
+                    Ok(k)
+                }
+            });
+        }
+    }
+
+    /// Writes `bufs` (a response head, before a file body) with `MSG_MORE`, so that the
+    /// kernel holds them for the `sendfile` that follows.
+    pub(super) fn poll_send_corked(
+        sock: &TcpStream,
+        bufs: &[io::IoSlice<'_>],
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<usize>> {
+        use rustix::net::{sendmsg, SendAncillaryBuffer, SendFlags};
+        loop {
+            ready!(sock.poll_write_ready(cx))?;
+            let sent = sock.try_io(Interest::WRITABLE, || {
+                let flags = SendFlags::MORE | SendFlags::NOSIGNAL;
+                Ok(sendmsg(
+                    sock,
+                    bufs,
+                    &mut SendAncillaryBuffer::default(),
+                    flags,
+                )?)
+            });
+            match sent {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                r => return Poll::Ready(r),
+            }
+        }
+    }
+
+    /// A response as hyper sends it: the router's response with its body replaced by the
+    /// zero-copy one when it is a local file, counted for the access log.
+    pub(super) fn outgoing(
+        resp: Response,
+        mut line: LogLine,
+        files: Arc<PendingFiles>,
+    ) -> hyper::Response<Outgoing> {
+        let (mut parts, body) = resp.into_parts();
+        line.status = parts.status.as_u16();
+        line.error = parts
+            .extensions
+            .get::<ServeError>()
+            .map(|e| e.0.to_string());
+        let kind = match parts.extensions.remove::<FileBody>() {
+            // The router's own body (a lazy stream of the same bytes) is dropped unread.
+            Some(f) => Kind::File(FileSend {
+                file: Arc::clone(f.file()),
+                first: f.first().clone(),
+                pos: f.range().start + f.first().len() as u64,
+                end: f.range().end,
+                files,
+                reading: None,
+            }),
+            None => Kind::Stream(body),
+        };
+        hyper::Response::from_parts(parts, Outgoing { kind, line })
+    }
+
+    /// A response body; its access-log line is written when it is dropped.
+    pub(super) struct Outgoing {
+        kind: Kind,
+        line: LogLine,
+    }
+
+    enum Kind {
+        Stream(axum::body::Body),
+        File(FileSend),
+    }
+
+    /// The bytes `pos..end` of `file` (after `first`), as placeholder frames when they are
+    /// in the page cache, else as bytes read on the blocking pool.
+    struct FileSend {
+        file: Arc<File>,
+        first: Bytes,
+        pos: u64,
+        end: u64,
+        files: Arc<PendingFiles>,
+        reading: Option<tokio::task::JoinHandle<io::Result<Bytes>>>,
+    }
+
+    impl FileSend {
+        fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Bytes>>> {
+            if !self.first.is_empty() {
+                return Poll::Ready(Some(Ok(std::mem::take(&mut self.first))));
+            }
+            if let Some(reading) = &mut self.reading {
+                let read = ready!(Pin::new(reading).poll(cx));
+                self.reading = None;
+                let chunk = match read {
+                    Ok(Ok(chunk)) => chunk,
+                    Ok(Err(e)) => return Poll::Ready(Some(Err(e))),
+                    Err(e) => return Poll::Ready(Some(Err(io::Error::other(e)))),
+                };
+                self.pos += chunk.len() as u64;
+                return Poll::Ready(Some(Ok(chunk)));
+            }
+            if self.pos >= self.end {
+                return Poll::Ready(None);
+            }
+            let n = (self.end - self.pos).min(FRAME as u64) as usize;
+            // Readahead fills the page cache from the front: with the frame's last byte
+            // cached, the rest of it almost surely is.
+            if cached(&self.file, self.pos + n as u64 - 1) {
+                self.files.push(Segment {
+                    file: Arc::clone(&self.file),
+                    pos: self.pos,
+                    left: n,
+                });
+                self.pos += n as u64;
+                return Poll::Ready(Some(Ok(Bytes::from_static(&PLACEHOLDER[..n]))));
+            }
+            let (file, pos, len) = (Arc::clone(&self.file), self.pos, n.min(READ_CHUNK));
+            self.reading = Some(tokio::task::spawn_blocking(move || {
+                read_exactly_at(&file, pos, len)
+            }));
+            self.poll_next(cx)
+        }
+
+        fn remaining(&self) -> u64 {
+            self.first.len() as u64 + self.end.saturating_sub(self.pos)
+        }
+    }
+
+    /// Whether the byte at `pos` is in the page cache (`preadv2` with `RWF_NOWAIT`).
+    fn cached(file: &File, pos: u64) -> bool {
+        use rustix::io::{preadv2, ReadWriteFlags};
+        let mut byte = [0u8; 1];
+        let mut buf = [io::IoSliceMut::new(&mut byte)];
+        matches!(preadv2(file, &mut buf, pos, ReadWriteFlags::NOWAIT), Ok(1))
+    }
+
+    fn read_exactly_at(file: &File, pos: u64, len: usize) -> io::Result<Bytes> {
+        use std::os::unix::fs::FileExt;
+        let mut buf = vec![0u8; len];
+        file.read_exact_at(&mut buf, pos)?;
+        Ok(Bytes::from(buf))
+    }
+
+    impl hyper::body::Body for Outgoing {
+        type Data = Bytes;
+        type Error = Box<dyn std::error::Error + Send + Sync>;
+
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            let this = self.get_mut();
+            let frame = match &mut this.kind {
+                Kind::Stream(b) => {
+                    ready!(Pin::new(b).poll_frame(cx)).map(|r| r.map_err(Into::into))
+                }
+                Kind::File(f) => {
+                    ready!(f.poll_next(cx)).map(|r| r.map(Frame::data).map_err(Into::into))
+                }
+            };
+            if let Some(Ok(data)) = frame.as_ref().map(|f| f.as_ref().map(Frame::data_ref)) {
+                this.line.bytes += data.map_or(0, |d| d.len() as u64);
+            }
+            Poll::Ready(frame)
+        }
+
+        fn is_end_stream(&self) -> bool {
+            match &self.kind {
+                Kind::Stream(b) => b.is_end_stream(),
+                Kind::File(f) => f.reading.is_none() && f.remaining() == 0,
+            }
+        }
+
+        fn size_hint(&self) -> SizeHint {
+            match &self.kind {
+                Kind::Stream(b) => b.size_hint(),
+                Kind::File(f) => SizeHint::with_exact(f.remaining()),
+            }
         }
     }
 }
