@@ -180,6 +180,11 @@ pub(crate) fn open_parent_dir(root: &Path, key: &Key, create: bool) -> Result<Ow
 /// with `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`; elsewhere each directory is opened in turn
 /// with `O_NOFOLLOW`. Both refuse the same paths.
 pub fn open_beneath(root: &Path, key: &Key) -> io::Result<File> {
+    open_beneath_stat(root, key).map(|(file, _)| file)
+}
+
+/// [`open_beneath`], with the `fstat` it took to check the file is a regular one.
+pub(crate) fn open_beneath_stat(root: &Path, key: &Key) -> io::Result<(File, rfs::Stat)> {
     let not_found = |e: Errno| match e {
         Errno::LOOP | Errno::NOTDIR | Errno::XDEV => io::Error::from(io::ErrorKind::NotFound),
         e => e.into(),
@@ -199,7 +204,7 @@ pub fn open_beneath(root: &Path, key: &Key) -> io::Result<File> {
     if rfs::FileType::from_raw_mode(st.st_mode) != rfs::FileType::RegularFile {
         return Err(io::Error::from(io::ErrorKind::NotFound));
     }
-    Ok(File::from(fd))
+    Ok((File::from(fd), st))
 }
 
 /// [`open_beneath`] from the kernel's caches alone, for callers on an async runtime that

@@ -219,9 +219,8 @@ impl ObjectStore for LocalStore {
         let (root, location) = (self.root_buf(), location.clone());
         blocking(move || {
             let path = key.to_path(&root);
-            let file = local::open_beneath(&root, &key)
+            let (file, st) = local::open_beneath_stat(&root, &key)
                 .map_err(|e| io_error("open", &location, &path, e))?;
-            let st = rfs::fstat(&file).map_err(|e| io_error("stat", &location, &path, e.into()))?;
             let meta = object_meta(location.clone(), &st);
             options.check_preconditions(&meta)?;
             let range = match &options.range {

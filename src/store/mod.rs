@@ -32,7 +32,7 @@ pub mod local;
 pub(crate) use backend::local_served_meta;
 #[cfg(feature = "http")]
 pub(crate) use backend::read_exactly_at;
-use backend::{attributes, fill_at, normalize_prefix, READ_CHUNK};
+use backend::{attributes, fill_at, normalize_prefix, read_cached_at, READ_CHUNK};
 pub(crate) use backend::{file_chunks, Backend, S3Extras};
 pub use local::LocalStore;
 
@@ -407,12 +407,21 @@ impl BlobStore {
             .map_err(|e| b.err(key, e))?;
         let range = res.range.clone();
         match res.payload {
-            // One trip to the blocking pool for the whole file, into a buffer of its size.
+            // Into a buffer of the file's size: a small file the page cache holds is copied
+            // on this thread, anything else in one trip to the blocking pool.
             GetResultPayload::File(file, path) => {
                 let len = usize::try_from(range.end - range.start).unwrap_or(usize::MAX);
+                let mut buf = vec![0; len];
+                let cached = if len <= READ_CHUNK {
+                    read_cached_at(&file, &mut buf, range.start)
+                } else {
+                    0
+                };
+                if cached == len {
+                    return Ok(buf.into());
+                }
                 crate::blocking::try_run(move || {
-                    fill_at(&file, vec![0; len], 0, range.start)
-                        .map_err(|e| Error::io("read", path, e))
+                    fill_at(&file, buf, cached, range.start).map_err(|e| Error::io("read", path, e))
                 })
                 .await
             }
