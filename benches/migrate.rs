@@ -382,6 +382,11 @@ fn prepare_dest(env: &Env, d: &Dataset, tool: Tool, dest: &Path) {
     if tool == Tool::Ceiling {
         return;
     }
+    // stowage creates the destination directory but not its parents (a typo in `--dest`
+    // must not grow a tree somewhere): the bench makes them.
+    if let Some(parent) = dest.parent() {
+        std::fs::create_dir_all(parent).expect("create the destination's parent");
+    }
     if !d.rerun {
         let _ = std::fs::remove_dir_all(dest);
         return;

@@ -220,16 +220,15 @@ pub(super) async fn copy_one(ctx: &CopyCtx, p: Planned, reporter: &dyn Reporter)
                 proof,
                 placed,
             }) => {
-                // The file is in place; was the object deleted from the source meanwhile?
-                // (The body is done with: its stream permit goes to the next object.)
-                _stream = None;
-                match recheck_source(ctx, backend, &path, &p.key, placed, reporter).await {
-                    Some(reason) => Outcome::Vanished(reason),
-                    None => Outcome::Copied {
-                        bytes: size,
-                        unverified,
-                        proof,
-                    },
+                // The file is in place; whether the object was deleted from the source
+                // meanwhile is asked by the run, outside this copy's slot.
+                Outcome::Placed {
+                    bytes: size,
+                    unverified,
+                    proof,
+                    path,
+                    key: p.key.clone(),
+                    placed,
                 }
             }
             Ok(Finished::Mismatch {

@@ -224,6 +224,17 @@ enum Outcome {
     Conflict(String),
     /// Deleted from the source during the copy; nothing of it left in place.
     Vanished(String),
+    /// In place and checked; the bucket is still to be asked whether it holds the object
+    /// (`recheck_source`), which the run does outside the copy's slot, so that the next
+    /// GET does not wait for this HEAD.
+    Placed {
+        bytes: u64,
+        unverified: Option<String>,
+        proof: Proof,
+        path: object_store::path::Path,
+        key: Key,
+        placed: PlacedFile,
+    },
     Fatal(Error),
     /// Stopped by an interruption or a fatal error elsewhere; nothing left behind.
     Cancelled,
@@ -438,8 +449,47 @@ pub async fn s3_to_local(
             }
         })
         .buffer_unordered(opts.concurrency.max(1));
-    while let Some((key, outcome)) = running.next().await {
+    // Files in place whose source is being asked again (one HEAD each), beside the copies.
+    let mut rechecks = futures::stream::FuturesUnordered::new();
+    let recheck_slots = Arc::new(tokio::sync::Semaphore::new(opts.concurrency.max(1)));
+    let mut copies_done = false;
+    loop {
+        let (key, outcome) = tokio::select! {
+            Some(done) = rechecks.next(), if !rechecks.is_empty() => done,
+            next = running.next(), if !copies_done => match next {
+                Some(done) => done,
+                None => {
+                    copies_done = true;
+                    continue;
+                }
+            },
+            else => break,
+        };
         match outcome {
+            Outcome::Placed {
+                bytes,
+                unverified,
+                proof,
+                path,
+                key: k,
+                placed,
+            } => {
+                let (ctx, slots) = (Arc::clone(&ctx), Arc::clone(&recheck_slots));
+                rechecks.push(async move {
+                    let _slot = slots.acquire_owned().await.expect("semaphore never closed");
+                    let backend = ctx.backend_store.backend();
+                    let outcome =
+                        match recheck_source(&ctx, backend, &path, &k, placed, reporter).await {
+                            Some(reason) => Outcome::Vanished(reason),
+                            None => Outcome::Copied {
+                                bytes,
+                                unverified,
+                                proof,
+                            },
+                        };
+                    (key, outcome)
+                });
+            }
             Outcome::Cancelled => {}
             Outcome::Copied {
                 bytes,

@@ -165,6 +165,9 @@ pub async fn local_to_s3(
                 summary.vanished.push(KeyReason { key, reason });
             }
             UploadOutcome::Done(Outcome::Cancelled) => {}
+            UploadOutcome::Done(Outcome::Placed { .. }) => {
+                unreachable!("only a download places a local file")
+            }
         }
     }
     drop(running);
