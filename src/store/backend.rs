@@ -20,6 +20,7 @@ use crate::error::{Error, Result};
 use crate::key::Key;
 
 /// The one backend type: an object store, where keys go in it, and its capabilities.
+#[derive(Clone)]
 pub(crate) struct Backend {
     pub(crate) store: Arc<dyn ObjectStore>,
     /// Key prefix inside the store, empty or ending in `/`.
@@ -37,6 +38,7 @@ pub(crate) struct Backend {
     pub(crate) s3: Option<S3Extras>,
 }
 
+#[derive(Clone)]
 pub(crate) struct S3Extras {
     pub(crate) signer: Arc<dyn Signer>,
     pub(crate) presign_ttl: Duration,

@@ -172,6 +172,7 @@ impl std::fmt::Debug for BlobStore {
 
 /// Objects at or above this size are uploaded in parts by `put_stream`/`put_file` on S3.
 pub const MULTIPART_THRESHOLD: usize = 8 << 20;
+
 impl BlobStore {
     /// A store in process memory (tests, examples).
     pub fn memory() -> BlobStore {
@@ -242,11 +243,7 @@ impl BlobStore {
     /// `stowage::http` router (or `stowage serve`) serves at `urls.base_url`, such as a
     /// read-through store over a local directory.
     pub fn with_download_urls(self, urls: LocalUrls) -> BlobStore {
-        let b = &*self.inner;
-        let mut next = Backend::new(Arc::clone(&b.store), &b.name, b.kind);
-        next.prefix = b.prefix.clone();
-        next.part_size = b.part_size;
-        next.local_root = b.local_root.clone();
+        let mut next = (*self.inner).clone();
         next.urls = Some(urls);
         BlobStore::from_backend(next)
     }
@@ -549,7 +546,8 @@ impl BlobStore {
 
     /// Streams the metadata of every object whose key starts with `prefix` (a plain string
     /// prefix, as on S3), page by page. A stored key that is not a valid [`Key`] yields an
-    /// `Err(Error::InvalidKey)` item and the listing goes on.
+    /// `Err(Error::InvalidKey)` item and the listing goes on (a local store does not list a
+    /// file whose name is not a key at all: see [`LocalStore`]).
     pub fn list(&self, prefix: &str) -> BoxStream<'static, Result<Meta>> {
         self.listing(prefix, false)
             .map(|r| r.and_then(Meta::try_from))
