@@ -318,9 +318,15 @@ pub(super) const VANISHED_REPLACED: &str = "deleted from the bucket while it was
 
 /// The identity of the inode a commit put under a key's name.
 #[derive(Debug, Clone, Copy)]
+/// The identity of a file migrate put in place. The inode alone is not enough: once the
+/// service deletes the file, the filesystem may hand the same inode number to the next
+/// file it creates (a clip written again under the same name), so the size and the mtime
+/// (the object's LastModified, which migrate set, to the nanosecond) must match too.
 pub(super) struct PlacedFile {
     pub(super) dev: u64,
     pub(super) ino: u64,
+    pub(super) size: u64,
+    pub(super) mtime: (i64, i64),
 }
 
 impl PlacedFile {
@@ -330,6 +336,8 @@ impl PlacedFile {
         Ok(PlacedFile {
             dev: m.dev(),
             ino: m.ino(),
+            size: m.size(),
+            mtime: (m.mtime(), m.mtime_nsec()),
         })
     }
 
@@ -337,9 +345,16 @@ impl PlacedFile {
         // `stat` field widths differ between architectures.
         #[allow(clippy::unnecessary_cast)]
         let (dev, ino) = (st.st_dev as u64, st.st_ino as u64);
+        #[allow(clippy::unnecessary_cast)]
+        let (size, mtime) = (
+            st.st_size as u64,
+            (st.st_mtime as i64, st.st_mtime_nsec as i64),
+        );
         rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::RegularFile
             && dev == self.dev
             && ino == self.ino
+            && size == self.size
+            && mtime == self.mtime
     }
 }
 
