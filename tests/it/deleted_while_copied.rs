@@ -234,6 +234,25 @@ fn opts() -> migrate::MigrateOptions {
     opts
 }
 
+/// Starts `migrate s3-to-local` from the bucket into the store, with `hold` held.
+fn migrate_through(
+    t: &Setup,
+    hold: Hold,
+) -> (
+    tokio::task::JoinHandle<stowage::Result<migrate::MigrateSummary>>,
+    oneshot::Receiver<()>,
+    Arc<Semaphore>,
+) {
+    let (gated, reached, release) = Gated::new(t.bucket.clone(), hold);
+    let src = BlobStore::from_object_store(gated, "", "gated bucket");
+    let root = t.root.clone();
+    let run =
+        tokio::spawn(
+            async move { migrate::s3_to_local(&src, &root, &opts(), &NoopReporter).await },
+        );
+    (run, reached, release)
+}
+
 fn temp_files(root: &std::path::Path) -> usize {
     let dir = root.join("clips/9");
     std::fs::read_dir(dir).map_or(0, |d| {
@@ -246,13 +265,7 @@ fn temp_files(root: &std::path::Path) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_clip_deleted_through_the_service_while_migrate_downloads_it_stays_deleted() {
     let t = setup().await;
-    let (gated, reached, release) = Gated::new(t.bucket.clone(), Hold::Body);
-    let src = BlobStore::from_object_store(gated, "", "gated bucket");
-    let root = t.root.clone();
-    let run =
-        tokio::spawn(
-            async move { migrate::s3_to_local(&src, &root, &opts(), &NoopReporter).await },
-        );
+    let (run, reached, release) = migrate_through(&t, Hold::Body);
 
     // migrate has the object's answer from the bucket and its temp file open.
     until_reached(reached).await;
@@ -291,13 +304,7 @@ async fn a_clip_deleted_through_the_service_while_migrate_downloads_it_stays_del
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_clip_written_again_locally_before_migrate_asks_the_bucket_is_kept() {
     let t = setup().await;
-    let (gated, reached, release) = Gated::new(t.bucket.clone(), Hold::Head);
-    let src = BlobStore::from_object_store(gated, "", "gated bucket");
-    let root = t.root.clone();
-    let run =
-        tokio::spawn(
-            async move { migrate::s3_to_local(&src, &root, &opts(), &NoopReporter).await },
-        );
+    let (run, reached, release) = migrate_through(&t, Hold::Head);
 
     // migrate has committed the clip and is about to ask the bucket about it.
     until_reached(reached).await;
@@ -326,13 +333,7 @@ async fn a_clip_written_again_locally_before_migrate_asks_the_bucket_is_kept() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_clip_deleted_after_the_listing_before_its_get_is_reported_not_failed() {
     let t = setup().await;
-    let (gated, reached, release) = Gated::new(t.bucket.clone(), Hold::Get);
-    let src = BlobStore::from_object_store(gated, "", "gated bucket");
-    let root = t.root.clone();
-    let run =
-        tokio::spawn(
-            async move { migrate::s3_to_local(&src, &root, &opts(), &NoopReporter).await },
-        );
+    let (run, reached, release) = migrate_through(&t, Hold::Get);
     until_reached(reached).await;
     t.service.delete(&Path::from(KEY)).await.unwrap();
     release.add_permits(1);
