@@ -11,7 +11,9 @@
 //! One page (at most 1,000 entries) is held in memory at a time; the next page is requested
 //! only once the consumer has taken every entry of the current one.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -219,7 +221,7 @@ impl RawLister {
 }
 
 /// How many top-level prefixes [`RawLister::list_parallel`] lists at once.
-pub const LIST_FANOUT: usize = 8;
+pub const LIST_FANOUT: usize = 16;
 /// Entries buffered per prefix listed ahead of the one being consumed.
 const FANOUT_BUFFER: usize = 1000;
 
@@ -231,7 +233,8 @@ enum Segment {
 impl RawLister {
     /// Like [`RawLister::list`], in the same order, but when the level just below `prefix`
     /// holds several "directories" (`prefix/a/`, `prefix/b/`, ...) and fits in one page,
-    /// lists up to [`LIST_FANOUT`] of them at once, each buffering at most a page ahead.
+    /// lists up to [`LIST_FANOUT`] of them at once, each buffering up to 1,000
+    /// entries ahead of the consumer.
     /// Costs one extra request; a flat or very wide level falls back to one sequential
     /// listing, and so does a level with a prefix that is not UTF-8 once decoded (listing
     /// under a mangled prefix would silently miss its objects; the sequential listing
@@ -287,35 +290,43 @@ impl RawLister {
                 segments.push((p.clone(), Segment::Prefix(p)));
             }
             segments.sort_by(|a, b| a.0.cmp(&b.0));
-            stream::iter(segments)
-                .map(move |(_, seg)| {
-                    let (this, strip) = (this.clone(), strip.clone());
-                    async move {
-                        match seg {
-                            Segment::Object(o) => stream::iter([o]).boxed(),
-                            Segment::Prefix(p) => {
-                                // Start listing now; the consumer takes it in order.
-                                let (tx, mut rx) = tokio::sync::mpsc::channel(FANOUT_BUFFER);
-                                let mut entries = this.list(&p, &strip);
-                                tokio::spawn(async move {
-                                    while let Some(e) = entries.next().await {
-                                        let stop = e.is_err();
-                                        if tx.send(e).await.is_err() || stop {
-                                            return;
-                                        }
-                                    }
-                                });
-                                stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed()
-                            }
-                        }
-                    }
-                })
-                .buffered(LIST_FANOUT)
-                .flatten()
-                .boxed()
+            // A window of up to LIST_FANOUT prefixes listed ahead of the consumer, each
+            // started the moment it enters the window (a `buffered` map would start the
+            // next one only when the consumer asks for it: one listing at a time).
+            let mut segments = segments.into_iter().map(|(_, seg)| seg);
+            let mut window: VecDeque<BoxStream<'static, Result<ListedObject>>> =
+                VecDeque::with_capacity(LIST_FANOUT);
+            stream::poll_fn(move |_| {
+                while window.len() < LIST_FANOUT {
+                    let Some(seg) = segments.next() else { break };
+                    window.push_back(match seg {
+                        Segment::Object(o) => stream::iter([o]).boxed(),
+                        Segment::Prefix(p) => this.list_ahead(&p, &strip),
+                    });
+                }
+                Poll::Ready(window.pop_front())
+            })
+            .flatten()
+            .boxed()
         })
         .flatten()
         .boxed()
+    }
+
+    /// [`RawLister::list`] of `prefix` on its own task from now on, buffering up to
+    /// [`FANOUT_BUFFER`] entries until the returned stream takes them.
+    fn list_ahead(&self, prefix: &str, strip: &str) -> BoxStream<'static, Result<ListedObject>> {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(FANOUT_BUFFER);
+        let mut entries = self.list(prefix, strip);
+        tokio::spawn(async move {
+            while let Some(e) = entries.next().await {
+                let stop = e.is_err();
+                if tx.send(e).await.is_err() || stop {
+                    return;
+                }
+            }
+        });
+        stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed()
     }
 }
 

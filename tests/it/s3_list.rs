@@ -471,6 +471,33 @@ async fn the_parallel_listing_matches_the_sequential_one() {
     assert_eq!(par.len(), 5);
 }
 
+/// The fanned-out listing asks for every prefix's first page at once, not one prefix after
+/// the consumer has taken the previous one: with 10 prefixes, the delimited listing and one
+/// per prefix (up to `LIST_FANOUT`) have reached the server by the time the first object
+/// comes back, each held a moment by the server.
+#[tokio::test]
+async fn the_parallel_listing_lists_its_prefixes_at_once() {
+    let s3 = TestS3::start();
+    let mut all: Vec<String> = Vec::new();
+    for p in 0..10 {
+        all.extend(numbered(&format!("p{p}/"), 3));
+    }
+    seed(&s3, &all).await;
+    s3.faults().delay_next_lists(11, Duration::from_millis(500));
+    let l = lister(&s3);
+    let before = s3.faults().lists();
+    let mut listing = l.list_parallel("", "");
+    let first = listing.next().await.unwrap().unwrap();
+    assert_eq!(first.key, "p0/00000");
+    assert_eq!(
+        s3.faults().lists() - before,
+        1 + 10.min(stowage::s3::list::LIST_FANOUT as u64),
+        "listings under way when the first object arrived"
+    );
+    let rest: Vec<ListedObject> = listing.try_collect().await.unwrap();
+    assert_eq!(rest.len(), all.len() - 1);
+}
+
 // Untrusted listings: what a hostile or broken endpoint sends must not stop the run, hide
 // objects or fill memory.
 
