@@ -178,10 +178,23 @@ impl RawLister {
     /// other transient failures that outlasted the retries and a page body over
     /// [`MAX_PAGE_BYTES`].
     pub fn list(&self, prefix: &str, strip: &str) -> BoxStream<'static, Result<ListedObject>> {
+        self.list_after(prefix, None, strip)
+    }
+
+    /// [`RawLister::list`] from the first full key after `start_after` (S3's `StartAfter`,
+    /// itself not listed; `None`: from the start). A server that ignores `StartAfter`
+    /// cannot make it list anything before it: such entries are dropped here.
+    pub fn list_after(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        strip: &str,
+    ) -> BoxStream<'static, Result<ListedObject>> {
         let state = PageState {
             inner: self.inner.clone(),
             prefix: prefix.to_owned(),
             strip: strip.to_owned(),
+            start_after: start_after.map(str::to_owned),
             next: Some(None),
         };
         stream::try_unfold(state, |mut st| async move {
@@ -189,12 +202,23 @@ impl RawLister {
             let Some(token) = st.next.take() else {
                 return Ok(None);
             };
-            let page = st.inner.fetch_page(&st.prefix, token.as_deref()).await?;
+            let page = st
+                .inner
+                .fetch_page(&st.prefix, token.as_deref(), st.start_after.as_deref())
+                .await?;
             let url_encoded = st.inner.url_encoding && page.encoding_type.as_deref() == Some("url");
+            let after = st
+                .start_after
+                .as_deref()
+                .and_then(|a| a.strip_prefix(st.strip.as_str()));
             let entries: Vec<Result<ListedObject>> = page
                 .contents
                 .into_iter()
                 .map(|c| st.inner.entry(c, url_encoded, &st.strip))
+                .filter(|e| match (e, after) {
+                    (Ok(o), Some(after)) => o.key.as_str() > after,
+                    _ => true,
+                })
                 .collect();
             if page.is_truncated {
                 match page.next_continuation_token {
@@ -250,7 +274,7 @@ impl RawLister {
         stream::once(async move {
             let page = match this
                 .inner
-                .fetch_page_delimited(&prefix, None, Some("/"))
+                .fetch_page_with(&prefix, None, Some("/"), None)
                 .await
             {
                 Ok(p) => p,
@@ -334,6 +358,8 @@ struct PageState {
     inner: Arc<Inner>,
     prefix: String,
     strip: String,
+    /// The full key the listing starts after.
+    start_after: Option<String>,
     /// The continuation token of the next page to fetch: `Some(None)` for the first page,
     /// `None` when done.
     next: Option<Option<String>>,
@@ -370,19 +396,28 @@ impl Inner {
         }
     }
 
-    async fn fetch_page(&self, prefix: &str, token: Option<&str>) -> Result<ListBucketResult> {
-        self.fetch_page_delimited(prefix, token, None).await
+    async fn fetch_page(
+        &self,
+        prefix: &str,
+        token: Option<&str>,
+        start_after: Option<&str>,
+    ) -> Result<ListBucketResult> {
+        self.fetch_page_with(prefix, token, None, start_after).await
     }
 
-    async fn fetch_page_delimited(
+    async fn fetch_page_with(
         &self,
         prefix: &str,
         token: Option<&str>,
         delimiter: Option<&str>,
+        start_after: Option<&str>,
     ) -> Result<ListBucketResult> {
         let mut attempt = 1;
         loop {
-            match self.fetch_page_once(prefix, token, delimiter).await {
+            match self
+                .fetch_page_once(prefix, token, delimiter, start_after)
+                .await
+            {
                 Ok(page) => return Ok(page),
                 Err(AttemptError::Fatal(e)) => return Err(e),
                 Err(AttemptError::Transient(msg)) if attempt >= self.retry.attempts => {
@@ -414,6 +449,7 @@ impl Inner {
         prefix: &str,
         token: Option<&str>,
         delimiter: Option<&str>,
+        start_after: Option<&str>,
     ) -> Result<ListBucketResult, AttemptError> {
         let mut query = vec![
             ("list-type", "2"),
@@ -426,8 +462,10 @@ impl Inner {
         if self.url_encoding {
             query.push(("encoding-type", "url"));
         }
-        if let Some(token) = token {
-            query.push(("continuation-token", token));
+        match (token, start_after) {
+            (Some(token), _) => query.push(("continuation-token", token)),
+            (None, Some(after)) => query.push(("start-after", after)),
+            (None, None) => {}
         }
         let url = self
             .signer

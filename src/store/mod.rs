@@ -601,6 +601,28 @@ impl BlobStore {
             .boxed()
     }
 
+    /// The listing of `prefix` from the first key after `start_after` (relative to the
+    /// store's prefix, like `prefix`; `None`: all of it): S3's `StartAfter`, in key order;
+    /// any other backend lists the prefix, in its own order, and skips the keys up to it.
+    pub(crate) fn listing_after(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+    ) -> BoxStream<'static, Result<ListedObject>> {
+        let b = &*self.inner;
+        if let Some(s3) = &b.s3 {
+            let full = format!("{}{}", b.prefix, prefix);
+            let after = start_after.map(|a| format!("{}{}", b.prefix, a));
+            return s3.lister.list_after(&full, after.as_deref(), &b.prefix);
+        }
+        let Some(after) = start_after.map(str::to_owned) else {
+            return self.listing(prefix, false);
+        };
+        self.listing(prefix, false)
+            .filter(move |r| futures::future::ready(!matches!(r, Ok(o) if o.key <= after)))
+            .boxed()
+    }
+
     /// The object's ETag: the one a listing carried, or, when the listing had none (some
     /// servers, s3s-fs among them, list without ETags), the one a HEAD answers.
     pub(crate) async fn etag_or_head(

@@ -7,6 +7,7 @@
 //! `ThrottledStore` wraps a store the same way): no sleeps.
 
 use std::ops::Range;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -34,6 +35,10 @@ enum Hold {
     Head,
     /// The GET, before it reaches the server.
     Get,
+    /// The second listing (migrate's re-listing after its copies), before it is made.
+    Relisting,
+    /// Nothing: the run goes through.
+    Nothing,
 }
 
 /// The bucket as migrate sees it, with one request of [`KEY`] held until the test
@@ -45,6 +50,13 @@ struct Gated {
     hold: Hold,
     reached: Mutex<Option<oneshot::Sender<()>>>,
     release: Arc<Semaphore>,
+    /// Listings made so far.
+    lists: AtomicUsize,
+    /// HEAD requests made so far.
+    heads: AtomicUsize,
+    /// Keys left out of every listing after the first (a listing that misses what it
+    /// should show: out of order, or lagging).
+    hidden_from_relistings: Mutex<Vec<String>>,
 }
 
 impl std::fmt::Display for Gated {
@@ -66,6 +78,9 @@ impl Gated {
             hold,
             reached: Mutex::new(Some(tx)),
             release: release.clone(),
+            lists: AtomicUsize::new(0),
+            heads: AtomicUsize::new(0),
+            hidden_from_relistings: Mutex::new(Vec::new()),
         });
         (store, rx, release)
     }
@@ -75,6 +90,7 @@ impl Gated {
         let wanted = match self.hold {
             Hold::Body | Hold::Get => !head,
             Hold::Head => head,
+            Hold::Relisting | Hold::Nothing => false,
         };
         if location.as_ref() != KEY || !wanted {
             return false;
@@ -114,6 +130,9 @@ impl ObjectStore for Gated {
         options: GetOptions,
     ) -> object_store::Result<GetResult> {
         let head = options.head;
+        if head {
+            self.heads.fetch_add(1, Ordering::SeqCst);
+        }
         if self.hold != Hold::Body && self.take(location, head) {
             let _ = self.release.acquire().await.expect("gate open");
             return self.inner.get_opts(location, options).await;
@@ -158,7 +177,33 @@ impl ObjectStore for Gated {
     }
 
     fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
-        self.inner.list(prefix)
+        let first = self.lists.fetch_add(1, Ordering::SeqCst) == 0;
+        let (inner, prefix) = (self.inner.clone(), prefix.cloned());
+        let hidden = match first {
+            true => Vec::new(),
+            false => self.hidden_from_relistings.lock().unwrap().clone(),
+        };
+        // The re-listing that covers KEY (an earlier one may cover only the other clip).
+        let covers = prefix.as_ref().is_none_or(|p| KEY.starts_with(p.as_ref()));
+        let reached = match (first, self.hold) {
+            (false, Hold::Relisting) if covers => self.reached.lock().unwrap().take(),
+            _ => None,
+        };
+        let release = self.release.clone();
+        futures::stream::once(async move {
+            if let Some(tx) = reached {
+                let _ = tx.send(());
+                let _ = release.acquire().await.expect("gate open");
+            }
+            // The listing is made only now, after the gate.
+            inner.list(prefix.as_ref())
+        })
+        .flatten()
+        .filter(move |m| {
+            let shown = !matches!(m, Ok(m) if hidden.iter().any(|h| h == m.location.as_ref()));
+            futures::future::ready(shown)
+        })
+        .boxed()
     }
 
     async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
@@ -244,13 +289,17 @@ fn migrate_through(
     Arc<Semaphore>,
 ) {
     let (gated, reached, release) = Gated::new(t.bucket.clone(), hold);
+    (migrate_with(t, gated), reached, release)
+}
+
+/// Starts `migrate s3-to-local` from `gated` into the store.
+fn migrate_with(
+    t: &Setup,
+    gated: Arc<Gated>,
+) -> tokio::task::JoinHandle<stowage::Result<migrate::MigrateSummary>> {
     let src = BlobStore::from_object_store(gated, "", "gated bucket");
     let root = t.root.clone();
-    let run =
-        tokio::spawn(
-            async move { migrate::s3_to_local(&src, &root, &opts(), &NoopReporter).await },
-        );
-    (run, reached, release)
+    tokio::spawn(async move { migrate::s3_to_local(&src, &root, &opts(), &NoopReporter).await })
 }
 
 fn temp_files(root: &std::path::Path) -> usize {
@@ -304,7 +353,7 @@ async fn a_clip_deleted_through_the_service_while_migrate_downloads_it_stays_del
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_clip_written_again_locally_before_migrate_asks_the_bucket_is_kept() {
     let t = setup().await;
-    let (run, reached, release) = migrate_through(&t, Hold::Head);
+    let (run, reached, release) = migrate_through(&t, Hold::Relisting);
 
     // migrate has committed the clip and is about to ask the bucket about it.
     until_reached(reached).await;
@@ -328,6 +377,39 @@ async fn a_clip_written_again_locally_before_migrate_asks_the_bucket_is_kept() {
     let vanished: Vec<&str> = summary.vanished.iter().map(|k| k.key.as_str()).collect();
     assert_eq!(vanished, [KEY], "{summary:?}");
     assert!(!summary.has_problems(), "{summary:?}");
+}
+
+/// The bucket is asked again about every copy with one listing for clips close together in
+/// it, not a HEAD each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_asks_the_bucket_again_with_a_listing_not_a_head_per_clip() {
+    let t = setup().await;
+    let (gated, _reached, _release) = Gated::new(t.bucket.clone(), Hold::Nothing);
+    let summary = migrate_with(&t, gated.clone()).await.unwrap().unwrap();
+    assert_eq!(summary.copied, 2, "{summary:?}");
+    assert_eq!(gated.heads.load(Ordering::SeqCst), 0);
+    // The plan's listing and one re-listing (two if the clips were placed over a second
+    // apart).
+    let lists = gated.lists.load(Ordering::SeqCst);
+    assert!((2..=3).contains(&lists), "{lists} listings");
+}
+
+/// A re-listing that misses a clip the bucket still holds (out of order, lagging) costs a
+/// HEAD for it, never the copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clip_the_relisting_misses_is_asked_about_and_kept() {
+    let t = setup().await;
+    let (gated, _reached, _release) = Gated::new(t.bucket.clone(), Hold::Nothing);
+    gated
+        .hidden_from_relistings
+        .lock()
+        .unwrap()
+        .push(KEY.to_owned());
+    let summary = migrate_with(&t, gated.clone()).await.unwrap().unwrap();
+    assert_eq!(std::fs::read(t.root.join(KEY)).unwrap(), t.body);
+    assert_eq!(summary.copied, 2, "{summary:?}");
+    assert!(summary.vanished.is_empty(), "{summary:?}");
+    assert_eq!(gated.heads.load(Ordering::SeqCst), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

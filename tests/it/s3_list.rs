@@ -498,6 +498,30 @@ async fn the_parallel_listing_lists_its_prefixes_at_once() {
     assert_eq!(rest.len(), all.len() - 1);
 }
 
+/// `list_after` starts after the given full key (not listed itself), under the prefix,
+/// with the store prefix stripped.
+#[tokio::test]
+async fn a_listing_can_start_after_a_key() {
+    let s3 = TestS3::start();
+    let all = numbered("st/a/", 6);
+    seed(&s3, &all).await;
+    seed(&s3, &["st/b".to_owned()]).await;
+    let l = lister(&s3);
+    let got: Vec<ListedObject> = l
+        .list_after("st/a/", Some("st/a/00002"), "st/")
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(keys(&got), ["a/00003", "a/00004", "a/00005"]);
+    // Between two keys: a key that is not there.
+    let got: Vec<ListedObject> = l
+        .list_after("st/", Some("st/a/00004x"), "st/")
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(keys(&got), ["a/00005", "b"]);
+}
+
 // Untrusted listings: what a hostile or broken endpoint sends must not stop the run, hide
 // objects or fill memory.
 

@@ -8,7 +8,7 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::stream::{BoxStream, StreamExt};
-use object_store::{GetOptions, GetRange, ObjectStoreExt};
+use object_store::{GetOptions, GetRange};
 use tokio_util::sync::CancellationToken;
 
 use crate::blocking;
@@ -16,7 +16,7 @@ use crate::checksum::Proof;
 use crate::error::Error;
 use crate::etag::{self, ContentHasher, Verdict};
 use crate::key::Key;
-use crate::local::{self, AtomicFile, Expect, PlaceError};
+use crate::local::{AtomicFile, Expect, PlaceError};
 use crate::report::Reporter;
 use crate::s3::ObjectHeaders;
 use crate::store::{Backend, BlobStore};
@@ -222,14 +222,16 @@ pub(super) async fn copy_one(ctx: &CopyCtx, p: Planned, reporter: &dyn Reporter)
             }) => {
                 // The file is in place; whether the object was deleted from the source
                 // meanwhile is asked by the run, outside this copy's slot.
-                Outcome::Placed {
+                Outcome::Placed(Box::new(PlacedCopy {
+                    listed: p.raw.key.clone(),
+                    seq: p.seq,
+                    key: p.key.clone(),
+                    path,
+                    placed,
                     bytes: size,
                     unverified,
                     proof,
-                    path,
-                    key: p.key.clone(),
-                    placed,
-                }
+                }))
             }
             Ok(Finished::Mismatch {
                 file: f,
@@ -313,9 +315,6 @@ pub(super) fn commit_checked(
 /// Why an object deleted from the source during the run is not on disk.
 pub(super) const VANISHED_BEFORE: &str =
     "deleted from the bucket after it was listed (by the service, presumably): not copied";
-pub(super) const VANISHED_AFTER: &str = "deleted from the bucket while it was being copied (by the service, presumably): the copy was removed again";
-pub(super) const VANISHED_REPLACED: &str = "deleted from the bucket while it was being copied; the local name already holds another file (or none), left as it is";
-
 /// The identity of the inode a commit put under a key's name.
 #[derive(Debug, Clone, Copy)]
 /// The identity of a file migrate put in place. The inode alone is not enough: once the
@@ -356,113 +355,6 @@ impl PlacedFile {
             && size == self.size
             && mtime == self.mtime
     }
-}
-
-/// After a copy is committed: asks the source whether the object is still there, and if
-/// it is gone, removes the file just committed (only that very inode). `Some(reason)` when
-/// the object was deleted from the source, `None` when the copy stands.
-///
-/// Why commit-then-HEAD closes the race with a service deleting the clip: the service
-/// deletes through [`crate::ReadThrough`], the bucket first, then the local file. Take the
-/// moment our HEAD is answered:
-/// - after the bucket delete: the HEAD says not-found and we remove our file here;
-/// - before it: our commit came earlier still, so the service's local delete, which
-///   follows its bucket delete, finds our file and removes it.
-///
-/// Either way the clip stays deleted. This needs the source to answer a HEAD after a
-/// completed DELETE with not-found (S3 has been strongly consistent since 2020, as are
-/// MinIO and s3s-fs). A delete that reaches only the bucket (the service not yet on the
-/// read-through store) is not covered once our HEAD has been answered: `verify` lists such
-/// a file as `extra`.
-pub(super) async fn recheck_source(
-    ctx: &CopyCtx,
-    backend: &Backend,
-    path: &object_store::path::Path,
-    key: &Key,
-    placed: PlacedFile,
-    reporter: &dyn Reporter,
-) -> Option<String> {
-    match backend.store.head(path).await {
-        Err(object_store::Error::NotFound { .. }) => {}
-        Ok(_) => return None,
-        Err(e) => {
-            // Unknown: the object was there moments ago, so the copy stands.
-            reporter.note(&format!(
-                "copied {:?}, but could not ask the bucket again whether it still holds it: {}",
-                key.as_str(),
-                crate::error::redact(&e.to_string())
-            ));
-            return None;
-        }
-    }
-    let (root, key2) = (ctx.root.clone(), key.clone());
-    match blocking::try_run(move || remove_if_placed(&root, &key2, placed)).await {
-        Ok(true) => Some(VANISHED_AFTER.into()),
-        Ok(false) => Some(VANISHED_REPLACED.into()),
-        Err(e) => Some(format!(
-            "deleted from the bucket while it was being copied, but the copy at {} could not be removed: {e}",
-            key.to_path(&ctx.root).display()
-        )),
-    }
-}
-
-/// Removes `key`'s file under `root` if it is still the inode `placed`; `Ok(false)` when
-/// the name holds something else (the service wrote it again) or nothing. Never follows a
-/// symlink. Like cleanup, the file is first renamed to a private name and checked there,
-/// where nobody can swap it, so a file renamed over the name meanwhile is never removed;
-/// if the private name holds another file after all, it goes back.
-pub(super) fn remove_if_placed(
-    root: &Path,
-    key: &Key,
-    placed: PlacedFile,
-) -> std::io::Result<bool> {
-    use rustix::fs::{renameat_with, statat, unlinkat, AtFlags, RenameFlags};
-    use rustix::io::Errno;
-    let dir = match local::open_parent_dir(root, key, false) {
-        Ok(d) => d,
-        Err(local::PlaceError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Ok(false)
-        }
-        Err(local::PlaceError::Io(e)) => return Err(e),
-        // A parent became a symlink or a file: not our file any more.
-        Err(_) => return Ok(false),
-    };
-    let name = key.file_name();
-    match statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW) {
-        Ok(st) if placed.is(&st) => {}
-        Ok(_) | Err(Errno::NOENT) => return Ok(false),
-        Err(e) => return Err(e.into()),
-    }
-    let private = format!("{}{:016x}", local::DELETE_PREFIX, fastrand::u64(..));
-    match renameat_with(&dir, name, &dir, private.as_str(), RenameFlags::NOREPLACE) {
-        Ok(()) => {}
-        Err(Errno::NOENT) => return Ok(false),
-        // No RENAME_NOREPLACE here: the plain check (above) then unlink.
-        Err(Errno::INVAL | Errno::NOSYS) => {
-            return match unlinkat(&dir, name, AtFlags::empty()) {
-                Ok(()) => Ok(true),
-                Err(Errno::NOENT) => Ok(false),
-                Err(e) => Err(e.into()),
-            }
-        }
-        Err(e) => return Err(e.into()),
-    }
-    let ours = matches!(statat(&dir, private.as_str(), AtFlags::SYMLINK_NOFOLLOW), Ok(st) if placed.is(&st));
-    if !ours {
-        // Another writer's file took the name between the check and the rename: back.
-        return match renameat_with(&dir, private.as_str(), &dir, name, RenameFlags::NOREPLACE) {
-            Ok(()) => Ok(false),
-            // A yet newer file has the name: it would have replaced this one anyway.
-            Err(Errno::EXIST) => unlinkat(&dir, private.as_str(), AtFlags::empty())
-                .map(|()| false)
-                .map_err(Into::into),
-            Err(e) => Err(e.into()),
-        };
-    }
-    unlinkat(&dir, private.as_str(), AtFlags::empty())?;
-    drop(dir);
-    local::prune_empty_parents(root, key);
-    Ok(true)
 }
 
 /// The part size of a multipart object as S3 states it (`HEAD ?partNumber=1`), when its

@@ -20,11 +20,12 @@
 //!    be free, a file to replace must still be that very file; otherwise the key is a
 //!    conflict and the local file stays. A local file newer than the object is never
 //!    planned for replacement at all. A broken body resumes with a Range
-//!    request pinned to the ETag; a corrupt one is fetched again. Once a file is in place
-//!    the source is asked again (HEAD): an object deleted meanwhile (the service deleting
-//!    a clip through the read-through store) has the file just committed removed, and is
-//!    listed in `vanished` (see `recheck_source` for why the order closes the race). One
-//!    `syncfs` makes the run's renames durable before the summary is returned.
+//!    request pinned to the ETag; a corrupt one is fetched again. Within a second of a
+//!    file being in place the source is asked again (one listing for many copies close
+//!    together, a HEAD for a key it does not show): an object deleted meanwhile (the
+//!    service deleting a clip through the read-through store) has the file just committed
+//!    removed, and is listed in `vanished` (see `recheck` for why the order closes the
+//!    race). One `syncfs` makes the run's renames durable before the summary is returned.
 //!
 //! A failed object is recorded and the run goes on. A full disk, revoked credentials or
 //! an interruption stop it: no new copy starts, the ones in flight stop at their next
@@ -53,10 +54,12 @@ use crate::ops::Placement;
 
 mod download;
 mod plan;
+mod recheck;
 mod upload;
 
 use download::*;
 use plan::*;
+use recheck::*;
 pub use upload::local_to_s3;
 
 /// To-copy records kept from the planning pass; a bigger plan is listed again instead.
@@ -202,6 +205,8 @@ struct Planned {
     raw: ListedObject,
     /// What the commit may replace: what was under the name when this was planned.
     expect: Expect,
+    /// Its position in the listing: how far apart two objects are in a re-listing.
+    seq: u64,
 }
 
 enum Class {
@@ -225,16 +230,8 @@ enum Outcome {
     /// Deleted from the source during the copy; nothing of it left in place.
     Vanished(String),
     /// In place and checked; the bucket is still to be asked whether it holds the object
-    /// (`recheck_source`), which the run does outside the copy's slot, so that the next
-    /// GET does not wait for this HEAD.
-    Placed {
-        bytes: u64,
-        unverified: Option<String>,
-        proof: Proof,
-        path: object_store::path::Path,
-        key: Key,
-        placed: PlacedFile,
-    },
+    /// (`recheck`), which the run does for many copies at once, outside the copies' slots.
+    Placed(Box<PlacedCopy>),
     Fatal(Error),
     /// Stopped by an interruption or a fatal error elsewhere; nothing left behind.
     Cancelled,
@@ -313,6 +310,7 @@ pub async fn s3_to_local(
             }
             let page: Vec<ListedObject> = page.into_iter().collect::<Result<_>>()?;
             reporter.items_found(page.len() as u64);
+            let page = numbered(page, summary.listed);
             summary.listed += page.len() as u64;
             let before = page.len();
             let page = within_max_age(page, opts.max_age);
@@ -393,21 +391,23 @@ pub async fn s3_to_local(
             let max_age = opts.max_age;
             let pages = src.listing(&opts.prefix, true).ready_chunks(1000);
             stream::unfold(
-                (pages, ClashGuard::default()),
-                move |(mut pages, mut clashes)| {
+                (pages, ClashGuard::default(), 0u64),
+                move |(mut pages, mut clashes, seen)| {
                     let root = root.clone();
                     async move {
                         let page = pages.next().await?;
                         let page: Vec<ListedObject> = match page.into_iter().collect::<Result<_>>()
                         {
                             Ok(p) => p,
-                            Err(e) => return Some((vec![Err(e)], (pages, clashes))),
+                            Err(e) => return Some((vec![Err(e)], (pages, clashes, seen))),
                         };
+                        let page = numbered(page, seen);
+                        let seen = seen + page.len() as u64;
                         let page = within_max_age(page, max_age);
                         let classes =
                             match classify_page(&root, page, &mut clashes, by_content).await {
                                 Ok(c) => c,
-                                Err(e) => return Some((vec![Err(e)], (pages, clashes))),
+                                Err(e) => return Some((vec![Err(e)], (pages, clashes, seen))),
                             };
                         let copies = classes
                             .into_iter()
@@ -416,7 +416,7 @@ pub async fn s3_to_local(
                                 _ => None,
                             })
                             .collect::<Vec<_>>();
-                        Some((copies, (pages, clashes)))
+                        Some((copies, (pages, clashes, seen)))
                     }
                 },
             )
@@ -449,15 +449,24 @@ pub async fn s3_to_local(
             }
         })
         .buffer_unordered(opts.concurrency.max(1));
-    // Files in place whose source is being asked again (one HEAD each), beside the copies.
+    // Files in place whose source is still to be asked about, in batches, beside the copies.
     let mut rechecks = futures::stream::FuturesUnordered::new();
-    let recheck_slots = Arc::new(tokio::sync::Semaphore::new(opts.concurrency.max(1)));
+    let mut waiting: Vec<PlacedCopy> = Vec::new();
+    let mut ask_by: Option<tokio::time::Instant> = None;
     let mut copies_done = false;
     loop {
-        let (key, outcome) = tokio::select! {
+        let due = ask_by.is_some_and(|t| t <= tokio::time::Instant::now());
+        if !waiting.is_empty() && (waiting.len() >= RECHECK_BATCH || copies_done || due) {
+            let (ctx, batch) = (Arc::clone(&ctx), std::mem::take(&mut waiting));
+            ask_by = None;
+            rechecks.push(async move { recheck_batch(&ctx, batch, reporter).await });
+        }
+        let done: Vec<(String, Outcome)> = tokio::select! {
             Some(done) = rechecks.next(), if !rechecks.is_empty() => done,
+            () = tokio::time::sleep_until(ask_by.unwrap_or_else(tokio::time::Instant::now)),
+                if ask_by.is_some() => continue,
             next = running.next(), if !copies_done => match next {
-                Some(done) => done,
+                Some(done) => vec![done],
                 None => {
                     copies_done = true;
                     continue;
@@ -465,86 +474,68 @@ pub async fn s3_to_local(
             },
             else => break,
         };
-        match outcome {
-            Outcome::Placed {
-                bytes,
-                unverified,
-                proof,
-                path,
-                key: k,
-                placed,
-            } => {
-                let (ctx, slots) = (Arc::clone(&ctx), Arc::clone(&recheck_slots));
-                rechecks.push(async move {
-                    let _slot = slots.acquire_owned().await.expect("semaphore never closed");
-                    let backend = ctx.backend_store.backend();
-                    let outcome =
-                        match recheck_source(&ctx, backend, &path, &k, placed, reporter).await {
-                            Some(reason) => Outcome::Vanished(reason),
-                            None => Outcome::Copied {
-                                bytes,
-                                unverified,
-                                proof,
-                            },
-                        };
-                    (key, outcome)
-                });
-            }
-            Outcome::Cancelled => {}
-            Outcome::Copied {
-                bytes,
-                unverified,
-                proof,
-            } => {
-                summary.copied += 1;
-                summary.bytes_copied += bytes;
-                summary.proofs.add(proof);
-                if let Some(reason) = unverified {
-                    reporter.note(&format!("unverified {key:?}: {reason}"));
-                    summary.unverified.push(KeyReason {
+        for (key, outcome) in done {
+            match outcome {
+                Outcome::Placed(copy) => {
+                    ask_by.get_or_insert_with(|| tokio::time::Instant::now() + RECHECK_WAIT);
+                    waiting.push(*copy);
+                }
+                Outcome::Cancelled => {}
+                Outcome::Copied {
+                    bytes,
+                    unverified,
+                    proof,
+                } => {
+                    summary.copied += 1;
+                    summary.bytes_copied += bytes;
+                    summary.proofs.add(proof);
+                    if let Some(reason) = unverified {
+                        reporter.note(&format!("unverified {key:?}: {reason}"));
+                        summary.unverified.push(KeyReason {
+                            key: key.clone(),
+                            reason,
+                        });
+                    }
+                    reporter.item_done(&key, true);
+                }
+                Outcome::Failed(reason) => {
+                    reporter.note(&format!("failed {key:?}: {reason}"));
+                    summary.failed.push(KeyReason {
                         key: key.clone(),
                         reason,
                     });
+                    reporter.item_done(&key, false);
                 }
-                reporter.item_done(&key, true);
-            }
-            Outcome::Failed(reason) => {
-                reporter.note(&format!("failed {key:?}: {reason}"));
-                summary.failed.push(KeyReason {
-                    key: key.clone(),
-                    reason,
-                });
-                reporter.item_done(&key, false);
-            }
-            Outcome::Rejected(reason) => {
-                summary.rejected.push(KeyReason {
-                    key: key.clone(),
-                    reason,
-                });
-                reporter.item_done(&key, false);
-            }
-            Outcome::Conflict(reason) => {
-                reporter.note(&format!("left alone {key:?}: {reason}"));
-                summary.conflicts.push(KeyReason {
-                    key: key.clone(),
-                    reason,
-                });
-                reporter.item_done(&key, false);
-            }
-            Outcome::Vanished(reason) => {
-                reporter.note(&format!("not copied {key:?}: {reason}"));
-                summary.vanished.push(KeyReason {
-                    key: key.clone(),
-                    reason,
-                });
-                reporter.item_done(&key, true);
-            }
-            Outcome::Fatal(e) => {
-                // Disk full, access revoked, listing lost: stop, drain, report.
-                if summary.aborted.is_none() {
-                    summary.aborted = Some(e.to_string());
+                Outcome::Rejected(reason) => {
+                    summary.rejected.push(KeyReason {
+                        key: key.clone(),
+                        reason,
+                    });
+                    reporter.item_done(&key, false);
                 }
-                stop.cancel();
+                Outcome::Conflict(reason) => {
+                    reporter.note(&format!("left alone {key:?}: {reason}"));
+                    summary.conflicts.push(KeyReason {
+                        key: key.clone(),
+                        reason,
+                    });
+                    reporter.item_done(&key, false);
+                }
+                Outcome::Vanished(reason) => {
+                    reporter.note(&format!("not copied {key:?}: {reason}"));
+                    summary.vanished.push(KeyReason {
+                        key: key.clone(),
+                        reason,
+                    });
+                    reporter.item_done(&key, true);
+                }
+                Outcome::Fatal(e) => {
+                    // Disk full, access revoked, listing lost: stop, drain, report.
+                    if summary.aborted.is_none() {
+                        summary.aborted = Some(e.to_string());
+                    }
+                    stop.cancel();
+                }
             }
         }
     }

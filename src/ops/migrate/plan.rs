@@ -103,27 +103,33 @@ impl ClashGuard {
 
 /// The objects of `page` modified within `max_age` of now (all of them without one).
 pub(super) fn within_max_age(
-    page: Vec<ListedObject>,
+    page: Vec<(u64, ListedObject)>,
     max_age: Option<std::time::Duration>,
-) -> Vec<ListedObject> {
+) -> Vec<(u64, ListedObject)> {
     let Some(age) = max_age else { return page };
     let cutoff =
         chrono::Utc::now() - chrono::Duration::from_std(age).unwrap_or(chrono::Duration::MAX);
     page.into_iter()
-        .filter(|o| o.last_modified >= cutoff)
+        .filter(|(_, o)| o.last_modified >= cutoff)
         .collect()
 }
 
-/// Classifies one listing page: clash detection in order, then local stats off the runtime.
+/// Numbers a listing page's entries by their position in the whole listing, `first` on.
+pub(super) fn numbered(page: Vec<ListedObject>, first: u64) -> Vec<(u64, ListedObject)> {
+    (first..).zip(page).collect()
+}
+
+/// Classifies one listing page (each entry with its position in the listing): clash
+/// detection in order, then local stats off the runtime.
 pub(super) async fn classify_page(
     root: &Path,
-    page: Vec<ListedObject>,
+    page: Vec<(u64, ListedObject)>,
     clashes: &mut ClashGuard,
     by_content: bool,
 ) -> Result<Vec<Class>> {
     let mut out: Vec<Option<Class>> = Vec::with_capacity(page.len());
     let mut rest = Vec::new();
-    for o in page {
+    for (seq, o) in page {
         if clashes.clashes(&o.key) {
             out.push(Some(Class::Rejected(KeyReason {
                 key: o.key,
@@ -131,13 +137,16 @@ pub(super) async fn classify_page(
             })));
         } else {
             out.push(None);
-            rest.push(o);
+            rest.push((seq, o));
         }
     }
     let root = root.to_path_buf();
     let mut classified = blocking::run(move || {
         rest.into_iter()
-            .map(|o| classify(&root, o, by_content))
+            .map(|(seq, o)| match classify(&root, o, by_content) {
+                Class::Copy(p) => Class::Copy(Planned { seq, ..p }),
+                other => other,
+            })
             .collect::<Vec<_>>()
     })
     .await?
@@ -190,6 +199,7 @@ pub(super) fn classify(root: &Path, o: ListedObject, by_content: bool) -> Class 
         key,
         raw: o,
         expect,
+        seq: 0,
     })
 }
 

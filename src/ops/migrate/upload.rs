@@ -165,7 +165,7 @@ pub async fn local_to_s3(
                 summary.vanished.push(KeyReason { key, reason });
             }
             UploadOutcome::Done(Outcome::Cancelled) => {}
-            UploadOutcome::Done(Outcome::Placed { .. }) => {
+            UploadOutcome::Done(Outcome::Placed(_)) => {
                 unreachable!("only a download places a local file")
             }
         }
