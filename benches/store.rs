@@ -10,7 +10,9 @@
 //! per run, and stowage / object_store per round (> 1: stowage faster).
 //!
 //! Environment: `STOWAGE_BENCH_ROUNDS=N` (default 3), `STOWAGE_BENCH_DIR=/path` (default:
-//! under the target directory), `STOWAGE_BENCH_OUT=/path/file.md` (also write the table).
+//! under the target directory), `STOWAGE_BENCH_OUT=/path/file.md` (also write the table),
+//! `STOWAGE_BENCH_LIB=stowage` or `object_store` (run one library only, for `strace -c` or
+//! `perf record` of it; the table then has no ratios).
 //! This is a benchmark, not a test: nothing here asserts a timing.
 
 use std::fmt::Write as _;
@@ -68,12 +70,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let work = std::env::var_os("STOWAGE_BENCH_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_TARGET_TMPDIR")).join("stowage-bench-store"));
+    let only = match std::env::var("STOWAGE_BENCH_LIB").as_deref() {
+        Ok("stowage") => Some(Lib::Stowage),
+        Ok("object_store") => Some(Lib::ObjectStore),
+        Ok(other) => panic!("STOWAGE_BENCH_LIB={other}: expected stowage or object_store"),
+        Err(_) => None,
+    };
     let mut out = String::from(
-        "| dataset | op | stowage obj/s (per round) | object_store obj/s (per round) | ratio per round |\n|---|---|---|---|---|\n",
+        "| dataset | op | stowage obj/s (per round) | object_store obj/s (per round) | ratio per round | CPU µs per object, stowage / object_store | CPU ratio per round |\n|---|---|---|---|---|---|---|\n",
     );
     for (name, objects, size) in [("16 KiB", 3_000, 16 << 10), ("2 MiB", 300, 2 << 20)] {
         let data = Bytes::from((0..size).map(|i| (i * 7) as u8).collect::<Vec<u8>>());
         let mut rates: Vec<[Vec<f64>; 2]> = vec![[Vec::new(), Vec::new()]; 3];
+        // CPU microseconds per object (this process: user + system), each run.
+        let mut cpu: Vec<[Vec<f64>; 2]> = vec![[Vec::new(), Vec::new()]; 3];
         for round in 0..rounds {
             let order = if round % 2 == 0 {
                 [Lib::Stowage, Lib::ObjectStore]
@@ -81,22 +91,35 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 [Lib::ObjectStore, Lib::Stowage]
             };
             for (o, op) in [Op::Put, Op::Get, Op::List].into_iter().enumerate() {
+                if op == Op::Put {
+                    // Both libraries' previous files go before either puts: removed just
+                    // before each library's own run, the second run of a round found the
+                    // filesystem done with the first's removal and the first did not
+                    // (seen: whichever went first was slower, 0.64x vs 1.91x).
+                    for d in ["stowage", "object_store"] {
+                        let _ = std::fs::remove_dir_all(work.join(d));
+                    }
+                    rustix::fs::sync();
+                }
                 for lib in order {
+                    if only.is_some_and(|only| only != lib) {
+                        continue;
+                    }
                     let dir = work.join(match lib {
                         Lib::Stowage => "stowage",
                         Lib::ObjectStore => "object_store",
                     });
                     if op == Op::Put {
-                        let _ = std::fs::remove_dir_all(&dir);
                         std::fs::create_dir_all(&dir)?;
                         rustix::fs::sync();
                     }
-                    let t = Instant::now();
+                    let (t, cpu0) = (Instant::now(), cpu_seconds());
                     match lib {
                         Lib::Stowage => stowage_op(&dir, op, objects, &data).await?,
                         Lib::ObjectStore => object_store_op(&dir, op, objects, &data).await?,
                     }
                     let rate = objects as f64 / t.elapsed().as_secs_f64();
+                    let us = (cpu_seconds() - cpu0) * 1e6 / objects as f64;
                     eprintln!(
                         "{name:>6} {:<4} {:<12} {rate:>9.0} obj/s",
                         op.name(),
@@ -106,6 +129,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                         }
                     );
                     rates[o][(lib == Lib::ObjectStore) as usize].push(rate);
+                    cpu[o][(lib == Lib::ObjectStore) as usize].push(us);
                 }
             }
         }
@@ -118,13 +142,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     .join(", ")
             };
             let ratios: Vec<f64> = s.iter().zip(n).map(|(a, b)| a / b).collect();
+            let [cs, cn] = &cpu[o];
+            let cpu_ratios: Vec<f64> = cs.iter().zip(cn).map(|(a, b)| a / b).collect();
             let _ = writeln!(
                 out,
-                "| {objects} x {name} | {} | {} | {} | {} |",
+                "| {objects} x {name} | {} | {} | {} | {} | {} / {} | {} |",
                 op.name(),
                 join(s, 0),
                 join(n, 0),
-                join(&ratios, 2)
+                join(&ratios, 2),
+                join(cs, 1),
+                join(cn, 1),
+                join(&cpu_ratios, 2)
             );
         }
     }
@@ -134,6 +163,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let _ = std::fs::remove_dir_all(&work);
     Ok(())
+}
+
+/// User + system CPU seconds of this process so far (every thread).
+fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage only writes the struct it is given.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
 async fn stowage_op(
