@@ -90,15 +90,23 @@ pub async fn local_to_s3(
     // upload; the loop below drains them, so the summary counts exactly what is in the
     // bucket and no parts are left behind.
     let stop = opts.cancel.child_token();
+    // Files bigger than a chunk go up at most MAX_STREAMS at once: each holds up to a part
+    // in memory (8 MiB on S3), whatever `concurrency` says.
+    let streams = tokio::sync::Semaphore::new(opts.concurrency.clamp(1, MAX_STREAMS));
     let mut running = files
         .take_until(Box::pin(stop.clone().cancelled_owned()))
         .map(|f| {
             let existing = Arc::clone(&existing);
-            let stop = &stop;
+            let (stop, streams) = (&stop, &streams);
             async move {
                 match f {
                     Ok(f) => {
-                        upload_one(dst, http, f, &existing, opts.dry_run, stop, reporter).await
+                        let run = Run {
+                            dry_run: opts.dry_run,
+                            stop,
+                            streams,
+                        };
+                        upload_one(dst, http, f, &existing, run, reporter).await
                     }
                     // An unreadable directory is one failure, not the end of the run.
                     Err(e) => (
@@ -239,15 +247,27 @@ pub(super) async fn with_file<T: Send + 'static>(
     blocking::try_run(move || f(&file)).await
 }
 
+/// What every upload of a run shares.
+pub(super) struct Run<'a> {
+    pub(super) dry_run: bool,
+    pub(super) stop: &'a CancellationToken,
+    /// Permits for files bigger than one chunk ([`MAX_STREAMS`]).
+    pub(super) streams: &'a tokio::sync::Semaphore,
+}
+
 pub(super) async fn upload_one(
     dst: &BlobStore,
     http: &reqwest::Client,
     f: LocalFile,
     existing: &std::collections::HashMap<String, Present>,
-    dry_run: bool,
-    stop: &CancellationToken,
+    run: Run<'_>,
     reporter: &dyn Reporter,
 ) -> (String, UploadOutcome) {
+    let Run {
+        dry_run,
+        stop,
+        streams,
+    } = run;
     let key = match f.key {
         Ok(k) => k,
         Err(reason) => return (f.rel, UploadOutcome::Done(Outcome::Rejected(reason))),
@@ -287,6 +307,10 @@ pub(super) async fn upload_one(
         true => Err(std::io::Error::other("migration stopped")),
         false => chunk,
     });
+    let _stream = match f.size > UPLOAD_CHUNK as u64 {
+        true => Some(streams.acquire().await.expect("semaphore never closed")),
+        false => None,
+    };
     if let Err(e) = dst.put_stream(&key, body, ct.as_deref()).await {
         return (
             name,

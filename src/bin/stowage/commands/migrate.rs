@@ -92,7 +92,9 @@ pub(crate) struct S3Args {
 
 #[derive(Debug, Args)]
 pub(crate) struct RunArgs {
-    /// Objects copied at once (at least 1).
+    /// Objects copied at once (at least 1). Many in flight hide S3's per-request latency
+    /// on small objects; at most 32 objects over 256 KiB stream at once whatever this says.
+    /// Lower it if the bucket answers 503 SlowDown (retried, but slower).
     #[arg(long, visible_alias = "transfers", default_value_t = migrate::DEFAULT_CONCURRENCY, value_name = "N", value_parser = parse_concurrency)]
     concurrency: usize,
     /// List what would be copied, skipped and rejected; write nothing.
