@@ -52,9 +52,11 @@ pub(super) async fn copy_one(ctx: &CopyCtx, p: Planned, reporter: &dyn Reporter)
     // created, written, checked and committed in a single blocking task once its body is
     // in memory: one hand-off to the blocking pool per object instead of four.
     let mut file = None;
-    let mut _stream = None;
+    // Held while the body streams in; given back before the commit's fsync, which needs no
+    // buffer, so the next big object starts downloading meanwhile.
+    let mut stream_permit = None;
     if size as usize > WRITE_BUFFER {
-        _stream = Some(ctx.streams.acquire().await.expect("semaphore never closed"));
+        stream_permit = Some(ctx.streams.acquire().await.expect("semaphore never closed"));
         let (root, key) = (ctx.root.clone(), p.key.clone());
         match blocking::try_run(move || AtomicFile::create(&root, &key)).await {
             Ok(f) => file = Some(f),
@@ -95,6 +97,10 @@ pub(super) async fn copy_one(ctx: &CopyCtx, p: Planned, reporter: &dyn Reporter)
             backoff(attempt).await;
         }
         attempt += 1;
+        if size as usize > WRITE_BUFFER && stream_permit.is_none() {
+            // Fetched again after a corrupt body.
+            stream_permit = Some(ctx.streams.acquire().await.expect("semaphore never closed"));
+        }
         // Resume where the last attempt stopped; every request is pinned to the listed
         // ETag, so a replaced object fails with 412 instead of mixing two versions.
         let offset = hasher.bytes() + buf.len;
@@ -164,6 +170,7 @@ pub(super) async fn copy_one(ctx: &CopyCtx, p: Planned, reporter: &dyn Reporter)
         }
         // The body is complete: write what is held, check it, then place it, in one
         // blocking task.
+        stream_permit = None;
         let (root, key, etag2, lm, expect) = (
             ctx.root.clone(),
             p.key.clone(),
