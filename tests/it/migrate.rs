@@ -127,6 +127,95 @@ async fn multipart_objects_are_verified_through_their_etag() {
     );
 }
 
+/// Seeds a 50 MiB single-part object and a 40 MiB multipart one (5 MiB parts); their
+/// keys and contents.
+async fn seed_big(s3: &TestS3) -> [(&'static str, Vec<u8>); 2] {
+    let single = "clips/one/video.mp4";
+    seed(s3, &[(single.into(), 50 << 20)]).await;
+    let multi = "clips/multi/video.mp4";
+    let data = body(multi, 40 << 20);
+    let path = ObjPath::parse(multi).unwrap();
+    let mut up = object_store::buffered::BufWriter::with_capacity(s3.object_store(), path, 5 << 20);
+    use tokio::io::AsyncWriteExt;
+    up.write_all(&data).await.unwrap();
+    up.shutdown().await.unwrap();
+    [(single, body(single, 50 << 20)), (multi, data)]
+}
+
+/// Big objects through the command, proven whole (in one GET or in ranges: that depends on
+/// how fast this machine moves them; the ranged path is pinned down below).
+#[tokio::test(flavor = "multi_thread")]
+async fn big_objects_are_copied_and_proven_whole() {
+    let s3 = TestS3::start();
+    let [(single, one), (multi, two)] = seed_big(&s3).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let r = migrate(&s3, tmp.path(), &["--json"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let j = r.json();
+    assert_eq!(j["copied"], 2, "{j}");
+    assert_eq!(j["proofs"]["md5"], 1, "{j}");
+    assert_eq!(j["proofs"]["multipart_md5"], 1, "{j}");
+    assert_eq!(std::fs::read(tmp.path().join(single)).unwrap(), one);
+    assert_eq!(std::fs::read(tmp.path().join(multi)).unwrap(), two);
+}
+
+/// Behind a connection too slow to bring it within a second (25 MB/s here, object_store's
+/// own `ThrottledStore` in front of the bucket) a big object is fetched as several ranges
+/// at once; the bytes on disk are proven as a whole, single-part and multipart alike; a
+/// range that breaks off resumes, and a corrupt one has the object fetched again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_big_object_behind_a_slow_link_is_fetched_in_ranges_and_proven_whole() {
+    use object_store::throttle::{ThrottleConfig, ThrottledStore};
+    use stowage::ops::migrate;
+    let s3 = TestS3::start();
+    let [(single, one), (multi, two)] = seed_big(&s3).await;
+    let slow = ThrottledStore::new(
+        stowage::s3::object_store(&s3.config()).unwrap(),
+        ThrottleConfig {
+            wait_get_per_byte: Duration::from_nanos(40),
+            ..ThrottleConfig::default()
+        },
+    );
+    let src = stowage::BlobStore::from_object_store(std::sync::Arc::new(slow), "", "slow bucket");
+    let run = |prefix: &str| {
+        let (src, prefix) = (src.clone(), prefix.to_owned());
+        async move {
+            let tmp = tempfile::tempdir().unwrap();
+            let mut opts = migrate::MigrateOptions::default();
+            opts.prefix = prefix;
+            opts.min_free = stowage::SizeSpec::Bytes(1 << 20);
+            let summary = migrate::s3_to_local(&src, tmp.path(), &opts, &stowage::NoopReporter)
+                .await
+                .unwrap();
+            (tmp, summary)
+        }
+    };
+
+    let (tmp, summary) = run("").await;
+    assert_eq!(summary.copied, 2, "{summary:?}");
+    assert_eq!(summary.proofs.md5, 1, "{summary:?}");
+    assert_eq!(summary.proofs.multipart_md5, 1, "{summary:?}");
+    assert_eq!(std::fs::read(tmp.path().join(single)).unwrap(), one);
+    assert_eq!(std::fs::read(tmp.path().join(multi)).unwrap(), two);
+    // 50 MiB: the first range and two more; 40 MiB: the first and one more.
+    assert_eq!(s3.faults().gets_of(single), 3);
+    assert_eq!(s3.faults().gets_of(multi), 2);
+
+    // Every body breaks off after 3 MiB once (the first range and the others): each
+    // resumes where it stopped.
+    s3.faults().truncate_next_gets(3, 3 << 20);
+    let (tmp, summary) = run("clips/one/").await;
+    assert_eq!(summary.copied, 1, "{summary:?}");
+    assert_eq!(std::fs::read(tmp.path().join(single)).unwrap(), one);
+
+    // A corrupt byte: the whole object is fetched again.
+    s3.faults().corrupt_next_gets(1);
+    let (tmp, summary) = run("clips/one/").await;
+    assert_eq!(summary.copied, 1, "{summary:?}");
+    assert!(summary.unverified.is_empty(), "{summary:?}");
+    assert_eq!(std::fs::read(tmp.path().join(single)).unwrap(), one);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn broken_corrupt_and_refused_responses_are_retried() {
     let s3 = TestS3::start();

@@ -3,6 +3,7 @@
 //! not see, then checked against the bucket again.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -30,7 +31,7 @@ pub(super) struct CopyCtx {
     /// chunk and remove their temp file; copies already committing finish and are counted.
     pub(super) stop: CancellationToken,
     /// Permits for objects bigger than one write buffer ([`MAX_STREAMS`]).
-    pub(super) streams: tokio::sync::Semaphore,
+    pub(super) streams: Arc<tokio::sync::Semaphore>,
     /// For the requests object_store cannot make (`HEAD ?partNumber=1`).
     pub(super) http: reqwest::Client,
 }
@@ -79,6 +80,10 @@ pub(super) async fn copy_one(ctx: &CopyCtx, p: Planned, reporter: &dyn Reporter)
     let mut content_type: Option<String> = None;
     // Body chunks as received (no copy); written out once WRITE_BUFFER bytes are held.
     let mut buf = Chunks::default();
+    // A big object's other ranges, fetched beside the first one (`ranged`); decided once,
+    // from how fast the first GET brings its first bytes.
+    let mut tails: Option<Tails> = None;
+    let mut may_split = size >= RANGED_MIN;
     loop {
         if ctx.stop.is_cancelled() {
             return Outcome::Cancelled;
@@ -131,6 +136,9 @@ pub(super) async fn copy_one(ctx: &CopyCtx, p: Planned, reporter: &dyn Reporter)
                 Err(OpenError::Permanent(r)) => return Outcome::Failed(r),
                 Err(OpenError::Vanished) => return Outcome::Vanished(VANISHED_BEFORE.into()),
             };
+            // Decided on this GET only if it started at the object's first byte.
+            may_split &= offset == 0;
+            let mut first_chunk_at = None;
             let mut broken = None;
             loop {
                 let chunk = tokio::select! {
@@ -142,7 +150,26 @@ pub(super) async fn copy_one(ctx: &CopyCtx, p: Planned, reporter: &dyn Reporter)
                     },
                 };
                 match chunk {
-                    Ok(c) => {
+                    Ok(mut c) => {
+                        let at = hasher.bytes() + buf.len;
+                        let since = *first_chunk_at.get_or_insert_with(std::time::Instant::now);
+                        if may_split && at >= SPLIT_PROBE {
+                            may_split = false;
+                            if slow_enough_to_split(size, at, since.elapsed()) {
+                                if let (Some(f), Some(e)) = (file.as_mut(), etag.as_deref()) {
+                                    let (sz, stop) = ((size, e), &ctx.stop);
+                                    tails = Tails::start(backend, &path, &ctx.streams, f, sz, stop);
+                                }
+                            }
+                        }
+                        // Where this stream stops: the object's end, or the first tail's start.
+                        let first_end = tails.as_ref().map_or(size, |t| t.first_end);
+                        let room = first_end.saturating_sub(at);
+                        let reached = tails.is_some() && c.len() as u64 >= room;
+                        if reached {
+                            // The rest is the tails' to bring.
+                            c.truncate(room as usize);
+                        }
                         reporter.bytes_done(c.len() as u64);
                         buf.push(c);
                         if buf.len >= WRITE_BUFFER as u64 {
@@ -152,6 +179,9 @@ pub(super) async fn copy_one(ctx: &CopyCtx, p: Planned, reporter: &dyn Reporter)
                                 Err(e) => return place_outcome(&ctx.root, &p.key, e),
                             }
                         }
+                        if reached {
+                            break;
+                        }
                     }
                     Err(e) => {
                         broken = Some(e.to_string());
@@ -159,8 +189,11 @@ pub(super) async fn copy_one(ctx: &CopyCtx, p: Planned, reporter: &dyn Reporter)
                     }
                 }
             }
+            // A GET that broke before the probe fetches the object whole.
+            may_split = false;
             let got = hasher.bytes() + buf.len;
-            if got < size {
+            let first_end = tails.as_ref().map_or(size, |t| t.first_end);
+            if got < first_end {
                 last_reason = match broken {
                     Some(e) => format!("body broke off at byte {got}: {e}"),
                     None => format!("body ended at byte {got} of {size}"),
@@ -168,8 +201,24 @@ pub(super) async fn copy_one(ctx: &CopyCtx, p: Planned, reporter: &dyn Reporter)
                 continue;
             }
         }
-        // The body is complete: write what is held, check it, then place it, in one
-        // blocking task.
+        // The body is complete (with its tails, once they are in): write what is held,
+        // check it, then place it, in one blocking task.
+        let tail_ranges = match tails.take() {
+            Some(mut t) => {
+                let done = tokio::select! {
+                    biased;
+                    _ = ctx.stop.cancelled() => return Outcome::Cancelled,
+                    done = t.finish() => done,
+                };
+                match done {
+                    Ok(bytes) => reporter.bytes_done(bytes),
+                    Err(TailError::Vanished) => return Outcome::Vanished(VANISHED_BEFORE.into()),
+                    Err(TailError::Failed(reason)) => return Outcome::Failed(reason),
+                }
+                t.ranges()
+            }
+            None => Vec::new(),
+        };
         stream_permit = None;
         let (root, key, etag2, lm, expect) = (
             ctx.root.clone(),
@@ -186,6 +235,7 @@ pub(super) async fn copy_one(ctx: &CopyCtx, p: Planned, reporter: &dyn Reporter)
                 None => AtomicFile::create(&root, &key)?,
             };
             rest.write_to(&mut file, &mut hasher)?;
+            hash_ranges(&file, &tail_ranges, &mut hasher)?;
             let checked = Checked {
                 whole_proof: hasher.proof(None),
                 part_proof: hasher.proof(Some(0)),
@@ -461,6 +511,23 @@ impl Chunks {
     }
 }
 
+impl OpenError {
+    /// What a failed GET of the object means for the copy.
+    pub(super) fn of(e: object_store::Error) -> OpenError {
+        match e {
+            object_store::Error::NotFound { .. } => OpenError::Vanished,
+            object_store::Error::Precondition { .. } => OpenError::Permanent(
+                "object changed during the migration (ETag no longer matches); run again to copy the new version".into(),
+            ),
+            e @ (object_store::Error::PermissionDenied { .. }
+            | object_store::Error::Unauthenticated { .. }) => {
+                OpenError::Permanent(format!("access denied: {e}"))
+            }
+            e => OpenError::Transient(e.to_string()),
+        }
+    }
+}
+
 /// A GET body with the object's Content-Type, ETag and integrity headers.
 pub(super) type Opened = (
     BoxStream<'static, object_store::Result<Bytes>>,
@@ -482,19 +549,11 @@ pub(super) async fn open_get(
         if_match: etag.map(str::to_owned),
         ..Default::default()
     };
-    let res = match backend.store.get_opts(path, opts).await {
-        Ok(r) => r,
-        Err(object_store::Error::NotFound { .. }) => return Err(OpenError::Vanished),
-        Err(object_store::Error::Precondition { .. }) => {
-            return Err(OpenError::Permanent(
-                "object changed during the migration (ETag no longer matches); run again to copy the new version".into(),
-            ))
-        }
-        Err(e @ (object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. })) => {
-            return Err(OpenError::Permanent(format!("access denied: {e}")))
-        }
-        Err(e) => return Err(OpenError::Transient(e.to_string())),
-    };
+    let res = backend
+        .store
+        .get_opts(path, opts)
+        .await
+        .map_err(OpenError::of)?;
     if res.meta.size != p.raw.size {
         return Err(OpenError::Permanent(format!(
             "object size changed during the migration ({} listed, {} now); run again to copy the new version",

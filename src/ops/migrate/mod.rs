@@ -54,11 +54,13 @@ use crate::ops::Placement;
 
 mod download;
 mod plan;
+mod ranged;
 mod recheck;
 mod upload;
 
 use download::*;
 use plan::*;
+use ranged::*;
 use recheck::*;
 pub use upload::local_to_s3;
 
@@ -433,7 +435,9 @@ pub async fn s3_to_local(
         backend_store: src.clone(),
         root: dest.to_path_buf(),
         stop: stop.clone(),
-        streams: tokio::sync::Semaphore::new(opts.concurrency.clamp(1, MAX_STREAMS)),
+        streams: Arc::new(tokio::sync::Semaphore::new(
+            opts.concurrency.clamp(1, MAX_STREAMS),
+        )),
         http: crate::s3::http_client()?,
     });
     // No new copies once stopped; the loop below drains the ones in flight, so the
