@@ -566,6 +566,35 @@ async fn a_file_replaced_while_served_is_served_whole() {
     assert!(now.iter().all(|&b| b == b'b'), "the new content, whole");
 }
 
+/// The router holds its root directory open; a root path made to name another directory
+/// (a deploy switching a symlink, a directory moved into place) is served from the new
+/// directory within about a second, and a root that is gone is a 404, not the old files.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_root_replaced_under_the_router_is_followed_within_a_second() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    std::fs::create_dir_all(a.join("clips")).unwrap();
+    std::fs::create_dir_all(b.join("clips")).unwrap();
+    std::fs::write(a.join("clips/x.mp4"), "from a").unwrap();
+    std::fs::write(b.join("clips/x.mp4"), "from b").unwrap();
+    let root = dir.path().join("root");
+    std::os::unix::fs::symlink(&a, &root).unwrap();
+    let srv = Server::start(BlobStore::local(&root).unwrap(), ServeOptions::default()).await;
+    let body = || async { get(&srv.url("clips/x.mp4"), &[]).await };
+    let settle = || tokio::time::sleep(Duration::from_millis(1300));
+    assert_eq!(&body().await.2[..], b"from a");
+
+    let next = dir.path().join("root.next");
+    std::os::unix::fs::symlink(&b, &next).unwrap();
+    std::fs::rename(&next, &root).unwrap();
+    settle().await;
+    assert_eq!(&body().await.2[..], b"from b");
+
+    std::fs::remove_file(&root).unwrap();
+    settle().await;
+    assert_eq!(body().await.0, StatusCode::NOT_FOUND);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn s3_redirects_to_a_presigned_url_or_proxies() {
     let s3 = TestS3::start();
