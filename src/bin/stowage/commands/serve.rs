@@ -289,7 +289,6 @@ impl LogLine {
 impl Drop for LogLine {
     fn drop(&mut self) {
         use std::fmt::Write as _;
-        use std::io::Write as _;
         let tenths_ms = (self.start.elapsed().as_micros() + 50) / 100;
         // The path is written with bidi and other format characters spelled out, so a key
         // cannot reorder or hide what the log line shows.
@@ -309,10 +308,10 @@ impl Drop for LogLine {
             let _ = write!(line, " error: {e}");
         }
         line.push('\n');
-        // One write(2) per line, not `logln!`: formatting into unbuffered stderr costs a
-        // write per piece of the format (about ten per request, 15% of the server's CPU
-        // on small files). A failed write drops the line, as `logln!` does.
-        let _ = std::io::stderr().lock().write_all(line.as_bytes());
+        // One write(2) per line: formatting into unbuffered stderr cost a write per piece
+        // of the format (about ten per request, 15% of the server's CPU on small files).
+        // A failed write drops the line.
+        crate::output::log_line(line.as_bytes());
     }
 }
 
