@@ -750,7 +750,7 @@ impl ServeProcess {
         kb * 1024
     }
 
-    fn sigterm(&self) {
+    pub(crate) fn sigterm(&self) {
         rustix::process::kill_process(
             rustix::process::Pid::from_child(&self.child),
             rustix::process::Signal::TERM,
@@ -760,6 +760,14 @@ impl ServeProcess {
 
     pub(crate) fn log(&self) -> String {
         self.stderr.lock().unwrap().join("\n")
+    }
+
+    /// Waits for the process to exit; its exit status and every line of its stderr.
+    pub(crate) fn wait_exit(mut self) -> (std::process::ExitStatus, String) {
+        let status = self.child.wait().unwrap();
+        // The child is gone, so its stderr is at EOF: every line is collected after this.
+        self.reader.take().unwrap().join().unwrap();
+        (status, self.log())
     }
 }
 
