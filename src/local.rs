@@ -8,7 +8,7 @@
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{self, Write};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -185,21 +185,28 @@ pub fn open_beneath(root: &Path, key: &Key) -> io::Result<File> {
 
 /// [`open_beneath`], with the `fstat` it took to check the file is a regular one.
 pub(crate) fn open_beneath_stat(root: &Path, key: &Key) -> io::Result<(File, rfs::Stat)> {
+    open_beneath_stat_at(open_root(root)?.as_fd(), key)
+}
+
+/// [`open_beneath_stat`] under a root directory already open as `root`.
+pub(crate) fn open_beneath_stat_at(
+    root: BorrowedFd<'_>,
+    key: &Key,
+) -> io::Result<(File, rfs::Stat)> {
     let not_found = |e: Errno| match e {
         Errno::LOOP | Errno::NOTDIR | Errno::XDEV => io::Error::from(io::ErrorKind::NotFound),
         e => e.into(),
     };
     let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK;
-    let fd = match open_beneath_in_one(root, key, flags)? {
+    let fd = match open_beneath_in_one(root, key, flags) {
         Some(fd) => fd.map_err(not_found)?,
-        None => {
-            let dir = open_parent_dir(root, key, false).map_err(|e| match e {
-                PlaceError::Io(e) => e,
-                _ => io::Error::from(io::ErrorKind::NotFound),
-            })?;
-            rfs::openat(&dir, key.file_name(), flags, Mode::empty()).map_err(not_found)?
-        }
+        None => open_walking(root, key, flags).map_err(not_found)?,
     };
+    regular_file(fd)
+}
+
+/// The file `fd` with its `fstat`, or `NotFound` when it is not a regular file.
+fn regular_file(fd: OwnedFd) -> io::Result<(File, rfs::Stat)> {
     let st = rfs::fstat(&fd)?;
     if rfs::FileType::from_raw_mode(st.st_mode) != rfs::FileType::RegularFile {
         return Err(io::Error::from(io::ErrorKind::NotFound));
@@ -207,27 +214,37 @@ pub(crate) fn open_beneath_stat(root: &Path, key: &Key) -> io::Result<(File, rfs
     Ok((File::from(fd), st))
 }
 
-/// [`open_beneath`] from the kernel's caches alone, for callers on an async runtime that
-/// must not wait for the disk: `openat2` with `RESOLVE_CACHED` (Linux 5.12). `None` when
-/// the lookup would need the disk, the kernel lacks it, or anything failed: the caller
-/// then takes the blocking path, which gives the authoritative answer (404s included).
+/// Opens `key` under `root` one directory at a time, each with `O_NOFOLLOW`: where
+/// `openat2` is missing.
+fn open_walking(root: BorrowedFd<'_>, key: &Key, flags: OFlags) -> rustix::io::Result<OwnedFd> {
+    let segs: Vec<&str> = key.segments().collect();
+    let (name, parents) = segs.split_last().expect("a key has a segment");
+    let mut dir: Option<OwnedFd> = None;
+    for seg in parents {
+        dir = Some(open_subdir(&dir.as_ref().map_or(root, AsFd::as_fd), seg)?);
+    }
+    let dir = dir.as_ref().map_or(root, AsFd::as_fd);
+    rfs::openat(dir, *name, flags, Mode::empty())
+}
+
+/// [`open_beneath_stat_at`] from the kernel's caches alone, for callers on an async
+/// runtime that must not wait for the disk: `openat2` with `RESOLVE_CACHED` (Linux 5.12).
+/// `None` when the lookup would need the disk, the kernel lacks it, or anything failed:
+/// the caller then takes the blocking path, which gives the authoritative answer (404s
+/// included).
 #[cfg(feature = "http")]
-pub(crate) fn open_beneath_cached(root: &Path, key: &Key) -> Option<File> {
+pub(crate) fn open_beneath_cached_at(root: BorrowedFd<'_>, key: &Key) -> Option<(File, rfs::Stat)> {
     use std::sync::atomic::{AtomicBool, Ordering};
     static UNAVAILABLE: AtomicBool = AtomicBool::new(false);
     if UNAVAILABLE.load(Ordering::Relaxed) {
         return None;
     }
-    let cached = rfs::ResolveFlags::CACHED;
-    let dir_flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
-    let resolve = cached
+    let resolve = rfs::ResolveFlags::CACHED
         | rfs::ResolveFlags::BENEATH
         | rfs::ResolveFlags::NO_SYMLINKS
         | rfs::ResolveFlags::NO_MAGICLINKS;
     let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK;
-    let opened = rfs::openat2(rfs::CWD, root, dir_flags, Mode::empty(), cached)
-        .and_then(|dir| rfs::openat2(&dir, key.as_str(), flags, Mode::empty(), resolve));
-    let fd = match opened {
+    let fd = match rfs::openat2(root, key.as_str(), flags, Mode::empty(), resolve) {
         Ok(fd) => fd,
         Err(Errno::NOSYS | Errno::PERM | Errno::INVAL) => {
             UNAVAILABLE.store(true, Ordering::Relaxed);
@@ -235,32 +252,131 @@ pub(crate) fn open_beneath_cached(root: &Path, key: &Key) -> Option<File> {
         }
         Err(_) => return None,
     };
-    let st = rfs::fstat(&fd).ok()?;
-    (rfs::FileType::from_raw_mode(st.st_mode) == rfs::FileType::RegularFile).then(|| File::from(fd))
+    regular_file(fd).ok()
 }
 
-/// `openat2(root, key, RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`, or `Ok(None)` when the
-/// kernel (or a seccomp filter) does not offer it; remembered for the next call.
+/// A store root kept open for serving: opening a key is then one `openat2` beneath the
+/// held handle, instead of opening and closing the root for every request as well.
+///
+/// A directory handle follows the directory, not its path: after the root is renamed, or
+/// its path made to name another directory (a symlink switched, a directory moved into
+/// place), the handle still reaches the old one. So at most once per [`ROOT_RECHECK`] the
+/// path is looked up again (one `stat`) and compared, by device and inode, with what is
+/// held: a different directory is opened and held instead, and a path that names nothing
+/// any more (or a directory that cannot be opened, e.g. out of file descriptors) leaves
+/// nothing held, so that each request opens the path itself, as without a held root.
+#[cfg(feature = "http")]
+pub(crate) struct HeldRoot {
+    path: PathBuf,
+    held: std::sync::RwLock<Option<HeldDir>>,
+    epoch: std::time::Instant,
+    /// Milliseconds after `epoch` when the path was last compared with `held`.
+    checked_ms: std::sync::atomic::AtomicU64,
+}
+
+/// The directory a [`HeldRoot`] holds, with its device and inode.
+#[cfg(feature = "http")]
+struct HeldDir {
+    dir: std::sync::Arc<OwnedFd>,
+    id: (u64, u64),
+}
+
+/// How long a [`HeldRoot`] may keep serving a directory its path no longer names.
+#[cfg(feature = "http")]
+pub(crate) const ROOT_RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
+#[cfg(feature = "http")]
+impl HeldRoot {
+    /// Opens `path` and holds it (or holds nothing if it cannot be opened now).
+    pub(crate) fn new(path: &Path) -> HeldRoot {
+        HeldRoot {
+            path: path.to_path_buf(),
+            held: std::sync::RwLock::new(Self::open(path)),
+            epoch: std::time::Instant::now(),
+            checked_ms: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    fn open(path: &Path) -> Option<HeldDir> {
+        let dir = open_root(path).ok()?;
+        let st = rfs::fstat(&dir).ok()?;
+        Some(HeldDir {
+            dir: std::sync::Arc::new(dir),
+            id: (st.st_dev, st.st_ino),
+        })
+    }
+
+    /// The store root's path.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The held root directory, or `None` when nothing is held (the caller opens
+    /// [`Self::path`] itself, off the async runtime).
+    pub(crate) fn held(&self) -> Option<std::sync::Arc<OwnedFd>> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now = self.epoch.elapsed().as_millis() as u64;
+        let last = self.checked_ms.load(Relaxed);
+        if now.saturating_sub(last) >= ROOT_RECHECK.as_millis() as u64
+            && self
+                .checked_ms
+                .compare_exchange(last, now, Relaxed, Relaxed)
+                .is_ok()
+        {
+            self.recheck();
+        }
+        let held = self.held.read().unwrap_or_else(|e| e.into_inner());
+        held.as_ref().map(|h| std::sync::Arc::clone(&h.dir))
+    }
+
+    /// Opens `path` as a root directory, for a request made while nothing is held.
+    pub(crate) fn open_path(path: &Path) -> io::Result<std::sync::Arc<OwnedFd>> {
+        open_root(path).map(std::sync::Arc::new)
+    }
+
+    /// Holds the directory the path names now, if it is not the one held.
+    fn recheck(&self) {
+        let held_id = {
+            let held = self.held.read().unwrap_or_else(|e| e.into_inner());
+            held.as_ref().map(|h| h.id)
+        };
+        let named = match rfs::stat(&self.path) {
+            Ok(st) => Some((st.st_dev, st.st_ino)),
+            Err(Errno::NOENT | Errno::NOTDIR) => None,
+            // Anything else (EACCES on a parent, ENOMEM...) says nothing about which
+            // directory the path names: keep what is held.
+            Err(_) if held_id.is_some() => return,
+            Err(_) => None,
+        };
+        if named.is_some() && named == held_id {
+            return;
+        }
+        let fresh = named.and_then(|_| Self::open(&self.path));
+        *self.held.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+    }
+}
+
+/// `openat2(root, key, RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`, or `None` when the kernel
+/// (or a seccomp filter) does not offer it; remembered for the next call.
 fn open_beneath_in_one(
-    root: &Path,
+    root: BorrowedFd<'_>,
     key: &Key,
     flags: OFlags,
-) -> io::Result<Option<rustix::io::Result<OwnedFd>>> {
+) -> Option<rustix::io::Result<OwnedFd>> {
     use std::sync::atomic::{AtomicBool, Ordering};
     static UNAVAILABLE: AtomicBool = AtomicBool::new(false);
     if UNAVAILABLE.load(Ordering::Relaxed) {
-        return Ok(None);
+        return None;
     }
-    let dir = open_root(root)?;
     let resolve = rfs::ResolveFlags::BENEATH
         | rfs::ResolveFlags::NO_SYMLINKS
         | rfs::ResolveFlags::NO_MAGICLINKS;
-    match rfs::openat2(&dir, key.as_str(), flags, Mode::empty(), resolve) {
+    match rfs::openat2(root, key.as_str(), flags, Mode::empty(), resolve) {
         Err(Errno::NOSYS | Errno::PERM | Errno::INVAL) => {
             UNAVAILABLE.store(true, Ordering::Relaxed);
-            Ok(None)
+            None
         }
-        r => Ok(Some(r)),
+        r => Some(r),
     }
 }
 
@@ -1110,5 +1226,109 @@ mod tests {
         assert_eq!(removed, [OsStr::new(".stowage-tmp.00000000deadbeef")]);
         live.commit().unwrap();
         assert_eq!(std::fs::read(dir.join("live.mp4")).unwrap(), b"in flight");
+    }
+
+    /// Every way of opening beneath a held root directory: `openat2`, the one-directory-
+    /// at-a-time walk used where `openat2` is missing, and the cached-only lookup.
+    fn open_all_ways(root: &OwnedFd, key: &str) -> [Option<Vec<u8>>; 3] {
+        use std::io::Read;
+        let key = Key::new(key).unwrap();
+        let read = |f: File| {
+            let mut v = Vec::new();
+            (&f).read_to_end(&mut v).unwrap();
+            v
+        };
+        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let walked = open_walking(root.as_fd(), &key, flags)
+            .ok()
+            .and_then(|fd| regular_file(fd).ok());
+        let cached = {
+            #[cfg(feature = "http")]
+            let c = open_beneath_cached_at(root.as_fd(), &key);
+            #[cfg(not(feature = "http"))]
+            let c = open_beneath_stat_at(root.as_fd(), &key).ok();
+            c
+        };
+        [
+            open_beneath_stat_at(root.as_fd(), &key).ok(),
+            walked,
+            cached,
+        ]
+        .map(|o| o.map(|(f, _)| read(f)))
+    }
+
+    #[test]
+    fn a_held_root_never_follows_a_symlink_out_of_it_or_within_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("root");
+        let outside = tmp.path().join("outside");
+        std::fs::create_dir_all(root.join("a")).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(root.join("a/b"), "a-b").unwrap();
+        std::fs::write(root.join("top"), "top").unwrap();
+        std::fs::write(outside.join("secret"), "TOP-SECRET").unwrap();
+        std::os::unix::fs::symlink(outside.join("secret"), root.join("link")).unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("dirlink")).unwrap();
+        std::os::unix::fs::symlink(root.join("a/b"), root.join("alias")).unwrap();
+        std::os::unix::fs::symlink(root.join("a"), root.join("adir")).unwrap();
+        let held = open_root(&root).unwrap();
+        // Warm the dentry cache so the cached-only lookup can answer.
+        let _ = open_all_ways(&held, "a/b");
+        let _ = open_all_ways(&held, "top");
+        for (key, want) in [("a/b", "a-b"), ("top", "top")] {
+            let got = open_all_ways(&held, key);
+            assert!(
+                got.iter().all(|g| g.as_deref() == Some(want.as_bytes())),
+                "{key}: {got:?}"
+            );
+        }
+        for key in [
+            "link",
+            "dirlink/secret",
+            "alias",
+            "adir/b",
+            "a",
+            "missing",
+            "a/missing",
+        ] {
+            assert_eq!(open_all_ways(&held, key), [None, None, None], "{key}");
+        }
+    }
+
+    #[cfg(feature = "http")]
+    #[test]
+    fn a_held_root_follows_its_path_within_the_recheck() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("root");
+        std::fs::create_dir(&root).unwrap();
+        std::fs::write(root.join("k"), "one").unwrap();
+        let held = HeldRoot::new(&root);
+        let key = Key::new("k").unwrap();
+        let read = |held: &HeldRoot| {
+            let dir = held.held()?;
+            let (f, _) = open_beneath_stat_at(dir.as_fd(), &key).ok()?;
+            Some(std::io::read_to_string(f).unwrap())
+        };
+        assert_eq!(read(&held).as_deref(), Some("one"));
+        let settle = || std::thread::sleep(ROOT_RECHECK + std::time::Duration::from_millis(100));
+
+        // The path made to name another directory: the old one is served until the
+        // recheck, the new one after.
+        std::fs::rename(&root, tmp.path().join("old")).unwrap();
+        std::fs::create_dir(&root).unwrap();
+        std::fs::write(root.join("k"), "two").unwrap();
+        settle();
+        assert_eq!(read(&held).as_deref(), Some("two"));
+
+        // The path gone: nothing held, so each request opens the path (and finds nothing).
+        std::fs::rename(&root, tmp.path().join("older")).unwrap();
+        settle();
+        assert!(held.held().is_none());
+        assert!(HeldRoot::open_path(held.path()).is_err());
+
+        // Back again: held again.
+        std::fs::rename(tmp.path().join("old"), &root).unwrap();
+        settle();
+        assert_eq!(read(&held).as_deref(), Some("one"));
     }
 }

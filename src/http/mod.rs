@@ -55,6 +55,7 @@
 use std::fs::File;
 use std::io;
 use std::ops::Range;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -204,6 +205,8 @@ impl FileBody {
 
 struct Shared {
     store: BlobStore,
+    /// A local store's root, held open for the router's lifetime.
+    root: Option<local::HeldRoot>,
     opts: ServeOptions,
     /// The signing secret: when set, every request must be signed.
     secret: Option<Vec<u8>>,
@@ -256,6 +259,7 @@ where
         ));
     }
     let shared = Arc::new(Shared {
+        root: store.local_root().map(local::HeldRoot::new),
         store,
         opts,
         secret: secret.map(String::into_bytes),
@@ -309,7 +313,7 @@ async fn answer(sh: &Shared, req: Request) -> Response {
     // By capability: a store with a local root is served from its files' handles, an S3
     // store may redirect to a presigned URL, anything else (memory, a read-through store,
     // a store the caller built) is proxied through its `ObjectStore`.
-    let mut resp = if let Some(root) = sh.store.local_root() {
+    let mut resp = if let Some(root) = &sh.root {
         serve_local(sh, root, key, headers, head).await
     } else if sh.store.kind() == BackendKind::S3 && sh.opts.s3 == S3Delivery::Redirect {
         redirect(sh, &key).await
@@ -346,20 +350,33 @@ fn key_from_path(path: &str) -> Option<Key> {
 
 async fn serve_local(
     sh: &Shared,
-    root: &std::path::Path,
+    root: &local::HeldRoot,
     key: Key,
     headers: &HeaderMap,
     head: bool,
 ) -> Response {
     // A file whose path, inode and first chunk are in the kernel's caches is answered on
     // this thread. Otherwise opening, the metadata, the conditional and range decision and
-    // the first chunk of the body are one trip to the blocking pool.
-    let opened = match open_and_decide(root, &key, headers, head, true) {
-        Ok(Some(o)) => Ok(o),
+    // the first chunk of the body are one trip to the blocking pool (which also opens the
+    // root when none is held).
+    let held = root.held();
+    let cached = held
+        .as_ref()
+        .map(|dir| open_and_decide(dir.as_fd(), &key, headers, head, true));
+    let opened = match cached {
+        Some(Ok(Some(o))) => Ok(o),
         _ => {
-            let (root, k, headers) = (root.to_path_buf(), key.clone(), headers.clone());
+            let (k, headers) = (key.clone(), headers.clone());
+            let root = match held {
+                Some(dir) => Ok(dir),
+                None => Err(root.path().to_path_buf()),
+            };
             crate::blocking::try_run(move || {
-                open_and_decide(&root, &k, &headers, head, false)
+                let dir = match root {
+                    Ok(dir) => dir,
+                    Err(path) => local::HeldRoot::open_path(&path)?,
+                };
+                open_and_decide(dir.as_fd(), &k, &headers, head, false)
                     .map(|o| o.expect("the blocking path always opens"))
             })
             .await
@@ -376,7 +393,7 @@ async fn serve_local(
         Err(e) => {
             return internal(Error::Io {
                 op: "open",
-                path: key.to_path(root),
+                path: key.to_path(root.path()),
                 source: e,
             });
         }
@@ -417,23 +434,23 @@ async fn serve_local(
 /// disk on the blocking pool, not here), or never, when the server sends it itself
 /// ([`FileBody`]).
 fn open_and_decide(
-    root: &std::path::Path,
+    root: BorrowedFd<'_>,
     key: &Key,
     headers: &HeaderMap,
     head: bool,
     cached_only: bool,
 ) -> io::Result<Option<Opened>> {
-    let file = if cached_only {
-        match local::open_beneath_cached(root, key) {
+    // The `fstat` that checked the file is a regular one is its metadata too.
+    let (file, st) = if cached_only {
+        match local::open_beneath_cached_at(root, key) {
             Some(f) => f,
             None => return Ok(None),
         }
     } else {
-        local::open_beneath(root, key)?
+        local::open_beneath_stat_at(root, key)?
     };
-    let md = file.metadata()?;
     let content_type = local::read_content_type(&file);
-    let meta = crate::store::local_served_meta(key.clone(), &md, content_type);
+    let meta = crate::store::local_served_meta(key.clone(), &st, content_type);
     let outcome = evaluate(&meta, headers);
     let first = match &outcome {
         Outcome::Full(r) | Outcome::Partial(r) if !head && r.end > r.start => {

@@ -249,21 +249,23 @@ pub(crate) fn normalize_prefix(p: &str) -> String {
 #[cfg(feature = "http")]
 pub(crate) fn local_served_meta(
     key: Key,
-    md: &std::fs::Metadata,
+    st: &rustix::fs::Stat,
     content_type: Option<String>,
 ) -> Meta {
     use chrono::{DateTime, Utc};
-    use std::os::unix::fs::MetadataExt;
     use std::time::SystemTime;
-    let mtime = md.modified().unwrap_or(SystemTime::UNIX_EPOCH);
-    let ctime = crate::walk::system_time(md.ctime(), md.ctime_nsec());
+    // `time_t` is not 64 bits on every target.
+    #[allow(clippy::unnecessary_cast)]
+    let (mtime, ctime) = (st.st_mtime as i64, st.st_ctime as i64);
+    let mtime = crate::walk::system_time(mtime, st.st_mtime_nsec as i64);
+    let ctime = crate::walk::system_time(ctime, st.st_ctime_nsec as i64);
     let changed = mtime.max(ctime);
     let ns = |t: SystemTime| {
         t.duration_since(SystemTime::UNIX_EPOCH)
             .map(|d| d.as_nanos())
             .unwrap_or(0)
     };
-    let (ino, size) = (md.ino(), md.len());
+    let (ino, size) = (st.st_ino, st.st_size as u64);
     Meta {
         key,
         size,

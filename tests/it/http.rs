@@ -566,6 +566,35 @@ async fn a_file_replaced_while_served_is_served_whole() {
     assert!(now.iter().all(|&b| b == b'b'), "the new content, whole");
 }
 
+/// The router holds its root directory open; a root path made to name another directory
+/// (a deploy switching a symlink, a directory moved into place) is served from the new
+/// directory within about a second, and a root that is gone is a 404, not the old files.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_root_replaced_under_the_router_is_followed_within_a_second() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    std::fs::create_dir_all(a.join("clips")).unwrap();
+    std::fs::create_dir_all(b.join("clips")).unwrap();
+    std::fs::write(a.join("clips/x.mp4"), "from a").unwrap();
+    std::fs::write(b.join("clips/x.mp4"), "from b").unwrap();
+    let root = dir.path().join("root");
+    std::os::unix::fs::symlink(&a, &root).unwrap();
+    let srv = Server::start(BlobStore::local(&root).unwrap(), ServeOptions::default()).await;
+    let body = || async { get(&srv.url("clips/x.mp4"), &[]).await };
+    let settle = || tokio::time::sleep(Duration::from_millis(1300));
+    assert_eq!(&body().await.2[..], b"from a");
+
+    let next = dir.path().join("root.next");
+    std::os::unix::fs::symlink(&b, &next).unwrap();
+    std::fs::rename(&next, &root).unwrap();
+    settle().await;
+    assert_eq!(&body().await.2[..], b"from b");
+
+    std::fs::remove_file(&root).unwrap();
+    settle().await;
+    assert_eq!(body().await.0, StatusCode::NOT_FOUND);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn s3_redirects_to_a_presigned_url_or_proxies() {
     let s3 = TestS3::start();
@@ -721,7 +750,7 @@ impl ServeProcess {
         kb * 1024
     }
 
-    fn sigterm(&self) {
+    pub(crate) fn sigterm(&self) {
         rustix::process::kill_process(
             rustix::process::Pid::from_child(&self.child),
             rustix::process::Signal::TERM,
@@ -731,6 +760,14 @@ impl ServeProcess {
 
     pub(crate) fn log(&self) -> String {
         self.stderr.lock().unwrap().join("\n")
+    }
+
+    /// Waits for the process to exit; its exit status and every line of its stderr.
+    pub(crate) fn wait_exit(mut self) -> (std::process::ExitStatus, String) {
+        let status = self.child.wait().unwrap();
+        // The child is gone, so its stderr is at EOF: every line is collected after this.
+        self.reader.take().unwrap().join().unwrap();
+        (status, self.log())
     }
 }
 

@@ -21,6 +21,7 @@ mod s3_list;
 mod secrets;
 mod serve_fallback;
 mod serve_load;
+mod serve_runtimes;
 mod serve_sendfile;
 mod support;
 mod url;

@@ -20,10 +20,13 @@ fn main() -> std::process::ExitCode {
         Err(e) => return usage_error(&e).into(),
     };
     let quiet = cli.quiet;
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // `serve` runs its connections on runtimes of its own, one per core; this one only
+    // accepts them and waits for signals.
+    let mut builder = match cli.command {
+        cli::Command::Serve(_) => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             errln!("error: cannot start the async runtime: {e}");

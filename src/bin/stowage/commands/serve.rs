@@ -246,6 +246,13 @@ pub(crate) async fn run(args: ServeArgs) -> Exit {
         idle_timeout: args.idle_timeout,
         header_timeout: args.header_timeout,
     };
+    let workers = match conn::Workers::start() {
+        Ok(w) => w,
+        Err(e) => {
+            errln!("error: cannot start the threads that serve connections: {e}");
+            return Exit::Error;
+        }
+    };
     errln!(
         "stowage serve: {described} listening on http://{addr}{}/ (signed URLs {}, at most {} connections)",
         plan.base_path,
@@ -253,7 +260,7 @@ pub(crate) async fn run(args: ServeArgs) -> Exit {
         limits.max_connections,
     );
     let cancel = crate::interrupt::cancel_on_signals("finishing the downloads in flight");
-    conn::serve(listener, app, limits, cancel).await;
+    conn::serve(listener, app, limits, workers, cancel).await;
     errln!("stowage serve: stopped");
     Exit::Success
 }
@@ -289,7 +296,6 @@ impl LogLine {
 impl Drop for LogLine {
     fn drop(&mut self) {
         use std::fmt::Write as _;
-        use std::io::Write as _;
         let tenths_ms = (self.start.elapsed().as_micros() + 50) / 100;
         // The path is written with bidi and other format characters spelled out, so a key
         // cannot reorder or hide what the log line shows.
@@ -309,10 +315,10 @@ impl Drop for LogLine {
             let _ = write!(line, " error: {e}");
         }
         line.push('\n');
-        // One write(2) per line, not `logln!`: formatting into unbuffered stderr costs a
-        // write per piece of the format (about ten per request, 15% of the server's CPU
-        // on small files). A failed write drops the line, as `logln!` does.
-        let _ = std::io::stderr().lock().write_all(line.as_bytes());
+        // One write(2) per line: formatting into unbuffered stderr cost a write per piece
+        // of the format (about ten per request, 15% of the server's CPU on small files).
+        // A failed write drops the line.
+        crate::output::log_line(line.as_bytes());
     }
 }
 
@@ -412,6 +418,7 @@ mod conn {
         listener: TcpListener,
         app: Router,
         limits: Limits,
+        workers: Workers,
         cancel: CancellationToken,
     ) {
         let limits = Arc::new(limits);
@@ -447,6 +454,14 @@ mod conn {
                 }
             };
             let _ = stream.set_nodelay(true);
+            // Out of this runtime's epoll, into the serving runtime's.
+            let stream = match stream.into_std() {
+                Ok(s) => s,
+                Err(e) => {
+                    logln!("stowage serve: cannot hand over a connection: {e}");
+                    continue;
+                }
+            };
             let id = registry.next.fetch_add(1, Ordering::Relaxed);
             let tracked = Arc::new(Tracked {
                 last_progress: AtomicU64::new(epoch.elapsed().as_millis() as u64),
@@ -463,9 +478,14 @@ mod conn {
                 Arc::clone(&registry),
                 cancel.clone(),
             );
-            tokio::spawn(async move {
-                let io = Watched::new(stream, Arc::clone(&tracked), epoch, &limits);
-                connection(io, peer, app, &limits, &tracked.shed, &cancel).await;
+            workers.spawn(async move {
+                match TcpStream::from_std(stream) {
+                    Ok(stream) => {
+                        let io = Watched::new(stream, Arc::clone(&tracked), epoch, &limits);
+                        connection(io, peer, app, &limits, &tracked.shed, &cancel).await;
+                    }
+                    Err(e) => logln!("stowage serve: cannot take over a connection: {e}"),
+                }
                 registry
                     .open
                     .lock()
@@ -476,8 +496,71 @@ mod conn {
         }
         drop(listener);
         logln!("stowage serve: no longer accepting connections; finishing in-flight requests");
-        // Every permit back means every connection has finished.
+        // Every permit back means every connection has finished, on every runtime.
         let _ = permits.acquire_many(limits.max_connections as u32).await;
+        workers.stop().await;
+    }
+
+    /// One single-threaded runtime per core, each on its own thread and owning the
+    /// connections handed to it (round robin), as nginx's workers do: a request is served
+    /// start to end on one thread, with no cross-thread wake-ups or work stealing. The
+    /// cap, shedding and draining stay global (the accept loop's semaphore and registry).
+    pub(super) struct Workers {
+        handles: Vec<tokio::runtime::Handle>,
+        threads: Vec<std::thread::JoinHandle<()>>,
+        stop: tokio_util::sync::CancellationToken,
+        next: std::sync::atomic::AtomicUsize,
+    }
+
+    impl Drop for Workers {
+        fn drop(&mut self) {
+            self.stop.cancel();
+        }
+    }
+
+    impl Workers {
+        pub(super) fn start() -> io::Result<Workers> {
+            let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let stop = CancellationToken::new();
+            let mut workers = Workers {
+                handles: Vec::with_capacity(n),
+                threads: Vec::with_capacity(n),
+                stop: stop.clone(),
+                next: Default::default(),
+            };
+            for i in 0..n {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    // As many blocking threads in all as one runtime would have (512).
+                    .max_blocking_threads((512 / n).max(1))
+                    .build()?;
+                workers.handles.push(rt.handle().clone());
+                let stop = stop.clone();
+                let thread = std::thread::Builder::new()
+                    .name(format!("serve-{i}"))
+                    .spawn(move || rt.block_on(stop.cancelled()))?;
+                workers.threads.push(thread);
+            }
+            Ok(workers)
+        }
+
+        /// Runs `conn` on the next runtime in turn.
+        fn spawn(&self, conn: impl Future<Output = ()> + Send + 'static) {
+            let i = self.next.fetch_add(1, Ordering::Relaxed) % self.handles.len();
+            self.handles[i].spawn(conn);
+        }
+
+        /// Stops the runtimes (their connections have finished) and waits for their threads.
+        async fn stop(mut self) {
+            self.stop.cancel();
+            let threads = std::mem::take(&mut self.threads);
+            let _ = tokio::task::spawn_blocking(move || {
+                for t in threads {
+                    let _ = t.join();
+                }
+            })
+            .await;
+        }
     }
 
     async fn connection(
