@@ -215,7 +215,7 @@ pub(super) async fn copy_one(ctx: &CopyCtx, p: Planned, reporter: &dyn Reporter)
                     Err(TailError::Vanished) => return Outcome::Vanished(VANISHED_BEFORE.into()),
                     Err(TailError::Failed(reason)) => return Outcome::Failed(reason),
                 }
-                t.ranges()
+                t.into_ranges()
             }
             None => Vec::new(),
         };

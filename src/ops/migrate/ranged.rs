@@ -129,8 +129,8 @@ impl Tails {
     }
 
     /// The ranges, to be hashed in order once written ([`hash_ranges`]).
-    pub(super) fn ranges(&self) -> Vec<Range<u64>> {
-        self.ranges.clone()
+    pub(super) fn into_ranges(self) -> Vec<Range<u64>> {
+        self.ranges
     }
 }
 
