@@ -24,8 +24,12 @@ pub(crate) fn stdout(args: fmt::Arguments<'_>) {
 }
 
 /// Writes `args` to stderr, or ends the process as described in the module docs.
+/// Formatted first and written whole (one `write(2)` for a line): written piece by piece,
+/// a message could interleave with `serve`'s access-log lines, which other threads write
+/// without stderr's lock ([`log_line`]).
 pub(crate) fn stderr(args: fmt::Arguments<'_>) {
-    if let Err(e) = io::stderr().lock().write_fmt(args) {
+    let text = fmt::format(args);
+    if let Err(e) = io::stderr().lock().write_all(text.as_bytes()) {
         write_failed("stderr", &e);
     }
 }
