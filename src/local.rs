@@ -155,20 +155,36 @@ impl PlaceError {
 /// Opens the directory that will hold `key`, creating missing directories, never
 /// following a symlink. Returns the directory handle.
 pub(crate) fn open_parent_dir(root: &Path, key: &Key, create: bool) -> Result<OwnedFd, PlaceError> {
-    let mut dir = open_root(root)?;
+    let root = open_root(root)?;
+    match parent_dir_at(root.as_fd(), key, create) {
+        Ok(dir) => Ok(dir.unwrap_or(root)),
+        Err(e) => Err(PlaceError::from_errno(e)),
+    }
+}
+
+/// The directory holding `key`'s file, opened one component at a time from `root`, each
+/// with `O_NOFOLLOW` (with `create`, a missing one is made first); `None` when the file
+/// sits in `root` itself.
+fn parent_dir_at(
+    root: BorrowedFd<'_>,
+    key: &Key,
+    create: bool,
+) -> rustix::io::Result<Option<OwnedFd>> {
     let segs: Vec<&str> = key.segments().collect();
+    let mut dir: Option<OwnedFd> = None;
     for seg in &segs[..segs.len() - 1] {
-        dir = match open_subdir(&dir, seg) {
-            Ok(d) => d,
+        let at = dir.as_ref().map_or(root, AsFd::as_fd);
+        let next = match open_subdir(&at, seg) {
             Err(Errno::NOENT) if create => {
-                match rfs::mkdirat(&dir, *seg, Mode::from_raw_mode(0o755)) {
+                match rfs::mkdirat(at, *seg, Mode::from_raw_mode(0o755)) {
                     Ok(()) | Err(Errno::EXIST) => {}
-                    Err(e) => return Err(PlaceError::from_errno(e)),
+                    Err(e) => return Err(e),
                 }
-                open_subdir(&dir, seg).map_err(PlaceError::from_errno)?
+                open_subdir(&at, seg)?
             }
-            Err(e) => return Err(PlaceError::from_errno(e)),
+            other => other?,
         };
+        dir = Some(next);
     }
     Ok(dir)
 }
@@ -217,14 +233,9 @@ fn regular_file(fd: OwnedFd) -> io::Result<(File, rfs::Stat)> {
 /// Opens `key` under `root` one directory at a time, each with `O_NOFOLLOW`: where
 /// `openat2` is missing.
 fn open_walking(root: BorrowedFd<'_>, key: &Key, flags: OFlags) -> rustix::io::Result<OwnedFd> {
-    let segs: Vec<&str> = key.segments().collect();
-    let (name, parents) = segs.split_last().expect("a key has a segment");
-    let mut dir: Option<OwnedFd> = None;
-    for seg in parents {
-        dir = Some(open_subdir(&dir.as_ref().map_or(root, AsFd::as_fd), seg)?);
-    }
-    let dir = dir.as_ref().map_or(root, AsFd::as_fd);
-    rfs::openat(dir, *name, flags, Mode::empty())
+    let dir = parent_dir_at(root, key, false)?;
+    let at = dir.as_ref().map_or(root, AsFd::as_fd);
+    rfs::openat(at, key.file_name(), flags, Mode::empty())
 }
 
 /// [`open_beneath_stat_at`] from the kernel's caches alone, for callers on an async
