@@ -52,8 +52,14 @@ fn serve_with_env(
     Serving { child, addr }
 }
 
+/// GETs `url`: its status and body. A client timeout far above any bound under test, so
+/// a hang fails the test instead of stalling it.
 async fn get(url: &str) -> (u16, String) {
-    let r = reqwest::get(url).await.unwrap();
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let r = client.get(url).send().await.expect("answered");
     (r.status().as_u16(), r.text().await.unwrap())
 }
 
@@ -165,22 +171,13 @@ async fn healthz_answers_503_in_bounded_time_when_the_fallback_never_answers() {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
 
-    // A client timeout far above the probe's: a hang fails the test instead of stalling it.
-    let client = reqwest::Client::builder()
-        .timeout(std::time::Duration::from_secs(60))
-        .build()
-        .unwrap();
     for _ in 0..2 {
-        let r = client
-            .get(format!("http://{addr}/healthz"))
-            .send()
-            .await
-            .expect("/healthz answered");
-        assert_eq!(r.status().as_u16(), 503);
-        let body = r.text().await.unwrap();
         assert_eq!(
-            body, "unhealthy: fallback did not answer a HEAD within 300 ms\n",
-            "{body}"
+            get(&format!("http://{addr}/healthz")).await,
+            (
+                503,
+                "unhealthy: fallback did not answer a HEAD within 300 ms\n".into()
+            )
         );
     }
 
@@ -194,9 +191,10 @@ async fn healthz_answers_503_in_bounded_time_when_the_fallback_never_answers() {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
     // Probes from several load balancers at once are each answered on their own.
-    let probes = (0..8).map(|_| client.get(format!("http://{addr}/healthz")).send());
-    for r in futures::future::join_all(probes).await {
-        assert_eq!(r.unwrap().status().as_u16(), 200);
+    let url = format!("http://{addr}/healthz");
+    let probes = (0..8).map(|_| get(&url));
+    for (status, _) in futures::future::join_all(probes).await {
+        assert_eq!(status, 200);
     }
 }
 
@@ -213,19 +211,11 @@ async fn serve_healthz_answers_503_when_the_fallback_never_answers() {
         &["--fallback", &fallback],
         &[("AWS_ENDPOINT_URL", hole.as_str())],
     );
-    let client = reqwest::Client::builder()
-        .timeout(std::time::Duration::from_secs(60))
-        .build()
-        .unwrap();
-    let r = client
-        .get(format!("http://{}/healthz", srv.addr))
-        .send()
-        .await
-        .expect("/healthz answered");
-    assert_eq!(r.status().as_u16(), 503);
-    let body = r.text().await.unwrap();
     assert_eq!(
-        body, "unhealthy: fallback did not answer a HEAD within 3 s\n",
-        "{body}"
+        get(&format!("http://{}/healthz", srv.addr)).await,
+        (
+            503,
+            "unhealthy: fallback did not answer a HEAD within 3 s\n".into()
+        )
     );
 }
