@@ -81,7 +81,7 @@ impl Tails {
         if wanted == 0 {
             return None;
         }
-        let (n, permits) = (1..=wanted).rev().find_map(|n| {
+        let (n, mut permits) = (1..=wanted).rev().find_map(|n| {
             let p = Arc::clone(streams).try_acquire_many_owned(n as u32).ok()?;
             Some((n, p))
         })?;
@@ -91,13 +91,9 @@ impl Tails {
             .map(|i| i * part..if i == n { size } else { (i + 1) * part })
             .collect();
         let mut tasks = JoinSet::new();
-        let mut permits = Some(permits);
-        for (i, r) in ranges.iter().enumerate() {
+        for r in &ranges {
             // Each task holds one permit, given back when it ends.
-            let permit = match i + 1 == ranges.len() {
-                true => permits.take()?,
-                false => permits.as_mut()?.split(1)?,
-            };
+            let permit = permits.split(1)?;
             tasks.spawn(fetch(
                 backend.clone(),
                 path.clone(),
